@@ -1,0 +1,71 @@
+"""keras_vit: Vision Transformers for Keras 3 and TensorFlow.
+
+Build any standard ViT in one call (`keras_vit.ViTB16()`,
+`keras_vit.ViT("S/32")`), load original checkpoints into it (`weights=`), and
+use its layers (`Patches`, `PatchEncoder`, `TransformerBlock`) on their own.
+"""
+
+from keras_vit._backend import require_tensorflow as _require_tensorflow
+
+_require_tensorflow()
+
+from keras_vit import layers, models, variants, weights  # noqa: E402
+from keras_vit.layers import (  # noqa: E402
+    ClassTokenPooling,
+    DropPath,
+    PatchEncoder,
+    Patches,
+    PatchTokenAveragePooling,
+    TransformerBlock,
+)
+from keras_vit.models import (  # noqa: E402
+    ViT,
+    ViTB8,
+    ViTB16,
+    ViTB32,
+    ViTH14,
+    ViTL16,
+    ViTL32,
+    ViTS16,
+    ViTS32,
+    ViTTest4,
+    ViTTi16,
+    preprocess_input,
+)
+from keras_vit.version import __version__  # noqa: E402
+from keras_vit.weights import (  # noqa: E402
+    CheckpointError,
+    load_weights,
+    resample_position_embedding,
+    save_npz,
+)
+
+__all__ = [
+    "CheckpointError",
+    "ClassTokenPooling",
+    "DropPath",
+    "PatchEncoder",
+    "PatchTokenAveragePooling",
+    "Patches",
+    "TransformerBlock",
+    "ViT",
+    "ViTB8",
+    "ViTB16",
+    "ViTB32",
+    "ViTH14",
+    "ViTL16",
+    "ViTL32",
+    "ViTS16",
+    "ViTS32",
+    "ViTTest4",
+    "ViTTi16",
+    "__version__",
+    "layers",
+    "load_weights",
+    "models",
+    "preprocess_input",
+    "resample_position_embedding",
+    "save_npz",
+    "variants",
+    "weights",
+]

@@ -1,0 +1,20 @@
+"""Checks, before Keras is imported, that TensorFlow is there to run it."""
+
+import importlib.util
+import os
+
+
+def require_tensorflow():
+    """Selects Keras' TensorFlow backend, or fails in one line naming the extra.
+
+    keras_vit declares TensorFlow through extras (`[cpu]` installs
+    `tensorflow-cpu`, `[gpu]` installs `tensorflow[and-cuda]`) because
+    `tensorflow-cpu` does not satisfy a requirement on `tensorflow`.
+    """
+    if importlib.util.find_spec("tensorflow") is None:
+        raise ImportError(
+            "keras_vit needs TensorFlow: pip install "
+            "'keras-vision-transformer[cpu]' (CPU) or "
+            "'keras-vision-transformer[gpu]' (NVIDIA GPU)."
+        )
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")

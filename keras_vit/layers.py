@@ -1,0 +1,471 @@
+"""The Vision Transformer's building blocks as Keras 3 layers.
+
+Every layer here is written with `keras.ops`, creates the weights a checkpoint
+holds with `add_weight` in `build()`, passes its dtype policy down to its
+sublayers, returns its constructor arguments from `get_config()`, and is
+registered for `.keras` serialization under the `keras_vit` package name.
+"""
+
+import keras
+from keras import ops
+
+from keras_vit._validation import check_positive_int, check_rate
+
+# The original ViT (and timm, Hugging Face, keras-hub) use LayerNorm with
+# epsilon 1e-6; Keras' default of 1e-3 would change every activation.
+LAYER_NORM_EPSILON = 1e-6
+
+
+@keras.saving.register_keras_serializable(package="keras_vit")
+class Patches(keras.layers.Layer):
+    """Cuts images into non-overlapping square patches and flattens each one.
+
+    Patches come in row-major order (left to right, then top to bottom) and
+    each is flattened in (row, column, channel) order, so that a `Dense`
+    kernel of shape `(patch_size * patch_size * channels, hidden_dim)` equals
+    the original Conv2D patch-embedding kernel of shape
+    `(patch_size, patch_size, channels, hidden_dim)` reshaped.
+
+    Args:
+        patch_size: int, the side of each square patch in pixels.
+        **kwargs: standard layer arguments (`name`, `dtype`, ...).
+
+    Input shape:
+        `(batch, height, width, channels)`; `height` and `width` must be
+        divisible by `patch_size`.
+
+    Output shape:
+        `(batch, (height // patch_size) * (width // patch_size),
+        patch_size * patch_size * channels)`.
+
+    Example:
+
+    >>> images = np.arange(2 * 32 * 32 * 3, dtype="float32").reshape(2, 32, 32, 3)
+    >>> keras_vit.layers.Patches(16)(images).shape
+    TensorShape([2, 4, 768])
+    """
+
+    def __init__(self, patch_size, **kwargs):
+        super().__init__(**kwargs)
+        self.patch_size = check_positive_int("patch_size", patch_size)
+
+    def _check_image_shape(self, input_shape):
+        if len(input_shape) != 4:
+            raise ValueError(
+                "Patches expects images of shape (batch, height, width, "
+                f"channels), received an input of shape {tuple(input_shape)}."
+            )
+        height, width = input_shape[1], input_shape[2]
+        for value in (height, width):
+            if value is not None and value % self.patch_size:
+                raise ValueError(
+                    f"Image height {height} and width {width} must both be "
+                    f"divisible by patch_size={self.patch_size}."
+                )
+
+    def build(self, input_shape):
+        self._check_image_shape(input_shape)
+        super().build(input_shape)
+
+    def call(self, images):
+        # A reshape and one transpose give exactly the (row, col, channel)
+        # flattening of the Conv2D kernel, which `ops.image.extract_patches`
+        # does not promise on every backend.
+        shape = ops.shape(images)
+        p = self.patch_size
+        grid_h, grid_w, channels = shape[1] // p, shape[2] // p, shape[3]
+        patches = ops.reshape(images, (-1, grid_h, p, grid_w, p, channels))
+        patches = ops.transpose(patches, (0, 1, 3, 2, 4, 5))
+        return ops.reshape(patches, (-1, grid_h * grid_w, p * p * channels))
+
+    def compute_output_shape(self, input_shape):
+        self._check_image_shape(input_shape)
+        batch, height, width, channels = input_shape
+        p = self.patch_size
+        num_patches = (
+            None if height is None or width is None
+            else (height // p) * (width // p)
+        )
+        patch_dim = None if channels is None else p * p * channels
+        return (batch, num_patches, patch_dim)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"patch_size": self.patch_size})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_vit")
+class PatchEncoder(keras.layers.Layer):
+    """Projects flattened patches, prepends a class token, adds positions.
+
+    The linear projection (`projection`, a `Dense` layer) maps each flattened
+    patch to `hidden_dim`; a learned class token (zeros at initialisation, as
+    in the original ViT) is prepended; a learned position embedding of shape
+    `(1, num_patches + 1, hidden_dim)` (normal, stddev 0.02) is added; dropout
+    with `dropout_rate` follows.
+
+    Args:
+        num_patches: int, number of patches per image (196 for 224x224
+            images and 16x16 patches).
+        hidden_dim: int, the model width (768 for ViT-B).
+        dropout_rate: float in [0, 1), dropout after adding positions.
+        **kwargs: standard layer arguments (`name`, `dtype`, ...).
+
+    Input shape:
+        `(batch, num_patches, patch_dim)`, e.g. the output of `Patches`.
+
+    Output shape:
+        `(batch, num_patches + 1, hidden_dim)`.
+
+    Example:
+
+    >>> encoder = keras_vit.layers.PatchEncoder(num_patches=196, hidden_dim=768)
+    >>> encoder(np.zeros((2, 196, 768), "float32")).shape
+    TensorShape([2, 197, 768])
+    >>> tuple(encoder.position_embedding.shape)
+    (1, 197, 768)
+    """
+
+    def __init__(self, num_patches, hidden_dim, dropout_rate=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.num_patches = check_positive_int("num_patches", num_patches)
+        self.hidden_dim = check_positive_int("hidden_dim", hidden_dim)
+        self.dropout_rate = check_rate("dropout_rate", dropout_rate)
+        # The original patch embedding is a convolution with Flax's default
+        # (LeCun normal) kernel initialiser.
+        self.projection = keras.layers.Dense(
+            hidden_dim,
+            kernel_initializer="lecun_normal",
+            dtype=self.dtype_policy,
+            name="projection",
+        )
+        self.dropout_layer = keras.layers.Dropout(
+            dropout_rate, dtype=self.dtype_policy, name="dropout"
+        )
+
+    def build(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(
+                "PatchEncoder expects flattened patches of shape (batch, "
+                f"num_patches, patch_dim), received {tuple(input_shape)}."
+            )
+        if input_shape[1] is not None and input_shape[1] != self.num_patches:
+            raise ValueError(
+                f"PatchEncoder was created with num_patches={self.num_patches} "
+                f"but received {input_shape[1]} patches "
+                f"(input shape {tuple(input_shape)})."
+            )
+        self.projection.build(input_shape)
+        self.class_token = self.add_weight(
+            shape=(1, 1, self.hidden_dim),
+            initializer="zeros",
+            name="class_token",
+        )
+        self.position_embedding = self.add_weight(
+            shape=(1, self.num_patches + 1, self.hidden_dim),
+            initializer=keras.initializers.RandomNormal(stddev=0.02),
+            name="position_embedding",
+        )
+        self.built = True
+
+    def call(self, patches, training=None):
+        tokens = self.projection(patches)
+        batch_size = ops.shape(tokens)[0]
+        class_token = ops.broadcast_to(
+            ops.cast(self.class_token, tokens.dtype),
+            (batch_size, 1, self.hidden_dim),
+        )
+        tokens = ops.concatenate([class_token, tokens], axis=1)
+        tokens = tokens + ops.cast(self.position_embedding, tokens.dtype)
+        return self.dropout_layer(tokens, training=training)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.num_patches + 1, self.hidden_dim)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_patches": self.num_patches,
+                "hidden_dim": self.hidden_dim,
+                "dropout_rate": self.dropout_rate,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_vit")
+class DropPath(keras.layers.Layer):
+    """Stochastic depth: drops a residual branch per sample during training.
+
+    Keras core has no per-sample stochastic depth, and keras-cv's
+    `StochasticDepth` drops the branch for the whole batch at once; ViT
+    training recipes (timm, big_vision) drop it per sample and rescale the
+    survivors by `1 / (1 - rate)`, which is what this layer does.
+
+    Args:
+        rate: float in [0, 1), probability of dropping the branch.
+        seed: optional int, seed of the random generator.
+        **kwargs: standard layer arguments.
+
+    Example:
+
+    >>> layer = keras_vit.layers.DropPath(0.5, seed=0)
+    >>> x = np.ones((4, 3, 2), "float32")
+    >>> bool(np.all(layer(x, training=False) == x))
+    True
+    """
+
+    def __init__(self, rate, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.rate = check_rate("rate", rate)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=None):
+        if not training or self.rate == 0.0:
+            return inputs
+        keep = 1.0 - self.rate
+        batch_size = ops.shape(inputs)[0]
+        noise_shape = (batch_size,) + (1,) * (len(inputs.shape) - 1)
+        mask = ops.floor(
+            keep + keras.random.uniform(
+                noise_shape, seed=self.seed_generator, dtype=inputs.dtype
+            )
+        )
+        return inputs * mask / ops.cast(keep, inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"rate": self.rate, "seed": self.seed})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_vit")
+class TransformerBlock(keras.layers.Layer):
+    """A pre-norm Transformer encoder block as in ViT.
+
+    `x + DropPath(Dropout(MHA(LayerNorm(x))))`, then
+    `x + DropPath(Dropout(Dense(Dropout(GELU(Dense(LayerNorm(x)))))))`,
+    with LayerNorm epsilon 1e-6, q/k/v/output projections with biases,
+    attention scaled by `1 / sqrt(hidden_dim / num_heads)` and the exact (erf)
+    GELU, matching the original ViT weights as used by timm and Hugging Face.
+
+    Sublayers: `norm1`, `attn` (`keras.layers.MultiHeadAttention`, whose
+    q/k/v kernels have the Flax layout `(hidden_dim, num_heads, head_dim)`),
+    `norm2`, `mlp_fc1`, `mlp_fc2`.
+
+    Args:
+        hidden_dim: int, the model width; must be divisible by `num_heads`.
+        num_heads: int, number of attention heads.
+        mlp_dim: int, width of the MLP's hidden layer.
+        dropout_rate: float, dropout after the attention and in the MLP.
+        attention_dropout_rate: float, dropout on the attention weights.
+        drop_path_rate: float, stochastic depth rate of both residual
+            branches.
+        layer_norm_epsilon: float, LayerNorm epsilon (1e-6 in the original).
+        **kwargs: standard layer arguments.
+
+    Call arguments:
+        inputs: `(batch, tokens, hidden_dim)`.
+        training: bool, whether dropout and drop path are active.
+        return_attention_scores: bool; if True, returns
+            `(outputs, attention_weights)` with attention weights of shape
+            `(batch, num_heads, tokens, tokens)` (rows sum to 1).
+
+    Example:
+
+    >>> block = keras_vit.layers.TransformerBlock(64, num_heads=4, mlp_dim=128)
+    >>> outputs, weights = block(np.zeros((2, 5, 64), "float32"),
+    ...                          return_attention_scores=True)
+    >>> outputs.shape, weights.shape
+    (TensorShape([2, 5, 64]), TensorShape([2, 4, 5, 5]))
+    """
+
+    def __init__(
+        self,
+        hidden_dim,
+        num_heads,
+        mlp_dim,
+        dropout_rate=0.0,
+        attention_dropout_rate=0.0,
+        drop_path_rate=0.0,
+        layer_norm_epsilon=LAYER_NORM_EPSILON,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.hidden_dim = check_positive_int("hidden_dim", hidden_dim)
+        self.num_heads = check_positive_int("num_heads", num_heads)
+        self.mlp_dim = check_positive_int("mlp_dim", mlp_dim)
+        if hidden_dim % num_heads:
+            raise ValueError(
+                f"hidden_dim={hidden_dim} must be divisible by "
+                f"num_heads={num_heads}."
+            )
+        self.dropout_rate = check_rate("dropout_rate", dropout_rate)
+        self.attention_dropout_rate = check_rate(
+            "attention_dropout_rate", attention_dropout_rate
+        )
+        self.drop_path_rate = check_rate("drop_path_rate", drop_path_rate)
+        if not isinstance(layer_norm_epsilon, (int, float)) or not (
+            layer_norm_epsilon > 0
+        ):
+            raise ValueError(
+                "layer_norm_epsilon must be a positive number, received "
+                f"layer_norm_epsilon={layer_norm_epsilon!r}."
+            )
+        self.layer_norm_epsilon = float(layer_norm_epsilon)
+        self.head_dim = hidden_dim // num_heads
+
+        policy = self.dtype_policy
+        self.norm1 = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=policy, name="norm1"
+        )
+        # The original initialises attention and MLP kernels with Xavier
+        # uniform and MLP biases with N(0, 1e-6).
+        self.attn = keras.layers.MultiHeadAttention(
+            num_heads=num_heads,
+            key_dim=self.head_dim,
+            dropout=attention_dropout_rate,
+            kernel_initializer="glorot_uniform",
+            dtype=policy,
+            name="attn",
+        )
+        self.attn_dropout = keras.layers.Dropout(
+            dropout_rate, dtype=policy, name="attn_output_dropout"
+        )
+        self.norm2 = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=policy, name="norm2"
+        )
+        mlp_bias_init = keras.initializers.RandomNormal(stddev=1e-6)
+        # Keras' "gelu" is the exact (erf) GELU, as in timm and Hugging Face.
+        self.mlp_fc1 = keras.layers.Dense(
+            mlp_dim,
+            activation="gelu",
+            kernel_initializer="glorot_uniform",
+            bias_initializer=mlp_bias_init,
+            dtype=policy,
+            name="mlp_fc1",
+        )
+        self.mlp_dropout1 = keras.layers.Dropout(
+            dropout_rate, dtype=policy, name="mlp_dropout1"
+        )
+        self.mlp_fc2 = keras.layers.Dense(
+            hidden_dim,
+            kernel_initializer="glorot_uniform",
+            bias_initializer=mlp_bias_init,
+            dtype=policy,
+            name="mlp_fc2",
+        )
+        self.mlp_dropout2 = keras.layers.Dropout(
+            dropout_rate, dtype=policy, name="mlp_dropout2"
+        )
+        self.drop_path = DropPath(drop_path_rate, dtype=policy, name="drop_path")
+
+    def build(self, input_shape):
+        if len(input_shape) != 3 or (
+            input_shape[-1] is not None and input_shape[-1] != self.hidden_dim
+        ):
+            raise ValueError(
+                "TransformerBlock expects tokens of shape (batch, tokens, "
+                f"{self.hidden_dim}), received {tuple(input_shape)}."
+            )
+        self.norm1.build(input_shape)
+        self.attn.build(input_shape, input_shape)
+        self.norm2.build(input_shape)
+        self.mlp_fc1.build(input_shape)
+        self.mlp_fc2.build(tuple(input_shape[:-1]) + (self.mlp_dim,))
+        self.built = True
+
+    def call(self, inputs, training=None, return_attention_scores=False):
+        x = self.norm1(inputs)
+        if return_attention_scores:
+            x, scores = self.attn(
+                x, x, training=training, return_attention_scores=True
+            )
+        else:
+            x = self.attn(x, x, training=training)
+        x = self.attn_dropout(x, training=training)
+        x = inputs + self.drop_path(x, training=training)
+
+        y = self.norm2(x)
+        y = self.mlp_fc1(y)
+        y = self.mlp_dropout1(y, training=training)
+        y = self.mlp_fc2(y)
+        y = self.mlp_dropout2(y, training=training)
+        outputs = x + self.drop_path(y, training=training)
+        if return_attention_scores:
+            return outputs, scores
+        return outputs
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def compute_output_spec(self, inputs, training=None, return_attention_scores=False):
+        outputs = keras.KerasTensor(inputs.shape, dtype=self.compute_dtype)
+        if not return_attention_scores:
+            return outputs
+        tokens = inputs.shape[1]
+        scores = keras.KerasTensor(
+            (inputs.shape[0], self.num_heads, tokens, tokens), dtype=self.compute_dtype
+        )
+        return outputs, scores
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "hidden_dim": self.hidden_dim,
+                "num_heads": self.num_heads,
+                "mlp_dim": self.mlp_dim,
+                "dropout_rate": self.dropout_rate,
+                "attention_dropout_rate": self.attention_dropout_rate,
+                "drop_path_rate": self.drop_path_rate,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_vit")
+class ClassTokenPooling(keras.layers.Layer):
+    """Takes the class token (the first token) as the image representation.
+
+    Input shape: `(batch, tokens, hidden_dim)`. Output: `(batch, hidden_dim)`.
+
+    Example:
+
+    >>> tokens = np.arange(12, dtype="float32").reshape(1, 3, 4)
+    >>> keras_vit.layers.ClassTokenPooling()(tokens).numpy()
+    array([[0., 1., 2., 3.]], dtype=float32)
+    """
+
+    def call(self, tokens):
+        return tokens[:, 0]
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1])
+
+
+@keras.saving.register_keras_serializable(package="keras_vit")
+class PatchTokenAveragePooling(keras.layers.Layer):
+    """Averages the patch tokens, leaving out the class token.
+
+    Input shape: `(batch, tokens, hidden_dim)`. Output: `(batch, hidden_dim)`.
+
+    Example:
+
+    >>> tokens = np.arange(12, dtype="float32").reshape(1, 3, 4)
+    >>> keras_vit.layers.PatchTokenAveragePooling()(tokens).numpy()
+    array([[6., 7., 8., 9.]], dtype=float32)
+    """
+
+    def call(self, tokens):
+        return ops.mean(tokens[:, 1:], axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1])

@@ -1,0 +1,323 @@
+"""Functional-API ViT models with the keras.applications builder signature."""
+
+import keras
+import numpy as np
+
+from keras_vit import layers as vit_layers
+from keras_vit import variants
+from keras_vit._validation import check_choice, check_positive_int, check_rate
+
+_POOLINGS = ("token", "avg", None)
+_ARCHITECTURE_ARGS = ("patch_size", "hidden_dim", "num_layers", "num_heads", "mlp_dim")
+
+_BUILDER_DOC = """Instantiates the {title} Vision Transformer.
+
+    Reference: Dosovitskiy et al., "An Image is Worth 16x16 Words:
+    Transformers for Image Recognition at Scale" (ICLR 2021).
+
+    The model expects pixels mapped to [-1, 1] as the original checkpoints
+    were trained: call `keras_vit.preprocess_input` on images in [0, 255]
+    first. No weights are downloaded: `weights` is `None` (random
+    initialisation, as in the original: zero class token and head, N(0, 0.02)
+    position embedding) or the path of a checkpoint: a Google `.npz` (ViT
+    paper, AugReg, big_vision), a timm or Hugging Face `.safetensors`, or a
+    keras_vit `.weights.h5`. A checkpoint of another resolution has its
+    position embedding resampled to this model's grid; a head with another
+    number of classes is left freshly initialised, with a warning.
+
+    Args:
+{variant_arg}        include_top: whether to include the classification head.
+        weights: `None` or the path of a checkpoint file.
+        input_tensor: optional Keras tensor (output of `keras.Input()`) to use
+            as the image input.
+        input_shape: `(height, width, channels)`, default `(224, 224, 3)`;
+            height and width must be divisible by the patch size.
+        pooling: how the token features become one vector: `"token"` (the
+            class token, the default with `include_top=True`), `"avg"` (mean
+            of the patch tokens), or `None` (with `include_top=False`: all
+            tokens, shape `(batch, num_patches + 1, hidden_dim)`).
+        classes: number of classes of the head (with `include_top=True`).
+        classifier_activation: activation of the head's output (`"softmax"`,
+            `None` for logits, ...); the output is float32 under mixed
+            precision.
+        dropout_rate: dropout after the position embedding and in each block.
+        attention_dropout_rate: dropout on the attention weights.
+        drop_path_rate: stochastic depth rate of the last block, increasing
+            linearly from 0 over the blocks (as in timm and DeiT).
+        representation_size: width of the tanh "pre-logits" layer that
+            ImageNet-21k checkpoints have before the head; `None` for none.
+        name: model name.
+{extra_args}
+    Returns:
+        A `keras.Model`.
+
+    Example:
+
+    >>> model = keras_vit.{example}
+    >>> model.output_shape
+    {example_output}
+"""
+
+
+def ViT(
+    variant=None,
+    include_top=True,
+    weights=None,
+    input_tensor=None,
+    input_shape=None,
+    pooling=None,
+    classes=1000,
+    classifier_activation="softmax",
+    dropout_rate=0.0,
+    attention_dropout_rate=0.0,
+    drop_path_rate=0.0,
+    representation_size=None,
+    name=None,
+    *,
+    patch_size=None,
+    hidden_dim=None,
+    num_layers=None,
+    num_heads=None,
+    mlp_dim=None,
+):
+    config = _architecture(
+        variant,
+        patch_size=patch_size,
+        hidden_dim=hidden_dim,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        mlp_dim=mlp_dim,
+    )
+    check_choice("pooling", pooling, _POOLINGS)
+    if not isinstance(include_top, bool):
+        raise TypeError(f"include_top must be True or False, received include_top={include_top!r}.")
+    if include_top:
+        check_positive_int("classes", classes)
+        pooling = pooling or "token"
+    elif representation_size is not None:
+        raise ValueError(
+            f"representation_size={representation_size} adds the pre-logits "
+            "layer in front of the head, so it needs include_top=True; "
+            "received include_top=False."
+        )
+    if representation_size is not None:
+        check_positive_int("representation_size", representation_size)
+    dropout_rate = check_rate("dropout_rate", dropout_rate)
+    attention_dropout_rate = check_rate("attention_dropout_rate", attention_dropout_rate)
+    drop_path_rate = check_rate("drop_path_rate", drop_path_rate)
+    if weights is not None and not isinstance(weights, (str, bytes)) and not hasattr(
+        weights, "__fspath__"
+    ):
+        raise TypeError(
+            "weights must be None or the path of a checkpoint file, received "
+            f"weights={weights!r}."
+        )
+
+    images = _image_input(input_tensor, input_shape, config.patch_size)
+    height, width = images.shape[1], images.shape[2]
+    num_patches = (height // config.patch_size) * (width // config.patch_size)
+
+    x = vit_layers.Patches(config.patch_size, name="patches")(images)
+    x = vit_layers.PatchEncoder(
+        num_patches, config.hidden_dim, dropout_rate=dropout_rate, name="patch_encoder"
+    )(x)
+    for index in range(config.num_layers):
+        # Stochastic depth grows linearly with depth, as in timm and DeiT.
+        block_drop_path = (
+            drop_path_rate * index / (config.num_layers - 1) if config.num_layers > 1 else 0.0
+        )
+        x = vit_layers.TransformerBlock(
+            config.hidden_dim,
+            config.num_heads,
+            config.mlp_dim,
+            dropout_rate=dropout_rate,
+            attention_dropout_rate=attention_dropout_rate,
+            drop_path_rate=block_drop_path,
+            name=f"block_{index}",
+        )(x)
+    x = keras.layers.LayerNormalization(
+        epsilon=vit_layers.LAYER_NORM_EPSILON, name="encoder_norm"
+    )(x)
+
+    if pooling == "token":
+        x = vit_layers.ClassTokenPooling(name="token_pooling")(x)
+    elif pooling == "avg":
+        x = vit_layers.PatchTokenAveragePooling(name="avg_pooling")(x)
+
+    if include_top:
+        if representation_size is not None:
+            x = keras.layers.Dense(representation_size, activation="tanh", name="pre_logits")(x)
+        # The original zero-initialises the head.
+        x = keras.layers.Dense(classes, kernel_initializer="zeros", name="head")(x)
+        # Float32 outputs under mixed precision, as Keras' guide asks of the
+        # last layer.
+        x = keras.layers.Activation(classifier_activation, dtype="float32", name="predictions")(x)
+
+    inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else images
+    model = keras.Model(inputs, x, name=name or _default_name(variant, config))
+    if weights is not None:
+        from keras_vit import weights as vit_weights
+
+        vit_weights.load_weights(model, weights)
+    return model
+
+
+ViT.__doc__ = _BUILDER_DOC.format(
+    title="a",
+    variant_arg=(
+        "        variant: a variant string `\"<size>/<patch_size>\"` (`\"B/16\"`, `\"Ti/4\"`,\n"
+        "            ...; see `keras_vit.variants`), or `None` to give every size below.\n"
+    ),
+    extra_args=(
+        "        patch_size, hidden_dim, num_layers, num_heads, mlp_dim: keyword-only\n"
+        "            ints that override the variant's sizes (all five are needed\n"
+        "            without a variant).\n"
+    ),
+    example='ViT("S/32", include_top=False, pooling="token")',
+    example_output="(None, 384)",
+)
+
+
+def _architecture(variant, **overrides):
+    given = {key: value for key, value in overrides.items() if value is not None}
+    if variant is None:
+        missing = [key for key in _ARCHITECTURE_ARGS if key not in given]
+        if missing:
+            raise ValueError(
+                "Without a variant string, ViT needs every size argument; "
+                f"missing {', '.join(missing)}. Pass e.g. variant='B/16'."
+            )
+        return variants.ViTConfig(**given)
+    base = variants.get_config(variant)
+    return variants.ViTConfig(**{**base.__dict__, **given})
+
+
+def _image_input(input_tensor, input_shape, patch_size):
+    if input_shape is None:
+        if input_tensor is not None and input_tensor.shape is not None:
+            input_shape = tuple(input_tensor.shape[1:])
+        else:
+            input_shape = (224, 224, 3)
+    if not isinstance(input_shape, (tuple, list)) or len(input_shape) != 3:
+        raise ValueError(
+            "input_shape must be (height, width, channels), received "
+            f"input_shape={input_shape!r}."
+        )
+    height, width, channels = input_shape
+    for arg, value in (("height", height), ("width", width), ("channels", channels)):
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(
+                f"input_shape must hold positive ints (the position embedding "
+                f"needs a fixed grid); received {arg}={value!r} in "
+                f"input_shape={tuple(input_shape)!r}."
+            )
+    if height % patch_size or width % patch_size:
+        raise ValueError(
+            f"input_shape={tuple(input_shape)!r}: height {height} and width "
+            f"{width} must both be divisible by patch_size={patch_size}."
+        )
+    if input_tensor is None:
+        return keras.Input(shape=tuple(input_shape), name="images")
+    if not keras.backend.is_keras_tensor(input_tensor):
+        return keras.Input(tensor=input_tensor, shape=tuple(input_shape), name="images")
+    if tuple(input_tensor.shape[1:]) != tuple(input_shape):
+        raise ValueError(
+            f"input_tensor has shape {tuple(input_tensor.shape)} but "
+            f"input_shape={tuple(input_shape)!r}."
+        )
+    return input_tensor
+
+
+def _default_name(variant, config):
+    if variant is not None:
+        return "vit_" + variant.strip().lower().replace("/", "")
+    return f"vit_d{config.hidden_dim}_l{config.num_layers}_p{config.patch_size}"
+
+
+def _make_builder(variant):
+    def builder(
+        include_top=True,
+        weights=None,
+        input_tensor=None,
+        input_shape=None,
+        pooling=None,
+        classes=1000,
+        classifier_activation="softmax",
+        dropout_rate=0.0,
+        attention_dropout_rate=0.0,
+        drop_path_rate=0.0,
+        representation_size=None,
+        name=None,
+    ):
+        return ViT(
+            variant,
+            include_top=include_top,
+            weights=weights,
+            input_tensor=input_tensor,
+            input_shape=input_shape,
+            pooling=pooling,
+            classes=classes,
+            classifier_activation=classifier_activation,
+            dropout_rate=dropout_rate,
+            attention_dropout_rate=attention_dropout_rate,
+            drop_path_rate=drop_path_rate,
+            representation_size=representation_size,
+            name=name,
+        )
+
+    function_name = "ViT" + variant.replace("/", "")
+    builder.__name__ = builder.__qualname__ = function_name
+    builder.__module__ = __name__
+    builder.__doc__ = _BUILDER_DOC.format(
+        title=f"ViT-{variant}",
+        variant_arg="",
+        extra_args="",
+        example=f"{function_name}(include_top=False)",
+        example_output=f"(None, {variants.SIZES[variant.split('/')[0]]['hidden_dim']})",
+    ) if variant != "Test/4" else (
+        "Instantiates the few-thousand-parameter ViT used by the tests "
+        "(16 wide, 2 deep, 4x4 patches); arguments as for `ViT`."
+    )
+    return builder
+
+
+ViTTest4 = _make_builder("Test/4")
+ViTTi16 = _make_builder("Ti/16")
+ViTS16 = _make_builder("S/16")
+ViTS32 = _make_builder("S/32")
+ViTB8 = _make_builder("B/8")
+ViTB16 = _make_builder("B/16")
+ViTB32 = _make_builder("B/32")
+ViTL16 = _make_builder("L/16")
+ViTL32 = _make_builder("L/32")
+ViTH14 = _make_builder("H/14")
+
+BUILDERS = {
+    variant: globals()["ViT" + variant.replace("/", "")]
+    for variant in variants.STANDARD_VARIANTS
+}
+
+
+def preprocess_input(x, data_format=None):
+    """Maps pixels in [0, 255] to [-1, 1], the convention of ViT checkpoints.
+
+    `(x - 127.5) / 127.5`, per channel, no ImageNet mean/std: what the ViT
+    paper's, AugReg's and timm's `vit_*_224` weights expect.
+
+    Args:
+        x: images (NumPy array or tensor) with values in [0, 255].
+        data_format: ignored; accepted for keras.applications compatibility.
+
+    Returns:
+        A float32 array or tensor of the same shape with values in [-1, 1].
+
+    Example:
+
+    >>> keras_vit.preprocess_input(np.array([0.0, 127.5, 255.0]))
+    array([-1.,  0.,  1.], dtype=float32)
+    """
+    del data_format
+    if not keras.ops.is_tensor(x):
+        return ((np.asarray(x, dtype="float32") - 127.5) / 127.5).astype("float32")
+    x = keras.ops.cast(x, "float32")
+    return (x - 127.5) / 127.5

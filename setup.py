@@ -1,0 +1,60 @@
+"""Packaging for keras-vision-transformer (import name: keras_vit)."""
+
+import pathlib
+import re
+
+from setuptools import find_packages, setup
+
+HERE = pathlib.Path(__file__).parent
+VERSION = re.search(
+    r'__version__ = "([^"]+)"', (HERE / "keras_vit" / "version.py").read_text()
+).group(1)
+
+# TensorFlow comes through an extra: `tensorflow-cpu` does not satisfy a
+# requirement on `tensorflow`, so a plain dependency would download the full
+# (GPU) package beside a CPU install.
+TENSORFLOW = "2.16"
+EXTRAS = {
+    "cpu": [f"tensorflow-cpu>={TENSORFLOW}"],
+    "gpu": [f"tensorflow[and-cuda]>={TENSORFLOW}"],
+    "examples": ["scikit-image>=0.21", "pillow>=9"],
+    # Reference implementations for the parity tests. torch is pinned: an
+    # unpinned torch pulls a multi-GB CUDA build; 2.14.1 with torchvision
+    # 0.29.1 is the pair timm imports with.
+    "test": [
+        "pytest>=7",
+        "hypothesis>=6",
+        "torch==2.14.1",
+        "torchvision==0.29.1",
+        "timm>=1.0.20",
+        "transformers>=4.45",
+        "scikit-image>=0.21",
+        "pillow>=9",
+    ],
+}
+
+setup(
+    name="keras-vision-transformer",
+    version=VERSION,
+    description=(
+        "Vision Transformers (ViT) for Keras 3 and TensorFlow: every standard "
+        "size, original checkpoints, parity with timm."
+    ),
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    packages=find_packages(include=["keras_vit", "keras_vit.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "keras>=3.5",
+        "numpy>=1.24",
+        "h5py>=3.8",
+        "safetensors>=0.4",
+    ],
+    extras_require=EXTRAS,
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+        "License :: OSI Approved :: Apache Software License",
+    ],
+)
