@@ -455,17 +455,17 @@ def _plan(model, arrays, path, interpolation, antialias):
     if model_head is not None and head_kernel is None:
         fresh_head_reason = f"{path} has no head"
     elif model_head is not None and head_kernel.shape != tuple(model_head.shape):
-        if head_kernel.ndim == 2 and head_kernel.shape[0] == model_head.shape[0]:
+        if head_kernel.ndim == 2 and head_kernel.shape[1] != model_head.shape[1]:
             fresh_head_reason = (
                 f"the head of {path} has {head_kernel.shape[1]} classes but the "
                 f"model has classes={model_head.shape[1]}"
             )
+        elif head_kernel.ndim == 2:
+            fresh_head_reason = (
+                f"the head of {path} takes {head_kernel.shape[0]} features (its "
+                f"pre-logits width) but the model's takes {model_head.shape[0]}"
+            )
     if fresh_head_reason:
-        warnings.warn(
-            f"{fresh_head_reason}: the model's head is left freshly initialised "
-            "(the fine-tuning case).",
-            stacklevel=3,
-        )
         remaining.pop("head/kernel", None)
         remaining.pop("head/bias", None)
 
@@ -515,6 +515,12 @@ def _plan(model, arrays, path, interpolation, antialias):
         raise CheckpointError(
             f"{path} has {len(remaining)} array(s) that model {model.name!r} has "
             f"no variable for: {listed}."
+        )
+    if fresh_head_reason:
+        warnings.warn(
+            f"{fresh_head_reason}: the model's head is left freshly initialised "
+            "(the fine-tuning case).",
+            stacklevel=3,
         )
     return assignments
 

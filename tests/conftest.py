@@ -1,0 +1,117 @@
+"""Shared fixtures and helpers: the tiny test variant, seeded randomness, and
+one layer-test helper used for every layer (config round trip, `.keras`
+saving, mixed precision)."""
+
+import inspect
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import keras_vit  # noqa: E402
+
+# The tiny variant from the table: 16 wide, 2 deep, 2 heads, 4x4 patches.
+TINY_VARIANT = "Test/4"
+TINY_SHAPE = (16, 16, 3)
+
+
+@pytest.fixture(autouse=True)
+def _reset_keras():
+    keras.utils.set_random_seed(0)
+    keras.config.set_dtype_policy("float32")
+    yield
+    keras.config.set_dtype_policy("float32")
+    keras.backend.clear_session()
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def tiny_model():
+    return keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5)
+
+
+def randomize(model, seed=0):
+    """Draws every variable at random (LayerNorm scales around 1), so that a
+    swapped or transposed mapping cannot go unnoticed."""
+    rng = np.random.default_rng(seed)
+    for variable in model.weights:
+        shape = tuple(variable.shape)
+        if variable.path.endswith("gamma"):
+            value = rng.uniform(0.5, 1.5, shape)
+        else:
+            value = rng.normal(0.0, 0.1, shape)
+        variable.assign(value.astype("float32"))
+    return model
+
+
+def assert_weights_equal(model_a, model_b):
+    assert len(model_a.weights) == len(model_b.weights)
+    for a, b in zip(model_a.weights, model_b.weights):
+        assert a.path == b.path
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), err_msg=a.path
+        )
+
+
+def run_layer_test(layer_cls, init_kwargs, input_data, expected_output_shape, tmp_path):
+    """The one test every layer goes through (after keras-hub's run_layer_test).
+
+    Checks that `get_config()` holds exactly the constructor arguments and
+    round-trips, that `compute_output_shape` agrees with the real output, that
+    a model holding the layer saves to `.keras` and loads back without
+    `custom_objects` with the same outputs, and that the layer runs under the
+    `mixed_bfloat16` and `mixed_float16` policies with finite outputs close
+    to float32.
+    """
+    layer = layer_cls(**init_kwargs)
+    output = layer(input_data)
+    assert tuple(output.shape) == tuple(expected_output_shape)
+    assert tuple(layer.compute_output_shape(input_data.shape)) == tuple(expected_output_shape)
+
+    config = layer.get_config()
+    for key, value in init_kwargs.items():
+        assert config[key] == value, key
+    base_keys = set(keras.layers.Layer(name="x").get_config())
+    constructor_args = (
+        set(inspect.signature(layer_cls.__init__).parameters) - {"self", "kwargs"}
+        if "__init__" in vars(layer_cls)
+        else set()
+    )
+    assert set(config) - base_keys == constructor_args, (
+        "get_config() must hold exactly the constructor arguments"
+    )
+    restored = layer_cls.from_config(config)
+    restored(input_data)
+    restored.set_weights(layer.get_weights())
+    np.testing.assert_allclose(restored(input_data), output, atol=1e-6)
+
+    inputs = keras.Input(shape=input_data.shape[1:])
+    model = keras.Model(inputs, layer_cls(**init_kwargs)(inputs))
+    expected = model.predict(input_data, verbose=0)
+    path = tmp_path / f"{layer_cls.__name__}.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)  # no custom_objects
+    assert isinstance(loaded.layers[-1], layer_cls)
+    np.testing.assert_allclose(loaded.predict(input_data, verbose=0), expected, atol=1e-6)
+
+    for policy, atol in (("mixed_bfloat16", 0.15), ("mixed_float16", 0.02)):
+        mixed = layer_cls(**init_kwargs, dtype=policy)
+        mixed_output = mixed(input_data)
+        if layer.weights:
+            mixed.set_weights(layer.get_weights())
+            mixed_output = mixed(input_data)
+        assert keras.backend.standardize_dtype(mixed_output.dtype) == policy.split("_")[1]
+        assert all(
+            keras.backend.standardize_dtype(w.dtype) == "float32" for w in mixed.weights
+        ), "weights stay float32 under mixed precision"
+        mixed_output = keras.ops.convert_to_numpy(keras.ops.cast(mixed_output, "float32"))
+        assert np.all(np.isfinite(mixed_output))
+        np.testing.assert_allclose(mixed_output, keras.ops.convert_to_numpy(output), atol=atol, rtol=0.05)
+    return layer, output

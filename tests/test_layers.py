@@ -1,0 +1,237 @@
+"""Tests of keras_vit.layers: values against hand computations, Keras'
+Conv2D, and timm's Block on the same random weights."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_vit
+from keras_vit import layers
+from tests.conftest import run_layer_test
+
+
+# --- Patches -----------------------------------------------------------------
+
+
+def test_patches_row_major_order_and_values(rng):
+    images = rng.normal(size=(2, 8, 12, 3)).astype("float32")
+    patches = keras.ops.convert_to_numpy(layers.Patches(4)(images))
+    assert patches.shape == (2, 6, 48)
+    # Patch k is at grid row k // 3, column k % 3, flattened (row, col, channel).
+    for k in range(6):
+        r, c = divmod(k, 3)
+        expected = images[:, 4 * r:4 * r + 4, 4 * c:4 * c + 4, :].reshape(2, -1)
+        np.testing.assert_array_equal(patches[:, k], expected)
+
+
+def test_patches_dense_equals_conv2d_patch_embedding(rng):
+    images = rng.normal(size=(2, 32, 32, 3)).astype("float32")
+    conv = keras.layers.Conv2D(8, 16, strides=16, padding="valid")
+    conv_out = keras.ops.convert_to_numpy(conv(images)).reshape(2, 4, 8)
+    kernel, bias = (keras.ops.convert_to_numpy(w) for w in conv.weights)
+    dense_out = layers.Patches(16)(images) @ kernel.reshape(16 * 16 * 3, 8) + bias
+    np.testing.assert_allclose(dense_out, conv_out, atol=1e-5)
+
+
+def test_patches_rejects_indivisible_size():
+    with pytest.raises(ValueError, match=r"height 30 and width 32 .*patch_size=16"):
+        layers.Patches(16)(np.zeros((1, 30, 32, 3), "float32"))
+
+
+@pytest.mark.parametrize("bad", [0, -4, 2.5, "16", True])
+def test_patches_rejects_bad_patch_size(bad):
+    with pytest.raises((ValueError, TypeError), match="patch_size"):
+        layers.Patches(bad)
+
+
+def test_patches_layer_contract(rng, tmp_path):
+    run_layer_test(
+        layers.Patches,
+        {"patch_size": 4},
+        rng.normal(size=(2, 8, 8, 3)).astype("float32"),
+        (2, 4, 48),
+        tmp_path,
+    )
+
+
+# --- PatchEncoder ------------------------------------------------------------
+
+
+def test_patch_encoder_values(rng):
+    patches = rng.normal(size=(2, 4, 12)).astype("float32")
+    encoder = layers.PatchEncoder(num_patches=4, hidden_dim=6)
+    encoder.build(patches.shape)
+    kernel = rng.normal(size=(12, 6)).astype("float32")
+    bias = rng.normal(size=(6,)).astype("float32")
+    cls = rng.normal(size=(1, 1, 6)).astype("float32")
+    pos = rng.normal(size=(1, 5, 6)).astype("float32")
+    encoder.projection.kernel.assign(kernel)
+    encoder.projection.bias.assign(bias)
+    encoder.class_token.assign(cls)
+    encoder.position_embedding.assign(pos)
+    out = keras.ops.convert_to_numpy(encoder(patches))
+    expected = np.concatenate([np.repeat(cls, 2, axis=0), patches @ kernel + bias], axis=1) + pos
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_patch_encoder_weights_for_vit_b16():
+    encoder = layers.PatchEncoder(num_patches=196, hidden_dim=768)
+    encoder.build((None, 196, 768))
+    assert tuple(encoder.position_embedding.shape) == (1, 197, 768)
+    assert tuple(encoder.class_token.shape) == (1, 1, 768)
+    # Created with add_weight: tracked, trainable, and named like the rest.
+    paths = {w.path for w in encoder.trainable_weights}
+    assert {"patch_encoder/class_token", "patch_encoder/position_embedding"} <= paths
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(encoder.class_token), 0.0)
+    assert 0.015 < float(np.std(keras.ops.convert_to_numpy(encoder.position_embedding))) < 0.025
+
+
+def test_patch_encoder_rejects_wrong_patch_count():
+    with pytest.raises(ValueError, match=r"num_patches=4 but received 9 patches"):
+        layers.PatchEncoder(num_patches=4, hidden_dim=8)(np.zeros((1, 9, 12), "float32"))
+
+
+def test_patch_encoder_dropout_only_in_training():
+    encoder = layers.PatchEncoder(num_patches=4, hidden_dim=64, dropout_rate=0.5)
+    patches = np.ones((2, 4, 12), "float32")
+    np.testing.assert_array_equal(encoder(patches), encoder(patches, training=False))
+    trained = keras.ops.convert_to_numpy(encoder(patches, training=True))
+    assert 0.3 < float(np.mean(trained == 0.0)) < 0.7
+
+
+def test_patch_encoder_layer_contract(rng, tmp_path):
+    run_layer_test(
+        layers.PatchEncoder,
+        {"num_patches": 4, "hidden_dim": 8, "dropout_rate": 0.1},
+        rng.normal(size=(2, 4, 12)).astype("float32"),
+        (2, 5, 8),
+        tmp_path,
+    )
+
+
+# --- TransformerBlock --------------------------------------------------------
+
+
+def test_transformer_block_layer_contract(rng, tmp_path):
+    run_layer_test(
+        layers.TransformerBlock,
+        {
+            "hidden_dim": 16,
+            "num_heads": 4,
+            "mlp_dim": 32,
+            "dropout_rate": 0.1,
+            "attention_dropout_rate": 0.1,
+            "drop_path_rate": 0.1,
+            "layer_norm_epsilon": 1e-6,
+        },
+        rng.normal(size=(2, 5, 16)).astype("float32"),
+        (2, 5, 16),
+        tmp_path,
+    )
+
+
+def _numpy_block(block, x):
+    """The ViT block written out in NumPy from the layer's own weights."""
+    w = {v.path.split("/", 1)[1]: keras.ops.convert_to_numpy(v) for v in block.weights}
+
+    def layer_norm(v, name):
+        mean = v.mean(-1, keepdims=True)
+        var = v.var(-1, keepdims=True)
+        return (v - mean) / np.sqrt(var + 1e-6) * w[f"{name}/gamma"] + w[f"{name}/beta"]
+
+    from scipy.special import erf
+
+    h = layer_norm(x, "norm1")
+    q, k, v = (
+        np.einsum("btd,dnh->bnth", h, w[f"attn/{n}/kernel"]) + w[f"attn/{n}/bias"][None, :, None]
+        for n in ("query", "key", "value")
+    )
+    logits = q @ k.transpose(0, 1, 3, 2) / np.sqrt(q.shape[-1])
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    attended = np.einsum("bnth,nhd->btd", probs @ v, w["attn/attention_output/kernel"])
+    x = x + attended + w["attn/attention_output/bias"]
+    h = layer_norm(x, "norm2") @ w["mlp_fc1/kernel"] + w["mlp_fc1/bias"]
+    h = 0.5 * h * (1.0 + erf(h / np.sqrt(2.0)))  # exact GELU
+    return x + h @ w["mlp_fc2/kernel"] + w["mlp_fc2/bias"], probs
+
+
+def test_transformer_block_matches_numpy_reference(rng):
+    block = layers.TransformerBlock(hidden_dim=12, num_heads=3, mlp_dim=20)
+    x = rng.normal(size=(2, 7, 12)).astype("float32")
+    block.build(x.shape)
+    for variable in block.weights:
+        variable.assign(rng.normal(0.0, 0.3, tuple(variable.shape)).astype("float32"))
+    out, scores = block(x, return_attention_scores=True)
+    expected_out, expected_scores = _numpy_block(block, x.astype("float64"))
+    np.testing.assert_allclose(out, expected_out, atol=1e-4)
+    np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
+    np.testing.assert_allclose(np.sum(scores, axis=-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(block(x), out, atol=1e-5)
+
+
+def test_transformer_block_symbolic_attention_scores():
+    inputs = keras.Input((9, 8))
+    outputs, scores = layers.TransformerBlock(8, 2, 16)(inputs, return_attention_scores=True)
+    assert tuple(outputs.shape) == (None, 9, 8)
+    assert tuple(scores.shape) == (None, 2, 9, 9)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(hidden_dim=10, num_heads=3, mlp_dim=8), r"hidden_dim=10 must be divisible by num_heads=3"),
+        (dict(hidden_dim=8, num_heads=0, mlp_dim=8), "num_heads"),
+        (dict(hidden_dim=8, num_heads=2, mlp_dim=-1), "mlp_dim"),
+        (dict(hidden_dim=8, num_heads=2, mlp_dim=8, dropout_rate=1.0), "dropout_rate"),
+        (dict(hidden_dim=8, num_heads=2, mlp_dim=8, attention_dropout_rate=-0.1), "attention_dropout_rate"),
+        (dict(hidden_dim=8, num_heads=2, mlp_dim=8, drop_path_rate="0.1"), "drop_path_rate"),
+        (dict(hidden_dim=8, num_heads=2, mlp_dim=8, layer_norm_epsilon=0), "layer_norm_epsilon"),
+    ],
+)
+def test_transformer_block_rejects_bad_arguments(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        layers.TransformerBlock(**kwargs)
+
+
+def test_transformer_block_rejects_wrong_width():
+    with pytest.raises(ValueError, match=r"\(batch, tokens, 8\)"):
+        layers.TransformerBlock(8, 2, 16)(np.zeros((1, 3, 6), "float32"))
+
+
+# --- DropPath and pooling ----------------------------------------------------
+
+
+def test_drop_path_drops_whole_samples_and_rescales():
+    layer = layers.DropPath(0.5, seed=1)
+    x = np.ones((512, 3, 4), "float32")
+    out = keras.ops.convert_to_numpy(layer(x, training=True))
+    per_sample = out.reshape(512, -1)
+    # Every sample is either dropped whole or kept whole and scaled by 1/keep.
+    assert set(np.unique(per_sample)) <= {0.0, 2.0}
+    assert np.all(per_sample.min(axis=1) == per_sample.max(axis=1))
+    assert 0.4 < float(np.mean(per_sample[:, 0] == 0.0)) < 0.6
+    np.testing.assert_array_equal(layer(x, training=False), x)
+
+
+def test_drop_path_layer_contract(rng, tmp_path):
+    run_layer_test(
+        layers.DropPath, {"rate": 0.2, "seed": 3},
+        rng.normal(size=(2, 3, 4)).astype("float32"), (2, 3, 4), tmp_path,
+    )
+
+
+def test_pooling_layers(rng, tmp_path):
+    tokens = rng.normal(size=(2, 5, 4)).astype("float32")
+    np.testing.assert_array_equal(layers.ClassTokenPooling()(tokens), tokens[:, 0])
+    np.testing.assert_allclose(
+        layers.PatchTokenAveragePooling()(tokens), tokens[:, 1:].mean(axis=1), atol=1e-6
+    )
+    run_layer_test(layers.ClassTokenPooling, {}, tokens, (2, 4), tmp_path)
+    run_layer_test(layers.PatchTokenAveragePooling, {}, tokens, (2, 4), tmp_path)
+
+
+def test_layers_exported_at_top_level():
+    for name in ("Patches", "PatchEncoder", "TransformerBlock"):
+        assert getattr(keras_vit, name) is getattr(layers, name)
+        assert name in keras_vit.__all__
