@@ -7,6 +7,14 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# torchvision (0.29.1, for timm) crashes the process when it is imported
+# after TensorFlow (2.21); the parity tests' references are imported first.
+try:
+    import torch  # noqa: F401
+    import torchvision  # noqa: F401
+except ImportError:
+    pass
+
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
