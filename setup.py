@@ -17,7 +17,7 @@ TENSORFLOW = "2.16"
 EXTRAS = {
     "cpu": [f"tensorflow-cpu>={TENSORFLOW}"],
     "gpu": [f"tensorflow[and-cuda]>={TENSORFLOW}"],
-    "examples": ["scikit-image>=0.21", "pillow>=9"],
+    "examples": ["scikit-image>=0.21", "pillow>=9", "matplotlib>=3.7"],
     # Reference implementations for the parity tests. torch is pinned: an
     # unpinned torch pulls a multi-GB CUDA build; 2.14.1 with torchvision
     # 0.29.1 is the pair timm imports with.
@@ -30,6 +30,7 @@ EXTRAS = {
         "transformers>=4.45",
         "scikit-image>=0.21",
         "pillow>=9",
+        "matplotlib>=3.7",
     ],
 }
 
@@ -55,6 +56,5 @@ setup(
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
-        "License :: OSI Approved :: Apache Software License",
     ],
 )

@@ -272,7 +272,7 @@ def _make_builder(variant):
         title=f"ViT-{variant}",
         variant_arg="",
         extra_args="",
-        example=f"{function_name}(include_top=False)",
+        example=f"{function_name}(include_top=False, pooling=\"token\")",
         example_output=f"(None, {variants.SIZES[variant.split('/')[0]]['hidden_dim']})",
     ) if variant != "Test/4" else (
         "Instantiates the few-thousand-parameter ViT used by the tests "

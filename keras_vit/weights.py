@@ -656,9 +656,11 @@ def load_weights(model, path, interpolation="bilinear", antialias=False):
     Example:
 
     >>> model = keras_vit.ViTTest4(input_shape=(32, 32, 3), classes=10)
-    >>> keras_vit.save_npz(model, "test4.npz")
+    >>> path = keras_vit.save_npz(model, "test4.npz")
     >>> bigger = keras_vit.ViTTest4(input_shape=(64, 64, 3), classes=10)
-    >>> _ = keras_vit.load_weights(bigger, "test4.npz")  # 8x8 grid -> 16x16
+    >>> bigger = keras_vit.load_weights(bigger, path)  # 8x8 grid -> 16x16
+    >>> tuple(bigger.get_layer("patch_encoder").position_embedding.shape)
+    (1, 257, 16)
     """
     check_choice("interpolation", interpolation, _INTERPOLATIONS)
     if not isinstance(path, (str, os.PathLike)):

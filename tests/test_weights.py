@@ -85,8 +85,11 @@ def test_representation_size_round_trip(tmp_path, images):
     loaded = _tiny(representation_size=24, weights=path)
     np.testing.assert_array_equal(loaded(images), source(images))
     # Without representation_size the pre-logits layer is dropped, as vit_jax does.
-    with pytest.warns(UserWarning, match=r"pre-logits layer of width 24"):
+    with pytest.warns(UserWarning) as record:
         _tiny(weights=path, classes=7)
+    messages = " | ".join(str(w.message) for w in record)
+    assert "pre-logits layer of width 24" in messages
+    assert "has 5 classes but the model has classes=7" in messages
 
 
 def test_google_prefixes_and_big_vision_names(source, npz_path, tmp_path, images):
