@@ -47,6 +47,9 @@ _BUILDER_DOC = """Instantiates the {title} Vision Transformer.
         representation_size: width of the tanh "pre-logits" layer that
             ImageNet-21k checkpoints have before the head; `None` for none.
         name: model name.
+        include_preprocessing: if True, the model takes pixels in [0, 255]
+            and applies `preprocess_input` itself (a `Rescaling` layer named
+            "preprocessing"), as training runs and exports do.
 {extra_args}
     Returns:
         A `keras.Model`.
@@ -73,6 +76,7 @@ def ViT(
     drop_path_rate=0.0,
     representation_size=None,
     name=None,
+    include_preprocessing=False,
     *,
     patch_size=None,
     hidden_dim=None,
@@ -89,6 +93,11 @@ def ViT(
         mlp_dim=mlp_dim,
     )
     check_choice("pooling", pooling, _POOLINGS)
+    if not isinstance(include_preprocessing, bool):
+        raise TypeError(
+            "include_preprocessing must be True or False, received "
+            f"include_preprocessing={include_preprocessing!r}."
+        )
     if not isinstance(include_top, bool):
         raise TypeError(f"include_top must be True or False, received include_top={include_top!r}.")
     if include_top:
@@ -117,7 +126,11 @@ def ViT(
     height, width = images.shape[1], images.shape[2]
     num_patches = (height // config.patch_size) * (width // config.patch_size)
 
-    x = vit_layers.Patches(config.patch_size, name="patches")(images)
+    x = images
+    if include_preprocessing:
+        # The checkpoints' convention, (x - 127.5) / 127.5, inside the model.
+        x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocessing")(x)
+    x = vit_layers.Patches(config.patch_size, name="patches")(x)
     x = vit_layers.PatchEncoder(
         num_patches, config.hidden_dim, dropout_rate=dropout_rate, name="patch_encoder"
     )(x)
@@ -248,6 +261,7 @@ def _make_builder(variant):
         drop_path_rate=0.0,
         representation_size=None,
         name=None,
+        include_preprocessing=False,
     ):
         return ViT(
             variant,
@@ -263,6 +277,7 @@ def _make_builder(variant):
             drop_path_rate=drop_path_rate,
             representation_size=representation_size,
             name=name,
+            include_preprocessing=include_preprocessing,
         )
 
     function_name = "ViT" + variant.replace("/", "")

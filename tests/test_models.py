@@ -217,3 +217,12 @@ def test_trains_with_fit(rng):
     history = model.fit(images, labels, epochs=15, batch_size=8, verbose=0)
     assert history.history["loss"][-1] < 0.5 * history.history["loss"][0]
     assert history.history["accuracy"][-1] == 1.0
+
+
+def test_include_preprocessing_equals_preprocess_input(rng):
+    pixels = rng.uniform(0, 255, (2,) + TINY_SHAPE).astype("float32")
+    plain = randomize(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5))
+    with_pre = keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5, include_preprocessing=True)
+    with_pre.set_weights(plain.get_weights())
+    assert with_pre.count_params() == plain.count_params()
+    np.testing.assert_allclose(with_pre(pixels), plain(keras_vit.preprocess_input(pixels)), atol=1e-6)
