@@ -51,7 +51,15 @@ setup(
         "numpy>=1.24",
         "h5py>=3.8",
         "safetensors>=0.4",
+        "scikit-learn>=1.2",
+        "matplotlib>=3.7",
+        "tensorflow-datasets>=4.9",
+        "tensorboard>=2.16",
+        # tensorflow-datasets imports it when it prepares or reads a data set
+        # but does not declare it.
+        "importlib_resources",
     ],
+    entry_points={"console_scripts": ["keras-vit=keras_vit.cli:main"]},
     extras_require=EXTRAS,
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -9,7 +9,7 @@ from keras_vit._backend import require_tensorflow as _require_tensorflow
 
 _require_tensorflow()
 
-from keras_vit import layers, models, variants, weights  # noqa: E402
+from keras_vit import data, distribute, layers, models, runs, training, variants, weights  # noqa: E402
 from keras_vit.layers import (  # noqa: E402
     ClassTokenPooling,
     DropPath,
@@ -60,12 +60,16 @@ __all__ = [
     "ViTTest4",
     "ViTTi16",
     "__version__",
+    "data",
+    "distribute",
     "layers",
     "load_weights",
     "models",
     "preprocess_input",
     "resample_position_embedding",
+    "runs",
     "save_npz",
+    "training",
     "variants",
     "weights",
 ]

@@ -1,0 +1,147 @@
+"""The `keras-vit` command line: `train`, `evaluate`, `predict`.
+
+    keras-vit train                      # main job: the digits, minutes on a laptop CPU
+    keras-vit train --data fashion_mnist --epochs 30 --output runs/fmnist
+    keras-vit evaluate runs/fmnist       # accuracy, loss, confusion matrix PNG
+    keras-vit predict runs/fmnist photo1.jpg photo2.png --top-k 3
+
+Bad arguments end the command with exit code 2 and a one-line error.
+"""
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _bool_flag(parser, name, help_text, default=None):
+    parser.add_argument(f"--{name}", dest=name.replace("-", "_"), action=argparse.BooleanOptionalAction,
+                        default=default, help=help_text)
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="keras-vit", description="Train, evaluate and use Vision Transformers (keras_vit)."
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,predict}")
+
+    train = sub.add_parser(
+        "train", help="train a ViT (default: the digits data set)",
+        description="Train a ViT with model.fit on tf.data. Settings left out come from the "
+                    "data set's recipe (digits, fashion_mnist) or the defaults. Rerunning the "
+                    "same command resumes an interrupted run.",
+    )
+    train.add_argument("--data", default="digits",
+                       help="'digits' (default), 'fashion_mnist', a folder of class folders, "
+                            "or a TFDS name prepared in --data-dir")
+    train.add_argument("--data-dir", help="TFDS data directory holding prepared data sets")
+    train.add_argument("--download", action="store_true", help="let TFDS download a missing data set")
+    train.add_argument("--output", help="run directory (default: runs/<data>)")
+    train.add_argument("--variant", help="a standard ViT, e.g. 'S/16' (default: the recipe's small ViT)")
+    for name in ("patch-size", "hidden-dim", "num-layers", "num-heads", "mlp-dim", "image-size"):
+        train.add_argument(f"--{name}", type=int, help=f"model {name.replace('-', ' ')}")
+    train.add_argument("--weights", help="checkpoint to start from (.npz, .safetensors, .weights.h5)")
+    _bool_flag(train, "freeze-backbone", "train only the head (fine-tuning)", default=False)
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--batch-size", type=int, help="global batch size")
+    train.add_argument("--learning-rate", type=float, help="peak learning rate")
+    train.add_argument("--weight-decay", type=float)
+    train.add_argument("--warmup-epochs", type=float, default=5.0)
+    train.add_argument("--label-smoothing", type=float, default=0.1)
+    train.add_argument("--clipnorm", type=float, default=1.0, help="global-norm gradient clipping")
+    train.add_argument("--dropout-rate", type=float, default=0.0)
+    train.add_argument("--drop-path-rate", type=float, help="stochastic depth")
+    _bool_flag(train, "flip", "random horizontal flips")
+    train.add_argument("--crop-scale", type=float, help="random resized crop keeping >= this fraction")
+    train.add_argument("--rand-augment", type=float, default=0.0, help="RandAugment strength in [0, 1]")
+    train.add_argument("--mixup", type=float, default=0.0, help="MixUp alpha (0: off)")
+    train.add_argument("--cutmix", type=float, default=0.0, help="CutMix factor (0: off)")
+    _bool_flag(train, "mixed-precision",
+               "mixed_bfloat16 on CPU/TPU, mixed_float16 with loss scaling on GPU", default=False)
+    train.add_argument("--jit-compile", choices=("auto", "true", "false"), default="auto",
+                       help="XLA compilation")
+    train.add_argument("--strategy", default="auto",
+                       help="auto, default, one_device, mirrored, multi_worker (TF_CONFIG) or tpu")
+    train.add_argument("--validation-split", type=float, default=0.1)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
+                       help="Keras progress: 1 bars, 2 a line per epoch")
+
+    evaluate = sub.add_parser("evaluate", help="test accuracy, loss and confusion matrix of a run",
+                              description="Evaluate a run's best model on its data set's test split; "
+                                          "writes evaluation.json and confusion.png into the run.")
+    evaluate.add_argument("run", help="run directory written by 'keras-vit train'")
+    evaluate.add_argument("--model", choices=("best", "last"), default="best")
+
+    predict = sub.add_parser("predict", help="classify image files with a run's model",
+                             description="Print the top-k classes of each image.")
+    predict.add_argument("run", help="run directory written by 'keras-vit train'")
+    predict.add_argument("images", nargs="+", help="JPEG, PNG, BMP or GIF files")
+    predict.add_argument("--top-k", type=int, default=3)
+    predict.add_argument("--model", choices=("best", "last"), default="best")
+    return parser
+
+
+def _train(args):
+    from keras_vit import runs
+
+    fields = {f.name for f in dataclasses.fields(runs.TrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in fields}
+    values["jit_compile"] = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
+    config = runs.TrainConfig(**values).resolved()
+    print(f"keras-vit train: data={config.data} output={config.output} "
+          f"model={config.variant or 'recipe'} (patch {config.patch_size}, width {config.hidden_dim}, "
+          f"depth {config.num_layers}, heads {config.num_heads}, MLP {config.mlp_dim}) "
+          f"image_size={config.image_size} epochs={config.epochs} batch={config.batch_size}",
+          flush=True)
+    results = runs.train(config).results
+    print(f"test accuracy {results['test_accuracy']:.4f}, test loss {results['test_loss']:.4f}, "
+          f"{results['epochs']} epochs, wall time {results['wall_time_s']:.1f} s "
+          f"({'resumed' if results['resumed'] else 'fresh run'}), run in {config.output}")
+
+
+def _evaluate(args):
+    from keras_vit import runs
+
+    started = time.time()
+    result = runs.evaluate(args.run, which=args.model)
+    print(f"test accuracy {result['accuracy']:.4f}, test loss {result['loss']:.4f} on "
+          f"{result['num_examples']} images; confusion matrix {result['confusion_png']} "
+          f"({time.time() - started:.1f} s)")
+
+
+def _predict(args):
+    from keras_vit import runs
+
+    for path, ranked in zip(args.images, runs.predict(args.run, args.images, top_k=args.top_k,
+                                                      which=args.model)):
+        print(f"{path}: " + ", ".join(f"{name} {p:.4f}" for name, p in ranked))
+
+
+def main(argv=None):
+    """Runs the command line; returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from keras_vit.version import __version__
+
+        print(f"keras-vit {__version__}")
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        {"train": _train, "evaluate": _evaluate, "predict": _predict}[args.command](args)
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as error:
+        message = " ".join(str(error).split())
+        print(f"keras-vit {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

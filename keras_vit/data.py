@@ -1,0 +1,454 @@
+"""tf.data input pipelines for training and evaluating ViTs.
+
+`load(source, ...)` returns batched `tf.data.Dataset`s of
+`(images, labels)`: images float32 in [0, 255] with 3 channels at
+`image_size` (the models built for training normalise them with their
+`include_preprocessing` layer), labels one-hot (`label_mode="categorical"`,
+what label smoothing, MixUp and CutMix need) or integers (`"int"`).
+
+Sources, by name or value:
+
+- `"digits"`: scikit-learn's bundled 8x8 digits (the embedded default),
+  split 70/10/20 into train/validation/test with a fixed seed;
+- `"fashion_mnist"`: Debian's `dataset-fashion-mnist` files if present,
+  else a TFDS `data_dir` that already holds it; never the network;
+- a directory with one sub-folder per class (JPEG, PNG, BMP, GIF), or with
+  `train/`, `validation/` (or `val/`) and `test/` split folders each holding
+  class folders, read with Keras' `image_dataset_from_directory`;
+- the name of any TFDS data set already prepared in `data_dir`;
+- NumPy arrays: `(images, labels)` or `{"train": (images, labels), ...}`.
+"""
+
+import dataclasses
+import gzip
+import os
+import pathlib
+
+import numpy as np
+import tensorflow as tf
+
+DEBIAN_FASHION_MNIST = pathlib.Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
+SPLITS = ("train", "validation", "test")
+_CACHE_LIMIT_BYTES = 2 * 1024**3  # cache decoded images when they fit in this
+_DIGITS_SPLIT = (0.7, 0.1, 0.2)
+_SPLIT_FOLDERS = {"train": ("train",), "validation": ("validation", "val"), "test": ("test",)}
+
+
+class DataError(ValueError):
+    """A data source that cannot be found or read."""
+
+
+@dataclasses.dataclass
+class DatasetInfo:
+    """What a training run needs to know about its data.
+
+    Attributes:
+        name: the source's name (`"digits"`, a folder path, ...).
+        class_names: class names in label order; they travel with the model.
+        image_size: `(height, width)` of the images the pipelines yield.
+        num_examples: examples per split, e.g. `{"train": 1257, ...}`.
+    """
+
+    name: str
+    class_names: list
+    image_size: tuple
+    num_examples: dict
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
+
+    def to_json(self):
+        return {
+            "name": self.name,
+            "class_names": list(self.class_names),
+            "image_size": list(self.image_size),
+            "num_examples": dict(self.num_examples),
+        }
+
+
+# ---------------------------------------------------------------------------
+# Reading sources into NumPy arrays (small data) or tf.data (folders, TFDS)
+# ---------------------------------------------------------------------------
+
+
+def _split_arrays(images, labels, fractions, seed):
+    order = np.random.default_rng(seed).permutation(len(images))
+    n_train = int(round(fractions[0] * len(images)))
+    n_val = int(round(fractions[1] * len(images)))
+    parts = (order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:])
+    return {split: (images[idx], labels[idx]) for split, idx in zip(SPLITS, parts)}
+
+
+def _digits(seed):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    # 17 grey levels (0..16) -> [0, 255]
+    images = np.round(digits.images * (255.0 / 16.0)).astype("uint8")[..., None]
+    labels = digits.target.astype("int64")
+    splits = _split_arrays(images, labels, _DIGITS_SPLIT, seed)
+    return splits, [str(i) for i in range(10)]
+
+
+def _read_idx(path):
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _fashion_mnist(data_dir, validation_split, seed):
+    files = {
+        "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+        "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+    }
+    if all((DEBIAN_FASHION_MNIST / name).is_file() for pair in files.values() for name in pair):
+        arrays = {
+            split: (
+                _read_idx(DEBIAN_FASHION_MNIST / images)[..., None],
+                _read_idx(DEBIAN_FASHION_MNIST / labels).astype("int64"),
+            )
+            for split, (images, labels) in files.items()
+        }
+        train_images, train_labels = arrays["train"]
+        order = np.random.default_rng(seed).permutation(len(train_images))
+        n_val = int(round(validation_split * len(train_images)))
+        val, train = order[:n_val], order[n_val:]
+        return {
+            "train": (train_images[train], train_labels[train]),
+            "validation": (train_images[val], train_labels[val]),
+            "test": arrays["test"],
+        }, list(FASHION_MNIST_CLASSES)
+    if data_dir is not None and _tfds_directory(data_dir, "fashion_mnist") is not None:
+        return None, None
+    raise DataError(
+        "Fashion-MNIST not found: install Debian's package "
+        "(apt-get install dataset-fashion-mnist, files in "
+        f"{DEBIAN_FASHION_MNIST}) or pass data_dir= (--data-dir) holding a "
+        "prepared TFDS 'fashion_mnist'. keras_vit never downloads it."
+    )
+
+
+def _tfds_directory(data_dir, name):
+    """The newest prepared version folder of TFDS data set `name`, or None."""
+    root = pathlib.Path(data_dir) / name
+    if not root.is_dir():
+        return None
+    candidates = sorted(
+        (p for p in root.rglob("dataset_info.json")), key=lambda p: str(p.parent)
+    )
+    return candidates[-1].parent if candidates else None
+
+
+def _from_tfds(name, data_dir, validation_split, download):
+    import tensorflow_datasets as tfds
+
+    directory = _tfds_directory(data_dir, name) if data_dir else None
+    if directory is None:
+        if not download:
+            raise DataError(
+                f"Unknown data source {name!r}: not 'digits', 'fashion_mnist', a "
+                "folder, or a TFDS data set prepared in "
+                f"data_dir={str(data_dir) if data_dir else None!r} (pass "
+                "download=True / --download to let TFDS fetch it)."
+            )
+        builder = tfds.builder(name, data_dir=data_dir)
+        builder.download_and_prepare()
+    else:
+        builder = tfds.builder_from_directory(str(directory))
+    splits = builder.info.splits
+    label_feature = builder.info.features["label"]
+    class_names = list(getattr(label_feature, "names", None) or map(str, range(label_feature.num_classes)))
+    image_key = "image" if "image" in builder.info.features else next(
+        k for k, f in builder.info.features.items() if isinstance(f, tfds.features.Image)
+    )
+    if "validation" in splits:
+        split_names = {"train": "train", "validation": "validation"}
+    else:
+        percent = int(round(100 * (1 - validation_split)))
+        split_names = {"train": f"train[:{percent}%]", "validation": f"train[{percent}%:]"}
+    split_names["test"] = "test" if "test" in splits else split_names["validation"]
+    datasets, counts = {}, {}
+    for split, spec in split_names.items():
+        ds = builder.as_dataset(split=spec, shuffle_files=False)
+        datasets[split] = ds.map(lambda ex: (ex[image_key], ex["label"]))
+        counts[split] = int(splits[spec].num_examples)
+    return datasets, counts, class_names
+
+
+def _from_folder(path, image_size, validation_split, seed):
+    import keras
+
+    if image_size is None:
+        raise ValueError(f"{path}: images read from a folder need image_size= (--image-size).")
+    subdirs = {p.name for p in path.iterdir() if p.is_dir()}
+    options = dict(
+        labels="inferred", label_mode="int", color_mode="rgb", batch_size=None,
+        image_size=image_size, shuffle=False, interpolation="bilinear",
+    )
+    split_dirs = {
+        split: next((path / n for n in names if n in subdirs), None)
+        for split, names in _SPLIT_FOLDERS.items()
+    }
+    datasets = {}
+    if split_dirs["train"] is not None:
+        for split, directory in split_dirs.items():
+            if directory is not None:
+                datasets[split] = keras.utils.image_dataset_from_directory(directory, **options)
+        class_names = datasets["train"].class_names
+        for split, ds in datasets.items():
+            if ds.class_names != class_names:
+                raise DataError(
+                    f"{path}: the class folders of '{split}' ({ds.class_names}) "
+                    f"differ from those of 'train' ({class_names})."
+                )
+        if "validation" not in datasets:
+            raise DataError(f"{path} has a train/ folder but no validation/ (or val/) folder.")
+    else:
+        if not subdirs:
+            raise DataError(f"{path} holds no class sub-folders (one per class, with images).")
+        train, val = keras.utils.image_dataset_from_directory(
+            path, validation_split=validation_split, subset="both", seed=seed, **options
+        )
+        datasets = {"train": train, "validation": val}
+        class_names = train.class_names
+    counts = {split: int(ds.cardinality()) for split, ds in datasets.items()}
+    if "test" not in datasets:
+        datasets["test"], counts["test"] = datasets["validation"], counts["validation"]
+    return datasets, counts, class_names
+
+
+# ---------------------------------------------------------------------------
+# Pipelines
+# ---------------------------------------------------------------------------
+
+
+def _check_image_size(image_size):
+    if image_size is None:
+        return None
+    given = image_size
+    if isinstance(image_size, (int, np.integer)):
+        image_size = (int(image_size), int(image_size))
+    image_size = tuple(image_size)
+    if len(image_size) != 2 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in image_size):
+        raise ValueError(
+            f"image_size must be a positive int or (height, width), received image_size={given!r}."
+        )
+    return tuple(int(v) for v in image_size)
+
+
+def _to_pixels(image, image_size):
+    """uint8/float image of 1, 3 or 4 channels -> float32 RGB at image_size."""
+    image = tf.cast(image, tf.float32)
+    channels = image.shape[-1]
+    if channels == 1:
+        image = tf.image.grayscale_to_rgb(image)
+    elif channels == 4:
+        image = image[..., :3]
+    if tuple(image.shape[-3:-1]) != tuple(image_size):
+        image = tf.image.resize(image, image_size, method="bilinear", antialias=True)
+        image = tf.clip_by_value(image, 0.0, 255.0)
+    return image
+
+
+def _pipeline(ds, num_examples, image_size, num_classes, batch_size, training, label_mode,
+              seed, cache, augmentation, input_context, options):
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        # Each worker reads its own shard of the examples.
+        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        batch_size = input_context.get_per_replica_batch_size(batch_size) * (
+            input_context.num_replicas_in_sync // input_context.num_input_pipelines
+        )
+
+    def convert(image, label):
+        label = tf.cast(label, tf.int32)
+        if label_mode == "categorical":
+            label = tf.one_hot(label, num_classes)
+        return _to_pixels(image, image_size), label
+
+    ds = ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+    size = num_examples * image_size[0] * image_size[1] * 3 * 4
+    if cache and size <= _CACHE_LIMIT_BYTES:
+        ds = ds.cache()
+    if training:
+        ds = ds.shuffle(min(num_examples, 50_000), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=training)
+    if training and augmentation is not None:
+        ds = ds.map(augmentation, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    return ds.with_options(options) if options is not None else ds
+
+
+def _read(source, image_size, validation_split, seed, data_dir, download):
+    """Returns ({split: tf.data of (image, int label)}, counts, class_names, name, native size)."""
+    if isinstance(source, tuple) or isinstance(source, dict):
+        arrays = source if isinstance(source, dict) else {"train": source}
+        arrays = {k: (np.asarray(x), np.asarray(y)) for k, (x, y) in arrays.items()}
+        unknown = set(arrays) - set(SPLITS)
+        if unknown or "train" not in arrays:
+            raise ValueError(
+                f"NumPy data must be (images, labels) or a dict with keys among {SPLITS} "
+                f"including 'train'; received keys {sorted(arrays)}."
+            )
+        if "validation" not in arrays:
+            images, labels = arrays["train"]
+            order = np.random.default_rng(seed).permutation(len(images))
+            n_val = max(1, int(round(validation_split * len(images))))
+            arrays["validation"] = (images[order[:n_val]], labels[order[:n_val]])
+            arrays["train"] = (images[order[n_val:]], labels[order[n_val:]])
+        arrays.setdefault("test", arrays["validation"])
+        for split, (x, y) in arrays.items():
+            if x.ndim == 3:
+                arrays[split] = (x[..., None], y)
+            elif x.ndim != 4 or len(x) != len(y):
+                raise ValueError(
+                    f"NumPy {split} images must have shape (n, height, width[, channels]) "
+                    f"with one label each; received images {x.shape} and labels {y.shape}."
+                )
+        num_classes = int(max(int(y.max()) for _, y in arrays.values())) + 1
+        return arrays, [str(i) for i in range(num_classes)], "arrays"
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(
+            "source must be a data set name, a folder, or NumPy (images, labels); "
+            f"received {type(source).__name__}."
+        )
+    name = str(source)
+    if name == "digits":
+        arrays, class_names = _digits(seed)
+        return arrays, class_names, name
+    if name in ("fashion_mnist", "fashion-mnist"):
+        arrays, class_names = _fashion_mnist(data_dir, validation_split, seed)
+        if arrays is not None:
+            return arrays, class_names, "fashion_mnist"
+        name = "fashion_mnist"
+    path = pathlib.Path(name).expanduser()
+    if path.is_dir():
+        return _from_folder(path, image_size, validation_split, seed), None, str(path)
+    if os.sep in name or name.startswith("."):
+        raise DataError(f"Data folder not found: {name}")
+    return _from_tfds(name, data_dir, validation_split, download), None, name
+
+
+def load(
+    source="digits",
+    image_size=None,
+    batch_size=128,
+    validation_split=0.1,
+    seed=0,
+    data_dir=None,
+    download=False,
+    label_mode="categorical",
+    augmentation=None,
+    cache=True,
+    input_context=None,
+    splits=("train", "validation"),
+):
+    """Loads a data set as batched tf.data pipelines.
+
+    Args:
+        source: `"digits"`, `"fashion_mnist"`, a folder, a TFDS name prepared
+            in `data_dir`, or NumPy `(images, labels)` / `{split: (images,
+            labels)}`.
+        image_size: int or `(height, width)` the images are resized to;
+            `None` keeps the source's own size (folders need one).
+        batch_size: the global batch size.
+        validation_split: fraction of the training data held out for
+            validation when the source has no validation split.
+        seed: seed of the splits and of the shuffling.
+        data_dir: a TFDS data directory holding prepared data sets.
+        download: let TFDS download a data set missing from `data_dir`.
+        label_mode: `"categorical"` (one-hot, default) or `"int"`.
+        augmentation: a callable `(images, labels) -> (images, labels)` mapped
+            over training batches (see `keras_vit.training.augmentation`).
+        cache: cache decoded images in memory when they fit (2 GiB).
+        input_context: a `tf.distribute.InputContext`: each input pipeline
+            reads its own shard and batches per worker.
+        splits: the splits to return, among `"train"`, `"validation"`,
+            `"test"`.
+
+    Returns:
+        The requested datasets in order, followed by a `DatasetInfo`:
+        `(ds_train, ds_val, info)` by default.
+
+    Example:
+
+    >>> ds_train, ds_val, info = keras_vit.data.load("digits", batch_size=32)
+    >>> info.num_classes, info.image_size, info.num_examples["train"]
+    (10, (8, 8), 1258)
+    >>> images, labels = next(iter(ds_train))
+    >>> images.shape, labels.shape
+    (TensorShape([32, 8, 8, 3]), TensorShape([32, 10]))
+    """
+    image_size = _check_image_size(image_size)
+    if label_mode not in ("categorical", "int"):
+        raise ValueError(f"label_mode must be 'categorical' or 'int', received label_mode={label_mode!r}.")
+    if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive int, received batch_size={batch_size!r}.")
+    if not 0.0 < validation_split < 1.0:
+        raise ValueError(f"validation_split must be in (0, 1), received validation_split={validation_split!r}.")
+    for split in splits:
+        if split not in SPLITS:
+            raise ValueError(f"splits must be among {SPLITS}, received {split!r}.")
+
+    result, class_names, name = _read(source, image_size, validation_split, seed, data_dir, download)
+    if isinstance(result, dict):  # NumPy arrays per split
+        native = tuple(result["train"][0].shape[1:3])
+        image_size = image_size or native
+        counts = {split: len(x) for split, (x, _) in result.items()}
+        datasets = {
+            split: tf.data.Dataset.from_tensor_slices((x, y)) for split, (x, y) in result.items()
+        }
+    else:
+        datasets, counts, class_names = result
+        if image_size is None:
+            spec = datasets["train"].element_spec[0]
+            if spec.shape[0] is None or spec.shape[1] is None:
+                raise ValueError(f"{name}: images of varying size need image_size=.")
+            image_size = tuple(int(v) for v in spec.shape[:2])
+    info = DatasetInfo(name=name, class_names=list(class_names), image_size=image_size,
+                       num_examples=counts)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.OFF if input_context is not None
+        else tf.data.experimental.AutoShardPolicy.DATA
+    )
+    outputs = [
+        _pipeline(
+            datasets[split], counts[split], image_size, info.num_classes, batch_size,
+            training=(split == "train"), label_mode=label_mode, seed=seed, cache=cache,
+            augmentation=augmentation if split == "train" else None,
+            input_context=input_context, options=options,
+        )
+        for split in splits
+    ]
+    return (*outputs, info)
+
+
+def load_images(paths, image_size):
+    """Reads image files (JPEG, PNG, BMP, GIF) as float32 RGB in [0, 255].
+
+    Args:
+        paths: image file paths.
+        image_size: `(height, width)` to resize to.
+
+    Returns:
+        A float32 array `(len(paths), height, width, 3)`.
+    """
+    image_size = _check_image_size(image_size)
+    images = []
+    for path in paths:
+        path = pathlib.Path(path)
+        if not path.is_file():
+            raise DataError(f"Image not found: {path}")
+        try:
+            image = tf.io.decode_image(tf.io.read_file(str(path)), channels=3, expand_animations=False)
+        except (tf.errors.InvalidArgumentError, ValueError) as error:
+            raise DataError(f"Cannot decode {path} as an image: {error.message if hasattr(error, 'message') else error}") from error
+        images.append(_to_pixels(image, image_size).numpy())
+    return np.stack(images) if images else np.zeros((0,) + image_size + (3,), "float32")

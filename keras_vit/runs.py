@@ -1,0 +1,487 @@
+"""Training runs on disk: train, resume, evaluate and predict.
+
+A run directory holds everything about one training run:
+
+- `config.json`: the run's settings, the data set's class names and image
+  size (what `evaluate`, `predict` and export need);
+- `best.keras` (best validation accuracy) and `last.keras` (last epoch);
+- `log.csv` (one line per epoch), `logs/` (TensorBoard), `curves.png`;
+- `backup/` while a run is unfinished: `keras.callbacks.BackupAndRestore`
+  state, from which the same command resumes a killed run;
+- `results.json` after training; `evaluation.json` and `confusion.png`
+  after `evaluate`.
+"""
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import tempfile
+import time
+
+import keras
+import numpy as np
+
+from keras_vit import data as vit_data
+from keras_vit import distribute, models, training, variants
+
+RECIPES = {
+    # Small grayscale images trained from scratch. Tuned on this recipe's own
+    # data (see BENCHMARKS.md for the measured accuracy and time).
+    "digits": dict(
+        image_size=8, patch_size=2, hidden_dim=64, num_layers=4, num_heads=4, mlp_dim=128,
+        epochs=100, batch_size=64, learning_rate=2e-3, weight_decay=0.05, flip=False,
+        crop_scale=0.85, drop_path_rate=0.1,
+    ),
+    "fashion_mnist": dict(
+        image_size=28, patch_size=4, hidden_dim=96, num_layers=6, num_heads=4, mlp_dim=192,
+        epochs=30, batch_size=128, learning_rate=2e-3, weight_decay=0.05, flip=True,
+        crop_scale=0.9, drop_path_rate=0.1,
+    ),
+}
+_DEFAULTS = dict(
+    image_size=224, epochs=10, batch_size=32, learning_rate=1e-3, weight_decay=0.05, flip=True,
+    crop_scale=None, drop_path_rate=0.1,
+)
+_ARCHITECTURE = ("patch_size", "hidden_dim", "num_layers", "num_heads", "mlp_dim")
+
+
+class RunError(RuntimeError):
+    """A training run that cannot start or did not finish well."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Settings of one training run; `None` means the recipe's default.
+
+    The recipe is chosen by the data set (`RECIPES`); anything given here
+    overrides it. With `variant` (e.g. `"S/16"`) the model is a standard
+    ViT; without it, the recipe's small ViT.
+    """
+
+    data: str = "digits"
+    output: str = None
+    data_dir: str = None
+    download: bool = False
+    variant: str = None
+    patch_size: int = None
+    hidden_dim: int = None
+    num_layers: int = None
+    num_heads: int = None
+    mlp_dim: int = None
+    image_size: int = None
+    weights: str = None
+    freeze_backbone: bool = False
+    epochs: int = None
+    batch_size: int = None
+    learning_rate: float = None
+    weight_decay: float = None
+    warmup_epochs: float = 5.0
+    label_smoothing: float = 0.1
+    clipnorm: float = 1.0
+    dropout_rate: float = 0.0
+    drop_path_rate: float = None
+    flip: bool = None
+    crop_scale: float = None
+    rand_augment: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mixed_precision: bool = False
+    jit_compile: str = "auto"
+    strategy: str = "auto"
+    validation_split: float = 0.1
+    seed: int = 0
+    verbose: int = 1
+
+    def resolved(self):
+        """A copy with the recipe's defaults filled in and checked."""
+        name = pathlib.Path(str(self.data)).name if os.path.isdir(str(self.data)) else str(self.data)
+        recipe = dict(_DEFAULTS, **RECIPES.get(name.replace("-", "_"), {}))
+        values = dataclasses.asdict(self)
+        if self.variant is not None:
+            # A standard variant: its own sizes unless overridden.
+            base = variants.get_config(self.variant)
+            for key in _ARCHITECTURE:
+                recipe[key] = getattr(base, key)
+        for key, value in recipe.items():
+            if values.get(key) is None:
+                values[key] = value
+        if values["output"] is None:
+            values["output"] = str(pathlib.Path("runs") / name.replace("/", "_"))
+        config = TrainConfig(**values)
+        if config.image_size % config.patch_size:
+            raise ValueError(
+                f"image_size={config.image_size} must be divisible by "
+                f"patch_size={config.patch_size}."
+            )
+        for key in ("epochs", "batch_size"):
+            if not isinstance(getattr(config, key), int) or getattr(config, key) <= 0:
+                raise ValueError(f"{key} must be a positive int, received {key}={getattr(config, key)!r}.")
+        if config.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be positive, received learning_rate={config.learning_rate}.")
+        if config.weights is not None and not os.path.isfile(config.weights):
+            raise ValueError(f"weights={config.weights!r}: no such checkpoint file.")
+        if config.strategy not in distribute.STRATEGIES:
+            raise ValueError(
+                f"strategy must be one of {', '.join(distribute.STRATEGIES)}; "
+                f"received strategy={config.strategy!r}."
+            )
+        return config
+
+
+def _write_json_atomic(path, payload):
+    path = pathlib.Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def read_run(run_dir):
+    """Reads a run directory's `config.json` (raises `RunError` if absent)."""
+    path = pathlib.Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise RunError(f"{run_dir} is not a training run: it has no config.json.")
+    return json.loads(path.read_text())
+
+
+def load_run_model(run_dir, which="best"):
+    """Loads a run's `best.keras` (or `last.keras`)."""
+    path = pathlib.Path(run_dir) / f"{which}.keras"
+    if not path.is_file():
+        other = pathlib.Path(run_dir) / "last.keras"
+        if which == "best" and other.is_file():
+            path = other
+        else:
+            raise RunError(f"{run_dir} has no {which}.keras: has its training finished an epoch?")
+    return keras.saving.load_model(path)
+
+
+class _CheckpointIfFinite(keras.callbacks.ModelCheckpoint):
+    """ModelCheckpoint that never writes weights from an epoch whose loss
+    went NaN or infinite, so the last good checkpoint survives."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs and not math.isfinite(float(logs.get("loss", 0.0))):
+            return
+        super().on_epoch_end(epoch, logs)
+
+
+class _StopOnNaN(keras.callbacks.Callback):
+    """Stops training at the first non-finite loss and remembers where."""
+
+    def __init__(self):
+        super().__init__()
+        self.failed_at = None
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.failed_at = (self._epoch, batch)
+            self.model.stop_training = True
+
+
+class LearningCurves(keras.callbacks.Callback):
+    """Redraws the run's learning curves (`curves.png`) from `log.csv` after
+    every epoch, so a resumed run's plot covers all its epochs."""
+
+    def __init__(self, log_path, png_path):
+        super().__init__()
+        self.log_path = pathlib.Path(log_path)
+        self.png_path = pathlib.Path(png_path)
+
+    def on_epoch_end(self, epoch, logs=None):
+        plot_learning_curves(self.log_path, self.png_path)
+
+
+def read_log(log_path):
+    """The epochs of a run's `log.csv` as a list of dicts of floats."""
+    log_path = pathlib.Path(log_path)
+    if not log_path.is_file():
+        return []
+    with open(log_path, newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v not in (None, "")} for row in csv.DictReader(f)]
+
+
+def plot_learning_curves(log_path, png_path):
+    """Plots loss and accuracy per epoch (training and validation) as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_log(log_path)
+    if not rows:
+        return None
+    epochs = [int(r["epoch"]) + 1 for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric, label in ((axes[0], "loss", "loss"), (axes[1], "accuracy", "accuracy")):
+        for prefix, style in (("", "-"), ("val_", "--")):
+            key = prefix + metric
+            if all(key in r for r in rows):
+                ax.plot(epochs, [r[key] for r in rows], style, marker=".",
+                        label="validation" if prefix else "training")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[1].set_ylim(top=1.0)
+    fig.suptitle(f"Learning curves ({len(rows)} epochs)")
+    fig.tight_layout()
+    tmp = pathlib.Path(png_path).with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png_path)
+    return png_path
+
+
+def _build_model(config, num_classes):
+    kwargs = dict(
+        input_shape=(config.image_size, config.image_size, 3),
+        classes=num_classes,
+        include_preprocessing=True,
+        dropout_rate=config.dropout_rate,
+        drop_path_rate=config.drop_path_rate,
+    )
+    sizes = {key: getattr(config, key) for key in _ARCHITECTURE}
+    model = models.ViT(config.variant, **kwargs, **sizes)
+    if config.weights:
+        from keras_vit import weights as vit_weights
+
+        vit_weights.load_weights(model, config.weights)
+    if config.freeze_backbone:
+        training.freeze_backbone(model)
+    return model
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What `train` returns.
+
+    Attributes:
+        model: the trained model (last epoch).
+        results: test accuracy and loss of the best model, epochs, wall time,
+            as written to `results.json`.
+        history: this process's `model.fit` history (epochs run now).
+        info: the data set's `keras_vit.data.DatasetInfo`.
+    """
+
+    model: object
+    results: dict
+    history: dict
+    info: object
+
+
+def train(config):
+    """Trains a ViT as `config` says, resuming from `backup/` if present.
+
+    Returns:
+        A `TrainResult`.
+    """
+    config = config.resolved()
+    started = time.time()
+    output = pathlib.Path(config.output)
+    output.mkdir(parents=True, exist_ok=True)
+    backup_dir = output / "backup"
+    resuming = backup_dir.is_dir() and any(backup_dir.iterdir())
+    chief = distribute.is_chief()
+
+    if config.mixed_precision:
+        import tensorflow as tf
+
+        gpu = bool(tf.config.list_logical_devices("GPU"))
+        keras.config.set_dtype_policy("mixed_float16" if gpu else "mixed_bfloat16")
+    keras.utils.set_random_seed(config.seed)
+    strategy = distribute.get_strategy(config.strategy)
+
+    augment = training.augmentation(
+        (config.image_size, config.image_size), flip=config.flip, crop_scale=config.crop_scale,
+        rand_augment=config.rand_augment, mixup=config.mixup, cutmix=config.cutmix,
+        seed=config.seed,
+    )
+    ds_train, ds_val, ds_test, info = vit_data.load(
+        config.data, image_size=config.image_size, batch_size=config.batch_size,
+        validation_split=config.validation_split, seed=config.seed, data_dir=config.data_dir,
+        download=config.download, augmentation=augment, splits=("train", "validation", "test"),
+    )
+    steps_per_epoch = max(1, info.num_examples["train"] // config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    warmup = min(int(config.warmup_epochs * steps_per_epoch), total_steps - 1)
+
+    payload = dict(dataclasses.asdict(config), dataset=info.to_json(),
+                   class_names=info.class_names, keras_vit_version=_version())
+    if chief:
+        previous = output / "config.json"
+        if resuming and previous.is_file():
+            before = {k: v for k, v in json.loads(previous.read_text()).items() if k != "verbose"}
+            now = {k: v for k, v in json.loads(json.dumps(payload)).items() if k != "verbose"}
+            if before != now:
+                changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+                raise RunError(
+                    f"{output} holds an unfinished run with other settings ({', '.join(changed)}): "
+                    "rerun it with the same command, or pick another --output."
+                )
+        if not resuming:
+            for stale in ("log.csv", "results.json", "evaluation.json"):
+                (output / stale).unlink(missing_ok=True)
+        _write_json_atomic(output / "config.json", payload)
+
+    with strategy.scope():
+        model = _build_model(config, info.num_classes)
+        training.compile(
+            model, steps=total_steps, learning_rate=config.learning_rate,
+            weight_decay=config.weight_decay, warmup_steps=warmup,
+            label_smoothing=config.label_smoothing, clipnorm=config.clipnorm,
+            jit_compile=config.jit_compile if config.jit_compile != "auto" else "auto",
+        )
+
+    log_path = output / "log.csv"
+    history = read_log(log_path)
+    best_so_far = max((r.get("val_accuracy", -1.0) for r in history), default=None)
+    stop_on_nan = _StopOnNaN()
+    # Non-chief workers write their copies to a scratch folder, as Keras'
+    # multi-worker guide does; only the chief's files are the run's.
+    write_dir = output if chief else pathlib.Path(tempfile.mkdtemp(prefix="keras_vit_worker_"))
+    callbacks = [
+        stop_on_nan,
+        keras.callbacks.BackupAndRestore(str(backup_dir if chief else write_dir / "backup")),
+        _CheckpointIfFinite(str(write_dir / "best.keras"), monitor="val_accuracy", mode="max",
+                            save_best_only=True, initial_value_threshold=best_so_far),
+        _CheckpointIfFinite(str(write_dir / "last.keras")),
+    ]
+    if chief:
+        callbacks += [
+            keras.callbacks.CSVLogger(str(log_path), append=True),
+            keras.callbacks.TensorBoard(str(output / "logs")),
+            LearningCurves(log_path, output / "curves.png"),
+        ]
+    # shuffle=False: the tf.data pipeline shuffles itself.
+    history = model.fit(ds_train, validation_data=ds_val, epochs=config.epochs,
+                        callbacks=callbacks, verbose=config.verbose, shuffle=False)
+
+    if stop_on_nan.failed_at is not None:
+        epoch, batch = stop_on_nan.failed_at
+        last_good = "last.keras" if (output / "last.keras").is_file() else "no checkpoint yet"
+        raise RunError(
+            f"the loss became NaN at epoch {epoch + 1}, batch {batch}: training stopped. "
+            f"The last good checkpoint is kept ({output / last_good}); try a lower "
+            "--learning-rate or keep --clipnorm."
+        )
+
+    test = model.evaluate(ds_test, verbose=0, return_dict=True)
+    best = load_run_model(output) if chief else model
+    best_test = best.evaluate(ds_test, verbose=0, return_dict=True) if chief else test
+    results = {
+        "test_accuracy": float(best_test["accuracy"]),
+        "test_loss": float(best_test["loss"]),
+        "last_epoch_test_accuracy": float(test["accuracy"]),
+        "epochs": len(read_log(log_path)) if chief else config.epochs,
+        "wall_time_s": round(time.time() - started, 1),
+        "resumed": resuming,
+        "num_params": int(model.count_params()),
+        "num_replicas": int(strategy.num_replicas_in_sync),
+    }
+    if chief:
+        _write_json_atomic(output / "results.json", results)
+    return TrainResult(model=model, results=results, history=history.history, info=info)
+
+
+def evaluate(run_dir, which="best", batch_size=256):
+    """Evaluates a run's model on its data set's test split.
+
+    Writes `evaluation.json` and `confusion.png` (the confusion matrix) in
+    the run directory.
+
+    Returns:
+        A dict with `accuracy`, `loss`, `confusion_matrix` and paths.
+    """
+    config = read_run(run_dir)
+    model = load_run_model(run_dir, which)
+    (ds_test, info) = vit_data.load(
+        config["data"], image_size=config["image_size"], batch_size=batch_size,
+        validation_split=config["validation_split"], seed=config["seed"],
+        data_dir=config.get("data_dir"), splits=("test",),
+    )
+    labels, predictions = [], []
+    for images, onehot in ds_test:
+        predictions.append(np.argmax(model.predict_on_batch(images), axis=-1))
+        labels.append(np.argmax(onehot.numpy(), axis=-1))
+    labels, predictions = np.concatenate(labels), np.concatenate(predictions)
+    metrics = model.evaluate(ds_test, verbose=0, return_dict=True)
+    names = config["class_names"]
+    matrix = np.zeros((len(names), len(names)), dtype=int)
+    np.add.at(matrix, (labels, predictions), 1)
+    run_dir = pathlib.Path(run_dir)
+    png = plot_confusion_matrix(matrix, names, run_dir / "confusion.png",
+                                title=f"{info.name}: test accuracy {np.mean(labels == predictions):.4f}")
+    result = {
+        "accuracy": float(np.mean(labels == predictions)),
+        "loss": float(metrics["loss"]),
+        "num_examples": int(len(labels)),
+        "confusion_matrix": matrix.tolist(),
+        "confusion_png": str(png),
+        "model": which,
+    }
+    _write_json_atomic(run_dir / "evaluation.json", result)
+    return result
+
+
+def plot_confusion_matrix(matrix, class_names, png_path, title="Confusion matrix"):
+    """Draws a confusion matrix (rows: true class, columns: predicted) as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(class_names)
+    size = max(5.0, 0.55 * n + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(matrix, cmap="Blues")
+    fig.colorbar(image, ax=ax, label="images")
+    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(n), class_names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if matrix[i, j] > threshold else "black")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return png_path
+
+
+def predict(run_dir, paths, top_k=3, which="best"):
+    """Classifies image files with a run's model.
+
+    Returns:
+        A list, per image, of `(class_name, probability)` pairs, best first.
+    """
+    config = read_run(run_dir)
+    names = config["class_names"]
+    if not isinstance(top_k, int) or not 1 <= top_k <= len(names):
+        raise ValueError(f"top_k must be in [1, {len(names)}], received top_k={top_k!r}.")
+    model = load_run_model(run_dir, which)
+    images = vit_data.load_images(paths, (config["image_size"], config["image_size"]))
+    probabilities = model.predict(images, verbose=0)
+    results = []
+    for row in probabilities:
+        top = np.argsort(row)[::-1][:top_k]
+        results.append([(names[i], float(row[i])) for i in top])
+    return results
+
+
+def _version():
+    from keras_vit.version import __version__
+
+    return __version__

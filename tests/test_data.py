@@ -1,0 +1,213 @@
+"""Tests of keras_vit.data: every source, splits, conversion and sharding."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from keras_vit import data
+
+
+def _all(ds):
+    images, labels = zip(*[(x.numpy(), y.numpy()) for x, y in ds])
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def test_digits_splits_shapes_and_values():
+    ds_train, ds_val, ds_test, info = data.load(
+        "digits", batch_size=50, splits=("train", "validation", "test"), cache=False
+    )
+    assert info.num_examples == {"train": 1258, "validation": 180, "test": 359}
+    assert sum(info.num_examples.values()) == 1797
+    assert info.class_names == [str(i) for i in range(10)] and info.num_classes == 10
+    assert info.image_size == (8, 8)
+    train_x, train_y = _all(ds_train)
+    assert train_x.shape == (1250, 8, 8, 3)  # full batches only for training
+    val_x, val_y = _all(ds_val)
+    assert val_x.shape == (180, 8, 8, 3) and val_y.shape == (180, 10)
+    # Grayscale to RGB: three equal channels; 17 grey levels mapped to [0, 255].
+    np.testing.assert_array_equal(val_x[..., 0], val_x[..., 2])
+    assert val_x.min() == 0.0 and val_x.max() == 255.0
+    np.testing.assert_array_equal(val_y.sum(axis=1), 1.0)
+    # The same seed gives the same split; the test split is disjoint from validation.
+    _, again, _ = data.load("digits", batch_size=50, cache=False)
+    np.testing.assert_array_equal(_all(again)[0], val_x)
+    test_x, _ = _all(ds_test)
+    val_keys = {x.tobytes() for x in val_x}
+    overlap = sum(x.tobytes() in val_keys for x in test_x)
+    assert overlap <= 5  # the digits data holds a few exact duplicates
+
+
+def test_digits_resized_and_int_labels():
+    ds_train, ds_val, info = data.load("digits", image_size=16, batch_size=32, label_mode="int")
+    images, labels = next(iter(ds_val))
+    assert tuple(images.shape) == (32, 16, 16, 3) and info.image_size == (16, 16)
+    assert labels.dtype == tf.int32 and 0 <= int(tf.reduce_min(labels)) <= int(tf.reduce_max(labels)) <= 9
+    assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 255.0
+
+
+@pytest.mark.skipif(not data.DEBIAN_FASHION_MNIST.is_dir(), reason="apt-get install dataset-fashion-mnist (.ci/run does)")
+def test_fashion_mnist_from_debian_files():
+    ds_train, ds_test, info = data.load("fashion_mnist", batch_size=1000, splits=("train", "test"))
+    assert info.num_examples == {"train": 54000, "validation": 6000, "test": 10000}
+    assert info.class_names[0] == "T-shirt/top" and info.class_names[9] == "Ankle boot"
+    images, labels = next(iter(ds_test))
+    assert tuple(images.shape) == (1000, 28, 28, 3)
+    # The first test image of Fashion-MNIST is an ankle boot (label 9).
+    assert int(np.argmax(labels[0])) == 9
+
+
+def test_fashion_mnist_missing_says_how_to_get_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
+    with pytest.raises(data.DataError, match=r"apt-get install dataset-fashion-mnist.*data_dir="):
+        data.load("fashion_mnist")
+
+
+def _write_images(root, classes, size=(12, 10), count=4, fmt="PNG"):
+    colours = {"cat": (200, 30, 30), "dog": (30, 200, 30), "fox": (30, 30, 200)}
+    for name in classes:
+        folder = root / name
+        folder.mkdir(parents=True)
+        for i in range(count):
+            ext = {"PNG": "png", "JPEG": "jpg", "BMP": "bmp", "GIF": "gif"}[fmt if i % 2 else "PNG"]
+            image = Image.new("RGB", size, colours[name])
+            image.save(folder / f"{i}.{ext}", format=fmt if i % 2 else "PNG")
+    return colours
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "BMP", "GIF"])
+def test_folder_of_class_folders(tmp_path, fmt):
+    colours = _write_images(tmp_path, ["cat", "dog", "fox"], count=10, fmt=fmt)
+    ds_train, ds_val, info = data.load(tmp_path, image_size=8, batch_size=4, validation_split=0.2,
+                                       label_mode="int")
+    assert info.class_names == ["cat", "dog", "fox"]
+    assert info.num_examples["train"] == 24 and info.num_examples["validation"] == 6
+    images, labels = _all(ds_val)
+    assert images.shape == (6, 8, 8, 3)
+    for image, label in zip(images, labels):
+        expected = colours[info.class_names[label]]
+        np.testing.assert_allclose(image.mean(axis=(0, 1)), expected, atol=8)
+
+
+def test_folder_with_split_folders(tmp_path):
+    _write_images(tmp_path / "train", ["cat", "dog"], count=6)
+    _write_images(tmp_path / "val", ["cat", "dog"], count=2)
+    _write_images(tmp_path / "test", ["cat", "dog"], count=3)
+    ds_train, ds_val, ds_test, info = data.load(tmp_path, image_size=8, batch_size=2,
+                                                splits=("train", "validation", "test"))
+    assert info.num_examples == {"train": 12, "validation": 4, "test": 6}
+    assert _all(ds_test)[0].shape == (6, 8, 8, 3)
+
+
+def test_folder_errors(tmp_path):
+    with pytest.raises(data.DataError, match=r"Data folder not found: .*nowhere"):
+        data.load(str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(data.DataError, match=r"holds no class sub-folders"):
+        data.load(tmp_path / "empty", image_size=8)
+
+
+def test_tfds_dataset_prepared_in_data_dir(tmp_path):
+    import tensorflow_datasets as tfds
+
+    class TinyShapes(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return self.dataset_info_from_configs(
+                features=tfds.features.FeaturesDict({
+                    "image": tfds.features.Image(shape=(6, 6, 1)),
+                    "label": tfds.features.ClassLabel(names=["dark", "light"]),
+                }),
+            )
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(40), "test": self._generate_examples(10)}
+
+        def _generate_examples(self, n):
+            for i in range(n):
+                yield i, {"image": np.full((6, 6, 1), 20 + 200 * (i % 2), np.uint8), "label": i % 2}
+
+    TinyShapes(data_dir=str(tmp_path)).download_and_prepare()
+    ds_train, ds_val, ds_test, info = data.load("tiny_shapes", data_dir=tmp_path, batch_size=5,
+                                                label_mode="int", splits=("train", "validation", "test"))
+    assert info.class_names == ["dark", "light"]
+    assert info.num_examples == {"train": 36, "validation": 4, "test": 10}
+    images, labels = _all(ds_test)
+    assert images.shape == (10, 6, 6, 3)
+    np.testing.assert_array_equal(images[:, 0, 0, 0], np.where(labels == 1, 220.0, 20.0))
+
+
+def test_unknown_source_never_downloads(tmp_path):
+    with pytest.raises(data.DataError, match=r"Unknown data source 'no_such_set'.*download=True"):
+        data.load("no_such_set", data_dir=tmp_path)
+
+
+def test_numpy_arrays():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (50, 4, 4)).astype("uint8")
+    y = np.arange(50) % 5
+    ds_train, ds_val, info = data.load((x, y), batch_size=10, validation_split=0.2, label_mode="int")
+    assert info.num_examples == {"train": 40, "validation": 10, "test": 10}
+    assert info.num_classes == 5 and info.image_size == (4, 4)
+    val_x, val_y = _all(ds_val)
+    index = {x[i].tobytes(): y[i] for i in range(50)}
+    for image, label in zip(val_x, val_y):
+        assert index[image[..., 0].astype("uint8").tobytes()] == label
+    with pytest.raises(ValueError, match=r"keys among"):
+        data.load({"training": (x, y)})
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(image_size=0), r"image_size=0"),
+        (dict(image_size=(8, 8, 3)), r"image_size=\(8, 8, 3\)"),
+        (dict(batch_size=0), r"batch_size=0"),
+        (dict(label_mode="binary"), r"label_mode='binary'"),
+        (dict(validation_split=1.5), r"validation_split=1.5"),
+        (dict(splits=("training",)), r"'training'"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        data.load("digits", **kwargs)
+
+
+def test_each_input_pipeline_reads_its_own_shard():
+    shards = []
+    for pipeline in (0, 1):
+        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline,
+                                             num_replicas_in_sync=2)
+        _, ds_val, _ = data.load("digits", batch_size=20, input_context=context, cache=False)
+        images, _ = _all(ds_val)
+        assert len(images) == 90  # half of the 180 validation images
+        shards.append({x.tobytes() for x in images})
+    assert len(shards[0] & shards[1]) <= 2  # disjoint but for duplicate digits
+
+
+def test_augmentation_applies_to_training_batches_only():
+    calls = []
+
+    def augment(images, labels):
+        calls.append(True)
+        return images * 0.0, labels
+
+    ds_train, ds_val, _ = data.load("digits", batch_size=32, augmentation=augment)
+    assert float(tf.reduce_max(next(iter(ds_train))[0])) == 0.0
+    assert float(tf.reduce_max(next(iter(ds_val))[0])) > 0.0
+    assert calls
+
+
+def test_load_images(tmp_path):
+    Image.new("L", (20, 10), 100).save(tmp_path / "grey.png")
+    Image.new("RGBA", (10, 10), (10, 20, 30, 128)).save(tmp_path / "rgba.png")
+    images = data.load_images([tmp_path / "grey.png", tmp_path / "rgba.png"], 8)
+    assert images.shape == (2, 8, 8, 3)
+    np.testing.assert_allclose(images[0], 100.0, atol=0.5)
+    np.testing.assert_allclose(images[1].mean(axis=(0, 1)), [10, 20, 30], atol=0.5)
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    with pytest.raises(data.DataError, match=r"Cannot decode .*bad.jpg"):
+        data.load_images([tmp_path / "bad.jpg"], 8)
+    with pytest.raises(data.DataError, match=r"Image not found: .*missing.png"):
+        data.load_images([tmp_path / "missing.png"], 8)

@@ -1,0 +1,46 @@
+"""Tests of the package surface: version, public names, the TensorFlow check."""
+
+import pathlib
+import re
+
+import pytest
+
+import keras_vit
+from keras_vit import _backend
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_version_matches_changelog_and_setup():
+    assert re.fullmatch(r"\d+\.\d+\.\d+", keras_vit.__version__)
+    setup = (ROOT / "setup.py").read_text()
+    assert 'name="keras-vision-transformer"' in setup
+    assert "## [Unreleased]" in (ROOT / "CHANGELOG.md").read_text()
+
+
+def test_all_lists_exactly_the_public_api():
+    exported = {name for name in dir(keras_vit) if not name.startswith("_")}
+    assert set(keras_vit.__all__) == exported - {"version"}
+    for name in keras_vit.__all__:
+        assert hasattr(keras_vit, name), name
+
+
+def test_missing_tensorflow_fails_in_one_line_naming_the_extras(monkeypatch):
+    real_find_spec = _backend.importlib.util.find_spec
+    monkeypatch.setattr(
+        _backend.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "tensorflow" else real_find_spec(name, *a),
+    )
+    with pytest.raises(ImportError) as error:
+        _backend.require_tensorflow()
+    message = str(error.value)
+    assert "\n" not in message
+    assert "keras-vision-transformer[cpu]" in message
+    assert "keras-vision-transformer[gpu]" in message
+
+
+def test_keras_runs_on_tensorflow():
+    import keras
+
+    assert keras.backend.backend() == "tensorflow"
