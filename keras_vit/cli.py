@@ -41,6 +41,8 @@ def _parser():
     train.add_argument("--data-dir", help="TFDS data directory holding prepared data sets")
     train.add_argument("--download", action="store_true", help="let TFDS download a missing data set")
     train.add_argument("--output", help="run directory (default: runs/<data>)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="train again into an --output that holds a finished run")
     train.add_argument("--variant", help="a standard ViT, e.g. 'S/16' (default: the recipe's small ViT)")
     for name in ("patch-size", "hidden-dim", "num-layers", "num-heads", "mlp-dim", "image-size"):
         train.add_argument(f"--{name}", type=int, help=f"model {name.replace('-', ' ')}")

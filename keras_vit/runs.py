@@ -45,6 +45,7 @@ _DEFAULTS = dict(
     image_size=224, epochs=10, batch_size=32, learning_rate=1e-3, weight_decay=0.05, flip=True,
     crop_scale=None, drop_path_rate=0.1,
 )
+DEFAULT_VARIANT = "Ti/16"
 _ARCHITECTURE = ("patch_size", "hidden_dim", "num_layers", "num_heads", "mlp_dim")
 
 
@@ -94,15 +95,19 @@ class TrainConfig:
     validation_split: float = 0.1
     seed: int = 0
     verbose: int = 1
+    overwrite: bool = False
 
     def resolved(self):
         """A copy with the recipe's defaults filled in and checked."""
         name = pathlib.Path(str(self.data)).name if os.path.isdir(str(self.data)) else str(self.data)
         recipe = dict(_DEFAULTS, **RECIPES.get(name.replace("-", "_"), {}))
         values = dataclasses.asdict(self)
-        if self.variant is not None:
+        if self.variant is None and "patch_size" not in recipe:
+            # No small-image recipe: ViT-Ti/16, the standard size a CPU can train.
+            values["variant"] = DEFAULT_VARIANT
+        if values["variant"] is not None:
             # A standard variant: its own sizes unless overridden.
-            base = variants.get_config(self.variant)
+            base = variants.get_config(values["variant"])
             for key in _ARCHITECTURE:
                 recipe[key] = getattr(base, key)
         for key, value in recipe.items():
@@ -317,17 +322,26 @@ def train(config):
 
     payload = dict(dataclasses.asdict(config), dataset=info.to_json(),
                    class_names=info.class_names, keras_vit_version=_version())
+    if not isinstance(config.data, (str, os.PathLike)):
+        payload["data"] = "<NumPy arrays>"  # evaluate needs a source it can read again
+    payload["data"] = str(payload["data"])
     if chief:
         previous = output / "config.json"
         if resuming and previous.is_file():
-            before = {k: v for k, v in json.loads(previous.read_text()).items() if k != "verbose"}
-            now = {k: v for k, v in json.loads(json.dumps(payload)).items() if k != "verbose"}
+            ignored = ("verbose", "overwrite")
+            before = {k: v for k, v in json.loads(previous.read_text()).items() if k not in ignored}
+            now = {k: v for k, v in json.loads(json.dumps(payload)).items() if k not in ignored}
             if before != now:
                 changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
                 raise RunError(
                     f"{output} holds an unfinished run with other settings ({', '.join(changed)}): "
                     "rerun it with the same command, or pick another --output."
                 )
+        if not resuming and (output / "results.json").is_file() and not config.overwrite:
+            raise RunError(
+                f"{output} already holds a finished run: pass --overwrite (overwrite=True) "
+                "to train it again, or pick another --output."
+            )
         if not resuming:
             for stale in ("log.csv", "results.json", "evaluation.json"):
                 (output / stale).unlink(missing_ok=True)

@@ -66,7 +66,10 @@ def optimizer(steps, learning_rate=1e-3, weight_decay=0.05, warmup_steps=None, c
         beta_2=beta_2,
         global_clipnorm=clipnorm,
     )
-    opt.exclude_from_weight_decay(var_names=[f"^{name}$" for name in NO_WEIGHT_DECAY])
+    # Plain substrings, as Keras documents: its TensorFlow backend matches
+    # them against the underlying tf.Variable's name ("bias:0"), so anchored
+    # patterns would silently exclude nothing.
+    opt.exclude_from_weight_decay(var_names=list(NO_WEIGHT_DECAY))
     return opt
 
 
@@ -108,13 +111,6 @@ def freeze_backbone(model):
         if layer.trainable:
             trainable.append(layer.name)
     return trainable
-
-
-def decayed_variables(model):
-    """The paths of the variables AdamW decays in `model` (for inspection)."""
-    opt = optimizer(steps=10)
-    opt.build(model.trainable_variables)
-    return [v.path for v in model.trainable_variables if opt._use_weight_decay(v)]
 
 
 def augmentation(image_size, flip=True, crop_scale=None, rand_augment=0.0, mixup=0.0, cutmix=0.0,

@@ -1,0 +1,69 @@
+"""Time to accuracy of the training recipes, from scratch, on this machine.
+
+Run (with nothing else running; on 2 cores a background job halves the numbers):
+    python benchmarks/time_to_accuracy.py digits          # the main job's recipe
+    python benchmarks/time_to_accuracy.py fashion_mnist   # needs dataset-fashion-mnist
+
+It runs `keras-vit train --data NAME --output ... --overwrite` exactly as the
+README documents it, then prints one line:
+    digits: test accuracy 0.97xx in NNN s (target >= 0.97 in <= 180 s): PASS
+and appends the result, with the machine and versions, to
+benchmarks/results.jsonl.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+TARGETS = {"digits": (0.97, 180.0), "fashion_mnist": (0.91, 1800.0)}
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+def machine():
+    import keras
+    import tensorflow as tf
+
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("data", choices=sorted(TARGETS))
+    parser.add_argument("extra", nargs=argparse.REMAINDER, help="more keras-vit train options")
+    args = parser.parse_args(argv)
+    target_accuracy, target_seconds = TARGETS[args.data]
+    with tempfile.TemporaryDirectory() as tmp:
+        output = pathlib.Path(tmp) / args.data
+        command = [sys.executable, "-m", "keras_vit.cli", "train", "--data", args.data,
+                   "--output", str(output), "--verbose", "2"] + args.extra
+        started = time.time()
+        subprocess.run(command, check=True)
+        wall = time.time() - started
+        results = json.loads((output / "results.json").read_text())
+    accuracy = results["test_accuracy"]
+    verdict = "PASS" if accuracy >= target_accuracy and wall <= target_seconds else "FAIL"
+    print(f"{args.data}: test accuracy {accuracy:.4f} in {wall:.0f} s "
+          f"(target >= {target_accuracy} in <= {target_seconds:.0f} s): {verdict}")
+    record = {"data": args.data, "command": " ".join(["keras-vit"] + command[3:]),
+              "test_accuracy": accuracy, "wall_time_s": round(wall, 1),
+              "epochs": results["epochs"], "num_params": results["num_params"],
+              "verdict": verdict, "machine": machine(), "date": time.strftime("%Y-%m-%d")}
+    with open(HERE / "results.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    return 0 if verdict == "PASS" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Tests of keras_vit.distribute: strategy choice, MirroredStrategy over two
+logical CPUs, and two worker processes under MultiWorkerMirroredStrategy."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from keras_vit import distribute
+
+PYTHON = sys.executable
+
+
+def test_default_strategy_and_errors(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert distribute.get_strategy("auto").num_replicas_in_sync == 1
+    with pytest.raises(ValueError, match=r"strategy=.gpus."):
+        distribute.get_strategy("gpus")
+    with pytest.raises(ValueError, match=r"needs TF_CONFIG"):
+        distribute.get_strategy("multi_worker")
+
+
+def test_is_chief(monkeypatch):
+    cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
+    assert distribute.is_chief()
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}}))
+    assert not distribute.is_chief()
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(ValueError, match=r"TF_CONFIG is not valid JSON"):
+        distribute.get_strategy("auto")
+    monkeypatch.delenv("TF_CONFIG")
+    assert distribute.is_chief()
+
+
+def _run(script, env=None, timeout=300):
+    return subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
+
+
+_TRAIN_SCRIPT = """
+import json, sys
+from keras_vit import runs
+config = runs.TrainConfig(data="digits", epochs=3, output=sys.argv[1] if len(sys.argv) > 1 else {output!r},
+                          hidden_dim=32, num_heads=2, mlp_dim=64, num_layers=2, batch_size=64,
+                          learning_rate=3e-3, warmup_epochs=0.5, strategy={strategy!r}, verbose=2)
+run = runs.train(config)
+weights = run.model.get_weights()
+print("RESULT " + json.dumps(dict(
+    replicas=run.results["num_replicas"], loss=run.history["loss"],
+    accuracy=run.results["test_accuracy"],
+    checksum=float(sum(float(abs(w).sum()) for w in weights)),
+    first=[float(x) for x in weights[0].ravel()[:8]])))
+"""
+
+
+def _result(completed):
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    line = next(l for l in completed.stdout.splitlines() if l.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
+    # Logical devices must be configured before TensorFlow starts: a fresh process.
+    script = textwrap.dedent("""
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    """) + _TRAIN_SCRIPT.format(output=str(tmp_path / "run"), strategy="mirrored")
+    result = _result(_run(script))
+    assert result["replicas"] == 2
+    assert result["loss"][-1] < result["loss"][0]
+    assert result["accuracy"] > 0.2  # twice chance after 3 short epochs
+    assert (tmp_path / "run" / "best.keras").is_file()
+
+
+def _free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_two_workers_multi_worker_mirrored_strategy(tmp_path):
+    # Fails without distribute.patch_keras_multi_worker (keras-team/keras#20585).
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    output = tmp_path / "run"
+    script = _TRAIN_SCRIPT.format(output=str(output), strategy="multi_worker")
+    processes = []
+    for index in range(2):
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        processes.append(subprocess.Popen([PYTHON, "-c", script], stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True, env=env))
+    outputs = []
+    try:
+        for process in processes:
+            stdout, stderr = process.communicate(timeout=420)
+            outputs.append(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    chief, worker = (_result(o) for o in outputs)
+    assert chief["replicas"] == worker["replicas"] == 2
+    # Synchronous training: identical weights on both workers.
+    assert chief["first"] == worker["first"]
+    assert chief["checksum"] == pytest.approx(worker["checksum"], rel=1e-6)
+    assert chief["loss"] == pytest.approx(worker["loss"], rel=1e-6)
+    assert chief["loss"][-1] < chief["loss"][0]
+    # Only the chief writes the run's files; the log has its 3 epochs once.
+    assert sorted(p.name for p in output.iterdir()) == [
+        "best.keras", "config.json", "curves.png", "last.keras", "log.csv", "logs", "results.json",
+    ]
+    assert len((output / "log.csv").read_text().strip().splitlines()) == 1 + 3

@@ -1,0 +1,258 @@
+"""Tests of training runs and the keras-vit command line: files written,
+evaluate/predict consistency, resume after SIGKILL, NaN handling, errors."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from keras_vit import cli, runs
+
+PYTHON = sys.executable
+# A small, quick configuration of the digits recipe.
+QUICK = ["--hidden-dim", "32", "--num-heads", "2", "--mlp-dim", "64", "--num-layers", "2",
+         "--batch-size", "64", "--learning-rate", "5e-3", "--warmup-epochs", "0.5", "--verbose", "2"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    output = tmp_path_factory.mktemp("runs") / "digits"
+    assert cli.main(["train", "--epochs", "10", "--output", str(output)] + QUICK) == 0
+    return output
+
+
+def _log(output):
+    with open(output / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_train_writes_the_run(trained_run, capsys):
+    names = sorted(p.name for p in trained_run.iterdir())
+    assert names == ["best.keras", "config.json", "curves.png", "last.keras", "log.csv", "logs", "results.json"]
+    config = json.loads((trained_run / "config.json").read_text())
+    assert config["class_names"] == [str(i) for i in range(10)]
+    assert config["image_size"] == 8 and config["patch_size"] == 2 and config["hidden_dim"] == 32
+    assert [int(row["epoch"]) for row in _log(trained_run)] == list(range(10))
+    results = json.loads((trained_run / "results.json").read_text())
+    assert results["epochs"] == 10 and results["resumed"] is False
+    assert results["test_accuracy"] > 0.5  # 10 short epochs; chance is 0.1
+    assert (trained_run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    model = keras.saving.load_model(trained_run / "best.keras")
+    assert model.get_layer("preprocessing") is not None  # takes [0, 255] pixels
+
+
+def test_evaluate_agrees_with_training_results(trained_run, capsys):
+    assert cli.main(["evaluate", str(trained_run)]) == 0
+    out = capsys.readouterr().out
+    evaluation = json.loads((trained_run / "evaluation.json").read_text())
+    results = json.loads((trained_run / "results.json").read_text())
+    assert evaluation["accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-6)
+    matrix = np.array(evaluation["confusion_matrix"])
+    assert matrix.shape == (10, 10) and matrix.sum() == 359
+    assert np.trace(matrix) / matrix.sum() == pytest.approx(evaluation["accuracy"])
+    assert f"test accuracy {evaluation['accuracy']:.4f}" in out
+    assert (trained_run / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_predict_on_image_files(trained_run, tmp_path, capsys):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    paths = []
+    for i in range(3):
+        pixels = np.round(digits.images[i] * 255 / 16).astype("uint8")
+        path = tmp_path / f"digit{i}.png"
+        Image.fromarray(pixels, "L").save(path)
+        paths.append(str(path))
+    assert cli.main(["predict", str(trained_run)] + paths + ["--top-k", "3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3
+    ranked = runs.predict(trained_run, paths, top_k=3)
+    model = keras.saving.load_model(trained_run / "best.keras")
+    expected = model.predict(np.repeat(np.round(digits.images[:3] * 255 / 16)[..., None], 3, axis=-1),
+                             verbose=0)
+    for line, path, row, probs in zip(lines, paths, ranked, expected):
+        assert line.startswith(f"{path}: ")
+        assert [name for name, _ in row] == [str(i) for i in np.argsort(probs)[::-1][:3]]
+        assert row[0][1] == pytest.approx(float(probs.max()), abs=1e-5)
+        assert row[0][1] >= row[1][1] >= row[2][1]
+
+
+def test_finished_run_is_never_overwritten_silently(trained_run, capsys):
+    before = _log(trained_run)
+    argv = ["train", "--epochs", "10", "--output", str(trained_run)] + QUICK
+    assert cli.main(argv) == 2
+    assert "already holds a finished run: pass --overwrite" in capsys.readouterr().err
+    assert _log(trained_run) == before
+
+
+def test_unfinished_run_with_other_settings_is_refused(trained_run):
+    before = _log(trained_run)
+    backup = trained_run / "backup"
+    backup.mkdir()
+    (backup / "marker").write_text("a resumable state")
+    try:
+        with pytest.raises(runs.RunError, match=r"unfinished run with other settings \(epochs\)"):
+            runs.train(runs.TrainConfig(output=str(trained_run), epochs=7, hidden_dim=32, num_heads=2,
+                                        mlp_dim=64, num_layers=2, batch_size=64, learning_rate=5e-3,
+                                        warmup_epochs=0.5, verbose=2))
+    finally:
+        (backup / "marker").unlink()
+        backup.rmdir()
+    assert _log(trained_run) == before
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["train", "--data", "no_such_data"], r"Unknown data source 'no_such_data'"),
+        (["train", "--data", "./missing/folder"], r"Data folder not found: ./missing/folder"),
+        (["train", "--image-size", "9"], r"image_size=9 must be divisible by patch_size=2"),
+        (["train", "--strategy", "gpus"], r"strategy must be one of"),
+        (["train", "--epochs", "0"], r"epochs must be a positive int"),
+        (["train", "--weights", "nope.npz"], r"weights='nope.npz': no such checkpoint file"),
+        (["train", "--variant", "Q/16"], r"Unknown variant 'Q/16'"),
+        (["evaluate", "/nonexistent/run"], r"/nonexistent/run is not a training run"),
+    ],
+)
+def test_cli_errors_are_one_line_with_exit_code_2(argv, match, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(argv + (["--output", str(tmp_path / "o")] if argv[0] == "train" else [])) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"keras-vit {argv[0]}: error: ")
+    import re
+
+    assert re.search(match, err), err
+
+
+@pytest.mark.parametrize("command, option", [("train", "--data"), ("evaluate", "--model"),
+                                             ("predict", "--top-k")])
+def test_help_for_every_subcommand(command, option, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert option in capsys.readouterr().out
+
+
+def test_console_script_is_installed():
+    completed = subprocess.run(["keras-vit", "--version"], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0
+    assert completed.stdout.startswith("keras-vit ")
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_last_good_checkpoint(tmp_path):
+    import keras_vit
+
+    class PoisonAfterFirstEpoch(keras.callbacks.Callback):
+        # Runs after the checkpoint of epoch 1, so that the weights saved are good.
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                for v in self.model.trainable_variables:
+                    v.assign(np.full(v.shape, np.nan, "float32"))
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (32, 16, 16, 3)).astype("float32")
+    y = np.eye(3)[rng.integers(0, 3, 32)].astype("float32")
+    model = keras_vit.training.compile(
+        keras_vit.ViT("Test/4", input_shape=(16, 16, 3), classes=3), steps=12, warmup_steps=0
+    )
+    stop = runs._StopOnNaN()
+    checkpoint = runs._CheckpointIfFinite(str(tmp_path / "last.keras"))
+    model.fit(x, y, batch_size=8, epochs=3, callbacks=[stop, checkpoint, PoisonAfterFirstEpoch()],
+              verbose=0)
+    assert stop.failed_at == (1, 0)
+    assert len(model.history.history["loss"]) == 2  # stopped in the second epoch
+    saved = keras.saving.load_model(tmp_path / "last.keras")
+    assert all(np.all(np.isfinite(w)) for w in saved.get_weights())
+
+
+def test_nan_run_raises_run_error(tmp_path):
+    x = np.full((40, 8, 8, 1), np.nan, "float32")
+    y = np.arange(40) % 2
+    with pytest.raises(runs.RunError, match=r"the loss became NaN at epoch 1, batch 0.*--learning-rate"):
+        runs.train(runs.TrainConfig(data=(x, y), output=str(tmp_path / "nan"), epochs=2, image_size=8,
+                                    patch_size=4, hidden_dim=16, num_layers=1, num_heads=2, mlp_dim=16,
+                                    batch_size=8, verbose=0))
+    assert not (tmp_path / "nan" / "last.keras").exists()
+
+
+@pytest.mark.slow
+def test_sigkill_mid_training_then_same_command_resumes(tmp_path):
+    output = tmp_path / "killed"
+    command = [PYTHON, "-m", "keras_vit.cli", "train", "--epochs", "8", "--output", str(output)] + QUICK
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            if (output / "log.csv").is_file() and len(_log(output)) >= 3:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("training did not reach epoch 3 in time")
+        time.sleep(0.3)  # inside the next epoch
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    before = _log(output)
+    assert 3 <= len(before) < 8
+    assert (output / "backup").is_dir()
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
+    assert "(resumed)" in completed.stdout
+    after = _log(output)
+    # The planned 8 epochs, each once: the run went on where it stopped.
+    assert [int(row["epoch"]) for row in after] == list(range(8))
+    assert after[: len(before)] == before  # nothing written before the kill is lost
+    assert f"Epoch {len(before) + 1}/8" in completed.stdout and "Epoch 1/8" not in completed.stdout
+    assert not (output / "backup").exists()
+    results = json.loads((output / "results.json").read_text())
+    assert results["resumed"] is True and results["epochs"] == 8
+    for name in ("best.keras", "last.keras"):
+        keras.saving.load_model(output / name)
+
+
+def test_fine_tune_a_checkpoint_on_a_folder_with_frozen_backbone(tmp_path, capsys):
+    import keras_vit
+
+    source = keras_vit.ViT("Test/4", input_shape=(16, 16, 3), classes=5)
+    rng = np.random.default_rng(0)
+    for v in source.weights:
+        v.assign(rng.normal(0, 0.1, tuple(v.shape)).astype("float32"))
+    checkpoint = keras_vit.save_npz(source, tmp_path / "test4.npz")
+    for name, colour in (("red", (220, 20, 20)), ("green", (20, 220, 20)), ("blue", (20, 20, 220))):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for i in range(8):
+            noise = rng.integers(-20, 20, (24, 24, 3))
+            Image.fromarray(np.clip(np.array(colour) + noise, 0, 255).astype("uint8")).save(
+                tmp_path / "photos" / name / f"{i}.png")
+    output = tmp_path / "finetuned"
+    with pytest.warns(UserWarning, match=r"has 5 classes but the model has classes=3"):
+        code = cli.main(["train", "--data", str(tmp_path / "photos"), "--variant", "Test/4",
+                         "--weights", str(checkpoint), "--image-size", "32", "--freeze-backbone",
+                         "--epochs", "3", "--batch-size", "4", "--learning-rate", "0.05",
+                         "--validation-split", "0.25", "--output", str(output), "--verbose", "0"])
+    assert code == 0
+    model = keras.saving.load_model(output / "last.keras")
+    assert model.input_shape == (None, 32, 32, 3)
+    # The frozen backbone is the checkpoint's: same blocks, position embedding resampled 4x4 -> 8x8.
+    np.testing.assert_array_equal(model.get_layer("block_1").mlp_fc2.kernel.numpy(),
+                                  source.get_layer("block_1").mlp_fc2.kernel.numpy())
+    resampled = keras_vit.resample_position_embedding(
+        source.get_layer("patch_encoder").position_embedding.numpy(), (8, 8))
+    np.testing.assert_allclose(model.get_layer("patch_encoder").position_embedding.numpy(), resampled,
+                               atol=1e-6)
+    assert np.abs(model.get_layer("head").kernel.numpy()).sum() > 0  # the new head trained
+    config = json.loads((output / "config.json").read_text())
+    assert config["class_names"] == ["blue", "green", "red"]

@@ -1,0 +1,137 @@
+"""Tests of keras_vit.training: the optimizer, schedule, weight-decay
+exclusions, augmentation and backbone freezing."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_vit
+from keras_vit import training
+from tests.conftest import TINY_SHAPE, TINY_VARIANT
+
+
+def _tiny(**kwargs):
+    return keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=3, **kwargs)
+
+
+def test_weight_decay_skips_biases_norms_class_token_and_positions():
+    # Behaviour, not configuration: with zero gradients Adam's step is zero,
+    # so only decoupled weight decay moves a variable.
+    model = _tiny(representation_size=8)
+    opt = training.optimizer(steps=10, learning_rate=0.1, weight_decay=0.5, warmup_steps=0,
+                             clipnorm=None)
+    for v in model.trainable_variables:
+        v.assign(np.ones(v.shape, "float32"))
+    opt.apply_gradients([(np.zeros(v.shape, "float32"), v) for v in model.trainable_variables])
+    decayed = set()
+    for v in model.trainable_variables:
+        value = keras.ops.convert_to_numpy(v)
+        if np.allclose(value, 1.0 - 0.1 * 0.5):
+            decayed.add(v.path)
+        else:
+            np.testing.assert_array_equal(value, 1.0, err_msg=v.path)
+    kernels = {v.path for v in model.trainable_variables if v.path.endswith("kernel")}
+    assert decayed == kernels
+    assert "patch_encoder/class_token" not in decayed
+    assert "patch_encoder/position_embedding" not in decayed
+    assert "block_0/norm1/gamma" not in decayed and "block_0/attn/query/bias" not in decayed
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    opt = training.optimizer(steps=100, learning_rate=1e-3, warmup_steps=10)
+    schedule = opt._learning_rate
+    values = [float(schedule(step)) for step in range(0, 101, 5)]
+    assert values[0] == 0.0
+    assert values[1] == pytest.approx(5e-4)  # linear warm-up
+    assert values[2] == pytest.approx(1e-3)  # peak at the end of warm-up
+    assert all(a >= b for a, b in zip(values[2:], values[3:]))  # cosine decay
+    assert values[-1] == pytest.approx(0.0, abs=1e-9)
+    assert float(schedule(55)) == pytest.approx(0.5e-3, rel=1e-3)  # half way down
+    assert opt.global_clipnorm == 1.0
+
+
+@pytest.mark.parametrize("kwargs, match", [(dict(steps=0), r"steps=0"),
+                                           (dict(steps=10, warmup_steps=10), r"warmup_steps=10")])
+def test_schedule_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        training.optimizer(**kwargs)
+
+
+def test_compile_uses_label_smoothing():
+    model = training.compile(_tiny(), steps=10, label_smoothing=0.2)
+    assert model.loss.get_config()["label_smoothing"] == 0.2
+    # Uniform predictions: the smoothed loss equals the plain one.
+    loss = model.loss(np.eye(3)[[0]], np.full((1, 3), 1 / 3, "float32"))
+    assert float(loss) == pytest.approx(np.log(3), rel=1e-5)
+
+
+def test_augmentation_flip_crop_and_rand_augment_keep_shapes_and_range():
+    images = tf.constant(np.random.default_rng(0).uniform(0, 255, (8, 16, 16, 3)), tf.float32)
+    labels = tf.one_hot(np.arange(8) % 3, 3)
+    augment = training.augmentation((16, 16), flip=True, crop_scale=0.8, rand_augment=0.5, seed=1)
+    out, out_labels = augment(images, labels)
+    assert tuple(out.shape) == (8, 16, 16, 3)
+    assert float(tf.reduce_min(out)) >= 0.0 and float(tf.reduce_max(out)) <= 255.0
+    np.testing.assert_array_equal(out_labels, labels)
+    assert not np.allclose(out, images)
+
+
+def test_flip_only_mirrors_images():
+    images = tf.constant(np.arange(2 * 4 * 4 * 3, dtype="float32").reshape(2, 4, 4, 3))
+    augment = training.augmentation((4, 4), flip=True, seed=0)
+    out = [augment(images, tf.zeros((2, 3)))[0].numpy() for _ in range(10)]
+    for batch in out:
+        for image, original in zip(batch, images.numpy()):
+            assert np.array_equal(image, original) or np.array_equal(image, original[:, ::-1])
+    assert any(not np.array_equal(batch, images.numpy()) for batch in out)
+
+
+@pytest.mark.parametrize("mixer", [dict(mixup=0.4), dict(cutmix=1.0), dict(mixup=0.4, cutmix=1.0)])
+def test_mixup_and_cutmix_mix_labels_in_proportion(mixer):
+    images = tf.constant(np.repeat(np.arange(8, dtype="float32")[:, None, None, None] * 30, 16 * 16 * 3)
+                         .reshape(8, 16, 16, 3))
+    labels = tf.one_hot(np.arange(8) % 4, 4)
+    out, mixed = training.augmentation((16, 16), flip=False, seed=3, **mixer)(images, labels)
+    mixed = mixed.numpy()
+    np.testing.assert_allclose(mixed.sum(axis=1), 1.0, atol=1e-5)
+    assert (mixed.max(axis=1) < 1.0).any()  # some labels were mixed
+    assert tuple(out.shape) == (8, 16, 16, 3)
+
+
+def test_augmentation_argument_errors():
+    with pytest.raises(ValueError, match=r"crop_scale=1.5"):
+        training.augmentation((8, 8), crop_scale=1.5)
+    with pytest.raises(ValueError, match=r"rand_augment=2"):
+        training.augmentation((8, 8), rand_augment=2)
+
+
+def test_freeze_backbone_trains_only_the_head():
+    model = _tiny()
+    assert training.freeze_backbone(model) == ["head"]
+    assert {v.path for v in model.trainable_variables} == {"head/kernel", "head/bias"}
+    before = [keras.ops.convert_to_numpy(v) for v in model.non_trainable_variables]
+    training.compile(model, steps=4, learning_rate=0.1, warmup_steps=0)
+    x = np.random.default_rng(0).uniform(-1, 1, (8,) + TINY_SHAPE).astype("float32")
+    model.fit(x, np.eye(3)[np.arange(8) % 3], epochs=2, batch_size=4, verbose=0)
+    for value, variable in zip(before, model.non_trainable_variables):
+        np.testing.assert_array_equal(value, keras.ops.convert_to_numpy(variable))
+    assert np.abs(keras.ops.convert_to_numpy(model.get_layer("head").kernel)).sum() > 0
+
+
+def test_mixed_bfloat16_training_step():
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    model = training.compile(_tiny(), steps=20, learning_rate=1e-2, warmup_steps=0)
+    x = np.random.default_rng(0).uniform(-1, 1, (16,) + TINY_SHAPE).astype("float32")
+    y = np.eye(3)[np.arange(16) % 3]
+    history = model.fit(x, y, epochs=5, batch_size=8, verbose=0)
+    assert all(np.isfinite(history.history["loss"]))
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert keras.backend.standardize_dtype(model(x[:2]).dtype) == "float32"
+
+
+def test_mixed_float16_scales_the_loss():
+    keras.config.set_dtype_policy("mixed_float16")
+    model = training.compile(_tiny(), steps=10)
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert isinstance(model.optimizer.inner_optimizer, keras.optimizers.AdamW)
