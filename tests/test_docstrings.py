@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import keras_vit
-from keras_vit import layers, models, variants, weights
+from keras_vit import data, distribute, layers, models, training, variants, weights
 
-MODULES = [layers, models, variants, weights]
+MODULES = [data, distribute, layers, models, training, variants, weights]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
