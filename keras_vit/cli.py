@@ -52,7 +52,7 @@ def _parser():
     train.add_argument("--batch-size", type=int, help="global batch size")
     train.add_argument("--learning-rate", type=float, help="peak learning rate")
     train.add_argument("--weight-decay", type=float)
-    train.add_argument("--warmup-epochs", type=float, default=5.0)
+    train.add_argument("--warmup-epochs", type=float, help="linear warm-up (default: the recipe's)")
     train.add_argument("--label-smoothing", type=float, default=0.1)
     train.add_argument("--clipnorm", type=float, default=1.0, help="global-norm gradient clipping")
     train.add_argument("--dropout-rate", type=float, default=0.0)

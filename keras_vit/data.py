@@ -341,6 +341,7 @@ def load(
     batch_size=128,
     validation_split=0.1,
     seed=0,
+    split_seed=0,
     data_dir=None,
     download=False,
     label_mode="categorical",
@@ -360,7 +361,10 @@ def load(
         batch_size: the global batch size.
         validation_split: fraction of the training data held out for
             validation when the source has no validation split.
-        seed: seed of the splits and of the shuffling.
+        seed: seed of the shuffling.
+        split_seed: seed of the train/validation/test split, fixed (0) by
+            default so that every run of a recipe is tested on the same
+            images whatever its training seed.
         data_dir: a TFDS data directory holding prepared data sets.
         download: let TFDS download a data set missing from `data_dir`.
         label_mode: `"categorical"` (one-hot, default) or `"int"`.
@@ -396,7 +400,8 @@ def load(
         if split not in SPLITS:
             raise ValueError(f"splits must be among {SPLITS}, received {split!r}.")
 
-    result, class_names, name = _read(source, image_size, validation_split, seed, data_dir, download)
+    result, class_names, name = _read(source, image_size, validation_split, split_seed, data_dir,
+                                      download)
     if isinstance(result, dict):  # NumPy arrays per split
         native = tuple(result["train"][0].shape[1:3])
         image_size = image_size or native

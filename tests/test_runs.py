@@ -256,3 +256,18 @@ def test_fine_tune_a_checkpoint_on_a_folder_with_frozen_backbone(tmp_path, capsy
     assert np.abs(model.get_layer("head").kernel.numpy()).sum() > 0  # the new head trained
     config = json.loads((output / "config.json").read_text())
     assert config["class_names"] == ["blue", "green", "red"]
+
+
+def test_mixed_precision_run_on_cpu_uses_bfloat16_and_restores_the_policy(tmp_path):
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.uniform(0, 60, (30, 8, 8, 1)), rng.uniform(190, 255, (30, 8, 8, 1))])
+    y = np.array([0] * 30 + [1] * 30)
+    run = runs.train(runs.TrainConfig(data=(x, y), output=str(tmp_path / "bf16"), epochs=4,
+                                      image_size=8, patch_size=4, hidden_dim=16, num_layers=1,
+                                      num_heads=2, mlp_dim=16, batch_size=10, learning_rate=1e-2,
+                                      warmup_epochs=0.5, mixed_precision=True, verbose=0))
+    assert run.model.get_layer("block_0").compute_dtype == "bfloat16"
+    assert keras.backend.standardize_dtype(run.model(x[:2].repeat(3, -1)).dtype) == "float32"
+    assert keras.config.dtype_policy().name == "float32"
+    assert np.isfinite(run.results["test_loss"])
+    assert run.history["loss"][-1] < run.history["loss"][0]
