@@ -26,6 +26,7 @@ import numpy as np
 
 from keras_vit import data as vit_data
 from keras_vit import distribute, models, training, variants
+from keras_vit.version import __version__
 
 RECIPES = {
     # Small grayscale images trained from scratch. Tuned on this recipe's own
@@ -334,7 +335,7 @@ def _train(config):
     warmup = min(int(config.warmup_epochs * steps_per_epoch), total_steps - 1)
 
     payload = dict(dataclasses.asdict(config), dataset=info.to_json(),
-                   class_names=info.class_names, keras_vit_version=_version())
+                   class_names=info.class_names, keras_vit_version=__version__)
     if not isinstance(config.data, (str, os.PathLike)):
         payload["data"] = "<NumPy arrays>"  # evaluate needs a source it can read again
     payload["data"] = str(payload["data"])
@@ -506,9 +507,3 @@ def predict(run_dir, paths, top_k=3, which="best"):
         top = np.argsort(row)[::-1][:top_k]
         results.append([(names[i], float(row[i])) for i in top])
     return results
-
-
-def _version():
-    from keras_vit.version import __version__
-
-    return __version__

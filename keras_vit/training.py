@@ -15,7 +15,6 @@ keras-cv 0.9 itself no longer runs its MixUp on Keras 3.15 inputs.
 import keras
 import tensorflow as tf
 
-from keras_vit import layers as vit_layers
 
 # Variables that are not decayed, matched against variable names.
 NO_WEIGHT_DECAY = ("bias", "gamma", "beta", "class_token", "position_embedding")
@@ -178,8 +177,3 @@ def augmentation(image_size, flip=True, crop_scale=None, rand_augment=0.0, mixup
         return tf.cond(choice, mix(mixers[0]), mix(mixers[1]))
 
     return augment
-
-
-def count_blocks(model):
-    """Number of Transformer blocks of a keras_vit model."""
-    return sum(isinstance(layer, vit_layers.TransformerBlock) for layer in model.layers)

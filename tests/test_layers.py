@@ -45,13 +45,9 @@ def test_patches_rejects_bad_patch_size(bad):
 
 
 def test_patches_layer_contract(rng, tmp_path):
-    run_layer_test(
-        layers.Patches,
-        {"patch_size": 4},
-        rng.normal(size=(2, 8, 8, 3)).astype("float32"),
-        (2, 4, 48),
-        tmp_path,
-    )
+    images = rng.normal(size=(2, 8, 8, 3)).astype("float32")
+    _, output = run_layer_test(layers.Patches, {"patch_size": 4}, images, (2, 4, 48), tmp_path)
+    np.testing.assert_array_equal(output[:, 3], images[:, 4:, 4:].reshape(2, -1))
 
 
 # --- PatchEncoder ------------------------------------------------------------
@@ -100,12 +96,17 @@ def test_patch_encoder_dropout_only_in_training():
 
 
 def test_patch_encoder_layer_contract(rng, tmp_path):
-    run_layer_test(
+    layer, output = run_layer_test(
         layers.PatchEncoder,
         {"num_patches": 4, "hidden_dim": 8, "dropout_rate": 0.1},
         rng.normal(size=(2, 4, 12)).astype("float32"),
         (2, 5, 8),
         tmp_path,
+    )
+    # Without dropout (inference) the class token row is class token + position 0.
+    np.testing.assert_allclose(
+        output[:, 0], np.broadcast_to(layer.class_token[0, 0] + layer.position_embedding[0, 0], (2, 8)),
+        atol=1e-6,
     )
 
 
@@ -113,7 +114,7 @@ def test_patch_encoder_layer_contract(rng, tmp_path):
 
 
 def test_transformer_block_layer_contract(rng, tmp_path):
-    run_layer_test(
+    layer, output = run_layer_test(
         layers.TransformerBlock,
         {
             "hidden_dim": 16,
@@ -128,6 +129,7 @@ def test_transformer_block_layer_contract(rng, tmp_path):
         (2, 5, 16),
         tmp_path,
     )
+    assert np.all(np.isfinite(output)) and len(layer.weights) == 16
 
 
 def _numpy_block(block, x):
@@ -215,10 +217,9 @@ def test_drop_path_drops_whole_samples_and_rescales():
 
 
 def test_drop_path_layer_contract(rng, tmp_path):
-    run_layer_test(
-        layers.DropPath, {"rate": 0.2, "seed": 3},
-        rng.normal(size=(2, 3, 4)).astype("float32"), (2, 3, 4), tmp_path,
-    )
+    x = rng.normal(size=(2, 3, 4)).astype("float32")
+    _, output = run_layer_test(layers.DropPath, {"rate": 0.2, "seed": 3}, x, (2, 3, 4), tmp_path)
+    np.testing.assert_array_equal(output, x)  # identity at inference
 
 
 def test_pooling_layers(rng, tmp_path):

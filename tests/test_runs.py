@@ -143,8 +143,9 @@ def test_help_for_every_subcommand(command, option, capsys):
     assert option in capsys.readouterr().out
 
 
-def test_console_script_is_installed():
-    completed = subprocess.run(["keras-vit", "--version"], capture_output=True, text=True, timeout=120)
+@pytest.mark.parametrize("command", [["keras-vit"], [PYTHON, "-m", "keras_vit"]])
+def test_console_script_is_installed(command):
+    completed = subprocess.run(command + ["--version"], capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0
     assert completed.stdout.startswith("keras-vit ")
 
