@@ -18,12 +18,15 @@ import tensorflow as tf
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
 
 
-def _tf_config_workers():
+def _tf_config():
     try:
-        config = json.loads(os.environ.get("TF_CONFIG", "") or "{}")
+        return json.loads(os.environ.get("TF_CONFIG", "") or "{}")
     except json.JSONDecodeError as error:
         raise ValueError(f"TF_CONFIG is not valid JSON: {error}") from error
-    cluster = config.get("cluster", {})
+
+
+def _tf_config_workers():
+    cluster = _tf_config().get("cluster", {})
     return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
 
 
@@ -96,7 +99,7 @@ def is_chief(strategy=None):
     Under MultiWorkerMirroredStrategy only the chief (the `chief` task, or
     worker 0 when there is none) writes; every process is chief otherwise.
     """
-    config = json.loads(os.environ.get("TF_CONFIG", "") or "{}")
+    config = _tf_config()
     task = config.get("task", {})
     if not task or _tf_config_workers() <= 1:
         return True

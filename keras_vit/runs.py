@@ -321,7 +321,7 @@ def _train(config):
     strategy = distribute.get_strategy(config.strategy)
 
     augment = training.augmentation(
-        (config.image_size, config.image_size), flip=config.flip, crop_scale=config.crop_scale,
+        flip=config.flip, crop_scale=config.crop_scale,
         rand_augment=config.rand_augment, mixup=config.mixup, cutmix=config.cutmix,
         seed=config.seed,
     )
@@ -437,12 +437,15 @@ def evaluate(run_dir, which="best", batch_size=256):
         validation_split=config["validation_split"],
         data_dir=config.get("data_dir"), splits=("test",),
     )
-    labels, predictions = [], []
+    # One pass over the test set: the loss is the compiled loss of the
+    # collected probabilities, as model.evaluate would compute it.
+    onehots, probabilities = [], []
     for images, onehot in ds_test:
-        predictions.append(np.argmax(model.predict_on_batch(images), axis=-1))
-        labels.append(np.argmax(onehot.numpy(), axis=-1))
-    labels, predictions = np.concatenate(labels), np.concatenate(predictions)
-    metrics = model.evaluate(ds_test, verbose=0, return_dict=True)
+        probabilities.append(keras.ops.convert_to_numpy(model.predict_on_batch(images)))
+        onehots.append(onehot.numpy())
+    onehots, probabilities = np.concatenate(onehots), np.concatenate(probabilities)
+    labels, predictions = np.argmax(onehots, axis=-1), np.argmax(probabilities, axis=-1)
+    loss = float(keras.ops.convert_to_numpy(model.loss(onehots, probabilities)))
     names = config["class_names"]
     matrix = np.zeros((len(names), len(names)), dtype=int)
     np.add.at(matrix, (labels, predictions), 1)
@@ -451,7 +454,7 @@ def evaluate(run_dir, which="best", batch_size=256):
                                 title=f"{info.name}: test accuracy {np.mean(labels == predictions):.4f}")
     result = {
         "accuracy": float(np.mean(labels == predictions)),
-        "loss": float(metrics["loss"]),
+        "loss": loss,
         "num_examples": int(len(labels)),
         "confusion_matrix": matrix.tolist(),
         "confusion_png": str(png),

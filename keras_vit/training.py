@@ -112,15 +112,16 @@ def freeze_backbone(model):
     return trainable
 
 
-def augmentation(image_size, flip=True, crop_scale=None, rand_augment=0.0, mixup=0.0, cutmix=0.0,
+def augmentation(flip=True, crop_scale=None, rand_augment=0.0, mixup=0.0, cutmix=0.0,
                  seed=None):
     """Builds the training augmentation, a function for `tf.data` `map`.
 
     It takes a batch `(images, one_hot_labels)` with images in [0, 255] and
     returns the augmented batch.
 
+    Every layer keeps the input size.
+
     Args:
-        image_size: `(height, width)`.
         flip: random horizontal flips.
         crop_scale: random resized crop, keeping at least this fraction of
             each side (e.g. 0.8), by zooming in and translating; `None`: off.
@@ -134,7 +135,6 @@ def augmentation(image_size, flip=True, crop_scale=None, rand_augment=0.0, mixup
     Returns:
         A function `(images, labels) -> (images, labels)`.
     """
-    del image_size  # every layer keeps the input size
     image_layers = []
     if crop_scale is not None:
         if not 0.0 < crop_scale <= 1.0:

@@ -55,6 +55,7 @@ def test_evaluate_agrees_with_training_results(trained_run, capsys):
     evaluation = json.loads((trained_run / "evaluation.json").read_text())
     results = json.loads((trained_run / "results.json").read_text())
     assert evaluation["accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-6)
+    assert evaluation["loss"] == pytest.approx(results["test_loss"], rel=1e-4)  # model.evaluate's loss
     matrix = np.array(evaluation["confusion_matrix"])
     assert matrix.shape == (10, 10) and matrix.sum() == 359
     assert np.trace(matrix) / matrix.sum() == pytest.approx(evaluation["accuracy"])

@@ -69,7 +69,7 @@ def test_compile_uses_label_smoothing():
 def test_augmentation_flip_crop_and_rand_augment_keep_shapes_and_range():
     images = tf.constant(np.random.default_rng(0).uniform(0, 255, (8, 16, 16, 3)), tf.float32)
     labels = tf.one_hot(np.arange(8) % 3, 3)
-    augment = training.augmentation((16, 16), flip=True, crop_scale=0.8, rand_augment=0.5, seed=1)
+    augment = training.augmentation(flip=True, crop_scale=0.8, rand_augment=0.5, seed=1)
     out, out_labels = augment(images, labels)
     assert tuple(out.shape) == (8, 16, 16, 3)
     assert float(tf.reduce_min(out)) >= 0.0 and float(tf.reduce_max(out)) <= 255.0
@@ -79,7 +79,7 @@ def test_augmentation_flip_crop_and_rand_augment_keep_shapes_and_range():
 
 def test_flip_only_mirrors_images():
     images = tf.constant(np.arange(2 * 4 * 4 * 3, dtype="float32").reshape(2, 4, 4, 3))
-    augment = training.augmentation((4, 4), flip=True, seed=0)
+    augment = training.augmentation(flip=True, seed=0)
     out = [augment(images, tf.zeros((2, 3)))[0].numpy() for _ in range(10)]
     for batch in out:
         for image, original in zip(batch, images.numpy()):
@@ -92,7 +92,7 @@ def test_mixup_and_cutmix_mix_labels_in_proportion(mixer):
     images = tf.constant(np.repeat(np.arange(8, dtype="float32")[:, None, None, None] * 30, 16 * 16 * 3)
                          .reshape(8, 16, 16, 3))
     labels = tf.one_hot(np.arange(8) % 4, 4)
-    out, mixed = training.augmentation((16, 16), flip=False, seed=3, **mixer)(images, labels)
+    out, mixed = training.augmentation(flip=False, seed=3, **mixer)(images, labels)
     mixed = mixed.numpy()
     np.testing.assert_allclose(mixed.sum(axis=1), 1.0, atol=1e-5)
     assert (mixed.max(axis=1) < 1.0).any()  # some labels were mixed
@@ -101,9 +101,9 @@ def test_mixup_and_cutmix_mix_labels_in_proportion(mixer):
 
 def test_augmentation_argument_errors():
     with pytest.raises(ValueError, match=r"crop_scale=1.5"):
-        training.augmentation((8, 8), crop_scale=1.5)
+        training.augmentation(crop_scale=1.5)
     with pytest.raises(ValueError, match=r"rand_augment=2"):
-        training.augmentation((8, 8), rand_augment=2)
+        training.augmentation(rand_augment=2)
 
 
 def test_freeze_backbone_trains_only_the_head():
