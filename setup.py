@@ -58,6 +58,11 @@ setup(
         # tensorflow-datasets imports it when it prepares or reads a data set
         # but does not declare it.
         "importlib_resources",
+        # keras-vit serve (a TF-Serving-compatible development server) and
+        # keras_vit.serving.Client.
+        "aiohttp>=3.9",
+        "requests>=2.31",
+        "pillow>=9",
     ],
     entry_points={"console_scripts": ["keras-vit=keras_vit.cli:main"]},
     extras_require=EXTRAS,

@@ -1,9 +1,12 @@
-"""The `keras-vit` command line: `train`, `evaluate`, `predict`.
+"""The `keras-vit` command line: `train`, `evaluate`, `predict`, `export`, `serve`.
 
     keras-vit train                      # main job: the digits, minutes on a laptop CPU
     keras-vit train --data fashion_mnist --epochs 30 --output runs/fmnist
     keras-vit evaluate runs/fmnist       # accuracy, loss, confusion matrix PNG
     keras-vit predict runs/fmnist photo1.jpg photo2.png --top-k 3
+    keras-vit export runs/fmnist --output export/vit     # TF Serving SavedModel, export/vit/<version>/
+    keras-vit serve export/vit --port 8501               # local TF-Serving-compatible REST server
+    keras-vit predict --server http://localhost:8501 --model-name vit photo.jpg
 
 Bad arguments end the command with exit code 2 and a one-line error.
 """
@@ -27,7 +30,7 @@ def _parser():
         prog="keras-vit", description="Train, evaluate and use Vision Transformers (keras_vit)."
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,predict}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,predict,export,serve}")
 
     train = sub.add_parser(
         "train", help="train a ViT (default: the digits data set)",
@@ -79,12 +82,48 @@ def _parser():
     evaluate.add_argument("run", help="run directory written by 'keras-vit train'")
     evaluate.add_argument("--model", choices=("best", "last"), default="best")
 
-    predict = sub.add_parser("predict", help="classify image files with a run's model",
-                             description="Print the top-k classes of each image.")
-    predict.add_argument("run", help="run directory written by 'keras-vit train'")
-    predict.add_argument("images", nargs="+", help="JPEG, PNG, BMP or GIF files")
+    predict = sub.add_parser(
+        "predict", help="classify image files with a run's model or a server",
+        usage="keras-vit predict [-h] [--top-k K] [--model {best,last}] RUN IMAGE [IMAGE ...]\n"
+              "       keras-vit predict [-h] [--top-k K] --server URL --model-name NAME IMAGE [IMAGE ...]",
+        description="Print the top-k classes of each image, from a run's model (RUN IMAGE ...) "
+                    "or from a TF Serving REST server (--server URL --model-name NAME IMAGE ...).",
+    )
+    predict.add_argument("inputs", nargs="+", metavar="RUN IMAGE",
+                         help="the run directory (without --server), then JPEG, PNG, BMP or GIF files")
     predict.add_argument("--top-k", type=int, default=3)
     predict.add_argument("--model", choices=("best", "last"), default="best")
+    predict.add_argument("--server", help="TF Serving (or keras-vit serve) URL, e.g. http://localhost:8501")
+    predict.add_argument("--model-name", help="the served model's name (with --server)")
+    predict.add_argument("--timeout", type=float, default=30.0, help="seconds per request (with --server)")
+
+    export = sub.add_parser(
+        "export", help="write a run's model as a TF Serving SavedModel version",
+        description="Write BASE/<version>/ (saved_model.pb, variables/) that TF Serving loads as it is: "
+                    "signatures serving_default (image_bytes), predict_images (float pixels) and "
+                    "embeddings, with decoding, resizing and class names inside the graph.",
+    )
+    export.add_argument("run", help="run directory written by 'keras-vit train'")
+    export.add_argument("--output", help="model base directory (default: export/<run name>)")
+    export.add_argument("--version", type=int, dest="export_version", metavar="N",
+                        help="version number (default: the next free one)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing --version")
+    export.add_argument("--top-k", type=int, help="classes in the top_k_* outputs (default: 5)")
+    export.add_argument("--model", choices=("best", "last"), default="best")
+
+    serve = sub.add_parser(
+        "serve", help="serve exported versions over TF Serving's REST API (development)",
+        description="A local stand-in for TF Serving (the production path: docker run -p 8501:8501 "
+                    "-v $PWD/BASE:/models/NAME -e MODEL_NAME=NAME tensorflow/serving). Serves the newest "
+                    "version under BASE and picks up new ones without a restart.",
+    )
+    serve.add_argument("base", help="model base directory holding integer version folders")
+    serve.add_argument("--model-name", help="name in the URLs (default: BASE's folder name)")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default: this machine only)")
+    serve.add_argument("--port", type=int, default=8501)
+    serve.add_argument("--poll-seconds", type=float, default=1.0, help="how often to look for new versions")
+    serve.add_argument("--max-body-mb", type=float, default=10.0, help="larger requests get HTTP 413")
+    serve.add_argument("--max-images", type=int, default=64, help="images per request (more: HTTP 413)")
     return parser
 
 
@@ -117,11 +156,60 @@ def _evaluate(args):
 
 
 def _predict(args):
+    if args.server:
+        if not args.model_name:
+            raise ValueError("--server needs --model-name (the served model's name).")
+        from keras_vit import serving
+
+        if args.top_k < 1:
+            raise ValueError(f"--top-k must be >= 1, received {args.top_k}.")
+        with serving.Client(args.server, args.model_name, timeout=args.timeout) as client:
+            predictions = client.predict(args.inputs)
+        for path, prediction in zip(args.inputs, predictions):
+            ranked = list(zip(prediction.labels, prediction.scores))[:args.top_k]
+            print(f"{path}: " + ", ".join(f"{name} {p:.4f}" for name, p in ranked))
+        return
+    if len(args.inputs) < 2:
+        raise ValueError("predict needs a run directory and at least one image (or --server URL).")
     from keras_vit import runs
 
-    for path, ranked in zip(args.images, runs.predict(args.run, args.images, top_k=args.top_k,
-                                                      which=args.model)):
+    run, images = args.inputs[0], args.inputs[1:]
+    for path, ranked in zip(images, runs.predict(run, images, top_k=args.top_k, which=args.model)):
         print(f"{path}: " + ", ".join(f"{name} {p:.4f}" for name, p in ranked))
+
+
+def _export(args):
+    from keras_vit import export
+
+    path = export.export_run(args.run, args.output, version=args.export_version, overwrite=args.overwrite,
+                             top_k=args.top_k, which=args.model)
+    print(f"exported {args.run} ({args.model} model) to {path}")
+
+
+def _serve(args):
+    from keras_vit import serving
+
+    if not args.max_body_mb > 0:
+        raise ValueError(f"--max-body-mb must be > 0, received {args.max_body_mb}.")
+    server = serving.Server(
+        args.base, model_name=args.model_name, host=args.host, port=args.port,
+        poll_seconds=args.poll_seconds, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        max_images=args.max_images,
+    )
+    server.start()
+    version = server.refresh()
+    print(f"keras-vit serve: model {server.model_name!r} from {server.base_dir} "
+          f"({'version ' + str(version) if version else 'no version yet: waiting for one'}) "
+          f"on {server.url}/v1/models/{server.model_name} -- a development server; "
+          f"use TF Serving in production. Ctrl-C stops.", flush=True)
+    try:
+        import threading
+
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
 
 
 def main(argv=None):
@@ -137,8 +225,9 @@ def main(argv=None):
         parser.print_help()
         return 2
     try:
-        {"train": _train, "evaluate": _evaluate, "predict": _predict}[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as error:
+        {"train": _train, "evaluate": _evaluate, "predict": _predict, "export": _export,
+         "serve": _serve}[args.command](args)
+    except (ValueError, TypeError, OSError, RuntimeError) as error:
         message = " ".join(str(error).split())
         print(f"keras-vit {args.command}: error: {message}", file=sys.stderr)
         return 2

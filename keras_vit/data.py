@@ -252,7 +252,9 @@ def _to_pixels(image, image_size):
     elif channels == 4:
         image = image[..., :3]
     if tuple(image.shape[-3:-1]) != tuple(image_size):
-        image = tf.image.resize(image, image_size, method="bilinear", antialias=True)
+        # Bilinear without antialiasing: what keras.utils.image_dataset_from_directory
+        # (folder data sets) does, so every path resizes alike.
+        image = tf.image.resize(image, image_size, method="bilinear")
         image = tf.clip_by_value(image, 0.0, 255.0)
     return image
 
@@ -435,6 +437,19 @@ def load(
     return (*outputs, info)
 
 
+def decode_image(image_bytes, image_size):
+    """Decodes one encoded image (JPEG, PNG, BMP or GIF bytes, a scalar
+    `tf.string`) to float32 RGB in [0, 255] at `image_size`, exactly as the
+    data pipelines prepare training images. Works inside `tf.function`
+    (the exported serving signature uses it).
+
+    Grayscale becomes RGB, an alpha channel is dropped and an animated GIF
+    gives its first frame.
+    """
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    return _to_pixels(image, _check_image_size(image_size))
+
+
 def load_images(paths, image_size):
     """Reads image files (JPEG, PNG, BMP, GIF) as float32 RGB in [0, 255].
 
@@ -452,8 +467,8 @@ def load_images(paths, image_size):
         if not path.is_file():
             raise DataError(f"Image not found: {path}")
         try:
-            image = tf.io.decode_image(tf.io.read_file(str(path)), channels=3, expand_animations=False)
+            image = decode_image(tf.io.read_file(str(path)), image_size)
         except (tf.errors.InvalidArgumentError, ValueError) as error:
             raise DataError(f"Cannot decode {path} as an image: {error.message if hasattr(error, 'message') else error}") from error
-        images.append(_to_pixels(image, image_size).numpy())
+        images.append(image.numpy())
     return np.stack(images) if images else np.zeros((0,) + image_size + (3,), "float32")

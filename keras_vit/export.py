@@ -1,0 +1,224 @@
+"""Export for TensorFlow Serving: versioned SavedModels that take image bytes.
+
+`export_saved_model(model, "export/vit", class_names=names)` writes
+`export/vit/<version>/` (`saved_model.pb`, `variables/`), the layout
+TF Serving watches (`docker run -p 8501:8501 -v $PWD/export/vit:/models/vit
+-e MODEL_NAME=vit tensorflow/serving`). The SavedModel needs nothing but
+TensorFlow: decoding, resizing, the model, the softmax, top-k and the class
+names are all in its graph. Signatures:
+
+- `serving_default`: `image_bytes` (tf.string `[None]`, JPEG/PNG/BMP/GIF
+  bytes; TF Serving's REST API takes them as `{"b64": ...}` because the name
+  ends in `_bytes`) -> `probabilities` `[None, classes]`, `top_k_indices`
+  (int32), `top_k_scores`, `top_k_labels` (class names);
+- `predict_images`: `images` (float32 `[None, H, W, 3]`, pixels in
+  [0, 255]) -> the same outputs;
+- `embeddings`: `image_bytes` -> `embeddings`, the class-token features
+  the head reads (for retrieval).
+
+A version is written to a hidden temporary directory in the base directory
+(TF Serving only loads integer-named directories) and renamed into place, so
+a server watching the base never sees a half-written version.
+"""
+
+import os
+import pathlib
+import shutil
+import tempfile
+
+import keras
+import tensorflow as tf
+
+from keras_vit import data as vit_data
+
+DEFAULT_TOP_K = 5
+SIGNATURES = ("serving_default", "predict_images", "embeddings")
+_TEMP_PREFIX = ".tmp-keras-vit-"
+
+
+def list_versions(base_dir):
+    """The integer version numbers under `base_dir` that hold a SavedModel,
+    in increasing order (hidden temporary directories are not versions)."""
+    base = pathlib.Path(base_dir)
+    if not base.is_dir():
+        return []
+    return sorted(
+        int(p.name) for p in base.iterdir()
+        if p.name.isdigit() and p.is_dir() and (p / "saved_model.pb").is_file()
+    )
+
+
+def _check_model(model):
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"model must be a keras.Model, received {type(model).__name__}.")
+    if len(model.inputs) != 1:
+        raise ValueError(f"The model must have one image input; {model.name} has {len(model.inputs)}.")
+    shape = tuple(model.inputs[0].shape)
+    if len(shape) != 4 or shape[3] != 3 or None in shape[1:]:
+        raise ValueError(
+            f"The model's input must be (batch, height, width, 3) with a fixed size, "
+            f"received input shape {shape}."
+        )
+    names = {layer.name for layer in model.layers}
+    if "head" not in names or len(model.outputs) != 1 or len(model.outputs[0].shape) != 2:
+        raise ValueError(
+            f"The model {model.name!r} has no classification head (a Dense layer named 'head' "
+            f"and one output of shape (batch, classes)); build it with include_top=True."
+        )
+    return shape[1:3], int(model.outputs[0].shape[-1])
+
+
+def _check_class_names(class_names, classes):
+    if class_names is None:
+        return [str(i) for i in range(classes)]
+    if isinstance(class_names, str) or not all(isinstance(n, str) for n in class_names):
+        raise TypeError(f"class_names must be a list of strings, received {class_names!r}.")
+    class_names = list(class_names)
+    if len(class_names) != classes:
+        raise ValueError(
+            f"class_names has {len(class_names)} names but the model has {classes} classes."
+        )
+    return class_names
+
+
+def _next_version(base, version, overwrite):
+    if version is None:
+        existing = [int(p.name) for p in base.iterdir() if p.name.isdigit()]
+        return max(existing, default=0) + 1
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"version must be a positive integer, received version={version!r}.")
+    if (base / str(version)).exists() and not overwrite:
+        raise FileExistsError(
+            f"{base / str(version)} exists; pass overwrite=True (--overwrite) to replace it, "
+            f"or leave version out to write version {max(list_versions(base), default=0) + 1}."
+        )
+    return version
+
+
+def _probabilities(model):
+    activation = getattr(model.get_layer("predictions"), "activation", None) if any(
+        layer.name == "predictions" for layer in model.layers) else None
+    outputs_logits = activation is None or getattr(activation, "__name__", "") == "linear"
+
+    def probabilities(images):
+        outputs = tf.cast(model(images, training=False), tf.float32)
+        return tf.nn.softmax(outputs, axis=-1) if outputs_logits else outputs
+
+    return probabilities
+
+
+def build_archive(model, class_names=None, top_k=None):
+    """The `keras.export.ExportArchive` with the three signatures (see the
+    module docstring), ready for `write_out`."""
+    image_size, classes = _check_model(model)
+    class_names = _check_class_names(class_names, classes)
+    if top_k is None:
+        top_k = min(DEFAULT_TOP_K, classes)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= classes:
+        raise ValueError(f"top_k must be an integer in [1, {classes}], received top_k={top_k!r}.")
+    features = keras.Model(model.inputs, model.get_layer("head").input, name=f"{model.name}_features")
+    probabilities = _probabilities(model)
+    height, width = image_size
+
+    def decode(image_bytes):
+        # One image at a time: images of a request may differ in size and format.
+        return tf.map_fn(
+            lambda one: vit_data.decode_image(one, image_size), image_bytes,
+            fn_output_signature=tf.TensorSpec((height, width, 3), tf.float32),
+        )
+
+    def top_k_outputs(images):
+        probs = probabilities(images)
+        scores, indices = tf.math.top_k(probs, k=top_k)
+        labels = tf.constant(class_names, dtype=tf.string)
+        return {
+            "probabilities": probs,
+            "top_k_indices": tf.cast(indices, tf.int32),
+            "top_k_scores": scores,
+            "top_k_labels": tf.gather(labels, indices),
+        }
+
+    def serving_default(image_bytes):
+        return top_k_outputs(decode(image_bytes))
+
+    def predict_images(images):
+        return top_k_outputs(tf.cast(images, tf.float32))
+
+    def embeddings(image_bytes):
+        return {"embeddings": tf.cast(features(decode(image_bytes), training=False), tf.float32)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.track(features)
+    bytes_spec = tf.TensorSpec([None], tf.string, name="image_bytes")
+    archive.add_endpoint("serving_default", serving_default, input_signature=[bytes_spec])
+    archive.add_endpoint(
+        "predict_images", predict_images,
+        input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32, name="images")],
+    )
+    archive.add_endpoint("embeddings", embeddings, input_signature=[bytes_spec])
+    return archive
+
+
+def export_saved_model(model, base_dir, class_names=None, version=None, overwrite=False,
+                       top_k=None):
+    """Writes `model` as a TF Serving SavedModel version under `base_dir`.
+
+    Args:
+        model: a keras_vit classifier (any input size, any dtype policy: the
+            outputs are float32).
+        base_dir: the model's base directory (TF Serving's `--model_base_path`);
+            created if needed.
+        class_names: one name per class (default: "0", "1", ...); they are
+            stored in the SavedModel and returned as `top_k_labels`.
+        version: the integer version to write; default: one more than the
+            highest existing version (1 for an empty directory).
+        overwrite: replace an existing `version`.
+        top_k: how many classes `top_k_*` hold (default: 5, or all classes
+            if fewer).
+
+    Returns:
+        The path of the version directory, e.g. `export/vit/1`.
+    """
+    archive = build_archive(model, class_names=class_names, top_k=top_k)
+    base = pathlib.Path(base_dir)
+    if base.exists() and not base.is_dir():
+        raise NotADirectoryError(f"{base} exists and is not a directory.")
+    base.mkdir(parents=True, exist_ok=True)
+    version = _next_version(base, version, overwrite)
+    target = base / str(version)
+    temp = pathlib.Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=base))
+    try:
+        archive.write_out(str(temp / "model"), verbose=False)
+        if target.exists():
+            # Replace: move the old version aside first, so a reader sees the
+            # old one or the new one, never a mixture.
+            old = temp / "old"
+            os.rename(target, old)
+        os.rename(temp / "model", target)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    return str(target)
+
+
+def export_run(run_dir, base_dir=None, version=None, overwrite=False, top_k=None, which="best"):
+    """Exports a training run's model (`keras-vit export RUN`) with the
+    class names the run recorded.
+
+    Args:
+        run_dir: a run directory written by `keras_vit.runs.train`.
+        base_dir: where to write versions (default: `export/<run name>`).
+        which: `"best"` or `"last"` model of the run.
+        version, overwrite, top_k: as in `export_saved_model`.
+
+    Returns:
+        The path of the version directory.
+    """
+    from keras_vit import runs
+
+    config = runs.read_run(run_dir)
+    model = runs.load_run_model(run_dir, which)
+    if base_dir is None:
+        base_dir = pathlib.Path("export") / pathlib.Path(run_dir).resolve().name
+    return export_saved_model(model, base_dir, class_names=config["class_names"], version=version,
+                              overwrite=overwrite, top_k=top_k)
