@@ -2,14 +2,27 @@
 
 Build any standard ViT in one call (`keras_vit.ViTB16()`,
 `keras_vit.ViT("S/32")`), load original checkpoints into it (`weights=`), and
-use its layers (`Patches`, `PatchEncoder`, `TransformerBlock`) on their own.
+use its layers (`Patches`, `PatchEncoder`, `TransformerBlock`) on their own;
+train (`runs`, `training`, `data`, `distribute`) and export for TF Serving
+(`export`, `serving`).
 """
 
 from keras_vit._backend import require_tensorflow as _require_tensorflow
 
 _require_tensorflow()
 
-from keras_vit import data, distribute, layers, models, runs, training, variants, weights  # noqa: E402
+from keras_vit import (  # noqa: E402
+    data,
+    distribute,
+    export,
+    layers,
+    models,
+    runs,
+    serving,
+    training,
+    variants,
+    weights,
+)
 from keras_vit.layers import (  # noqa: E402
     ClassTokenPooling,
     DropPath,
@@ -62,6 +75,7 @@ __all__ = [
     "__version__",
     "data",
     "distribute",
+    "export",
     "layers",
     "load_weights",
     "models",
@@ -69,6 +83,7 @@ __all__ = [
     "resample_position_embedding",
     "runs",
     "save_npz",
+    "serving",
     "training",
     "variants",
     "weights",

@@ -382,19 +382,24 @@ class Server:
         from keras_vit.export import list_versions
 
         with self._load_lock:
-            candidates = [v for v in list_versions(self.base_dir) if v not in self._failed]
-            current = self._servable.version if self._servable else None
-            if candidates and candidates[-1] != current:
-                version = candidates[-1]
+            current = self._servable.version if self._servable else 0
+            # The newest version that loads; a broken one is remembered (not
+            # retried) and the one served so far stays.
+            for version in reversed(list_versions(self.base_dir)):
+                if version <= current:
+                    break
+                if version in self._failed:
+                    continue
                 try:
                     servable = _Servable(version, self.base_dir / str(version))
                 except Exception as error:  # a broken version must not take the server down
                     self._failed[version] = f"{type(error).__name__}: {error}"
                     logger.error("keras-vit serve: cannot load version %s: %s", version, error)
-                else:
-                    self._servable = servable
-                    logger.warning("keras-vit serve: serving %s version %s from %s",
-                                   self.model_name, version, servable.path)
+                    continue
+                self._servable = servable
+                logger.warning("keras-vit serve: serving %s version %s from %s",
+                               self.model_name, version, servable.path)
+                break
             return self._servable.version if self._servable else None
 
     def _get(self, name, version):

@@ -49,7 +49,13 @@ def test_readme_python_blocks_run_as_written(tmp_path, monkeypatch, capsys):
         if "model.fit" in block:
             history = namespace["model"].history.history
             assert len(history["loss"]) == 3 and history["loss"][-1] < history["loss"][0]
+        if "export_saved_model" in block:
+            assert namespace["path"] == "export/demo/1" and (tmp_path / "export/demo/1/saved_model.pb").is_file()
+            labels = namespace["prediction"].labels
+            assert sorted(labels) == ["bird", "cat", "dog"]
     out = capsys.readouterr().out.splitlines()
     assert ["86,567,656", "(None, 384)", "(2, 197, 192)"] == [
         line for line in out if line.startswith(("86,", "(None", "(2,"))
     ]
+    assert "export/demo/1" in out
+    assert len([line for line in out if line.startswith("['")]) == 2  # one prediction per photo
