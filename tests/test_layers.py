@@ -172,6 +172,36 @@ def test_transformer_block_matches_numpy_reference(rng):
     np.testing.assert_allclose(block(x), out, atol=1e-5)
 
 
+@pytest.mark.parametrize("policy, atol", [("float32", 1e-5), ("mixed_bfloat16", 3e-2)])
+def test_transformer_block_attention_equals_keras_multi_head_attention(rng, policy, atol):
+    # The block computes attention from its `attn` layer's variables by its
+    # own (faster) route; Keras' MultiHeadAttention on the same variables is
+    # the reference.
+    keras.config.set_dtype_policy(policy)
+    block = layers.TransformerBlock(hidden_dim=12, num_heads=3, mlp_dim=20)
+    x = rng.normal(size=(2, 7, 12)).astype("float32")
+    block.build(x.shape)
+    for variable in block.attn.weights:
+        variable.assign(rng.normal(0.0, 0.3, tuple(variable.shape)).astype("float32"))
+    x = keras.ops.cast(x, block.compute_dtype)
+    out, weights = block._self_attention(x, training=False)
+    expected, expected_weights = block.attn(x, x, return_attention_scores=True)
+    assert out.dtype == expected.dtype == block.compute_dtype
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(keras.ops.cast(out, "float32")),
+                               keras.ops.convert_to_numpy(keras.ops.cast(expected, "float32")), atol=atol)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(keras.ops.cast(weights, "float32")),
+                               keras.ops.convert_to_numpy(keras.ops.cast(expected_weights, "float32")), atol=atol)
+
+
+def test_transformer_block_attention_dropout_only_in_training(rng):
+    block = layers.TransformerBlock(hidden_dim=8, num_heads=2, mlp_dim=16, attention_dropout_rate=0.5)
+    x = rng.normal(size=(4, 6, 8)).astype("float32")
+    inference = block(x, training=False)
+    np.testing.assert_allclose(block(x, training=False), inference)
+    trained = block(x, training=True)
+    assert np.abs(keras.ops.convert_to_numpy(trained) - keras.ops.convert_to_numpy(inference)).max() > 1e-3
+
+
 def test_transformer_block_symbolic_attention_scores():
     inputs = keras.Input((9, 8))
     outputs, scores = layers.TransformerBlock(8, 2, 16)(inputs, return_attention_scores=True)
