@@ -14,6 +14,7 @@ _require_tensorflow()
 from keras_vit import (  # noqa: E402
     data,
     distribute,
+    explain,
     export,
     layers,
     models,
@@ -75,6 +76,7 @@ __all__ = [
     "__version__",
     "data",
     "distribute",
+    "explain",
     "export",
     "layers",
     "load_weights",

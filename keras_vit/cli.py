@@ -7,6 +7,8 @@
     keras-vit export runs/fmnist --output export/vit     # TF Serving SavedModel, export/vit/<version>/
     keras-vit serve export/vit --port 8501               # local TF-Serving-compatible REST server
     keras-vit predict --server http://localhost:8501 --model-name vit photo.jpg
+    keras-vit explain runs/fmnist photo.png --output attention.png   # attention rollout heat map
+    keras-vit inspect runs/fmnist --output inspect/                  # learned embeddings as PNGs
 
 Bad arguments end the command with exit code 2 and a one-line error.
 """
@@ -30,7 +32,7 @@ def _parser():
         prog="keras-vit", description="Train, evaluate and use Vision Transformers (keras_vit)."
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,predict,export,serve}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,predict,export,serve,explain,inspect}")
 
     train = sub.add_parser(
         "train", help="train a ViT (default: the digits data set)",
@@ -124,7 +126,56 @@ def _parser():
     serve.add_argument("--poll-seconds", type=float, default=1.0, help="how often to look for new versions")
     serve.add_argument("--max-body-mb", type=float, default=10.0, help="larger requests get HTTP 413")
     serve.add_argument("--max-images", type=int, default=64, help="images per request (more: HTTP 413)")
+
+    explain = sub.add_parser(
+        "explain", help="attention heat maps of a run's model on images (PNG)",
+        description="Write a PNG with, for each image, the image, the attention heat map and the overlay. "
+                    "Default: attention rollout through all blocks (Abnar & Zuidema, 2020); with --layer, "
+                    "that block's class-token attention (--head: one head, else their mean).",
+    )
+    explain.add_argument("run", help="run directory written by 'keras-vit train'")
+    explain.add_argument("images", nargs="+", help="JPEG, PNG, BMP or GIF files")
+    explain.add_argument("--output", default="attention.png", help="PNG to write (default: attention.png)")
+    explain.add_argument("--layer", type=int, help="one block (0-based; negative counts from the last)")
+    explain.add_argument("--head", type=int, help="one attention head of --layer")
+    explain.add_argument("--head-fusion", choices=("mean", "max", "min"), default="mean",
+                         help="how rollout fuses the heads")
+    explain.add_argument("--discard-ratio", type=float, default=0.9,
+                         help="fraction of the lowest attentions rollout drops (default 0.9)")
+    explain.add_argument("--model", choices=("best", "last"), default="best")
+
+    inspect = sub.add_parser(
+        "inspect", help="pictures of a run's learned embeddings (PNG)",
+        description="Write position_embedding.png (cosine similarity of the position embeddings, as "
+                    "Figure 7 of the ViT paper) and patch_embedding.png (principal components of the "
+                    "patch-embedding filters) into --output; the run's curves.png has the learning curves.",
+    )
+    inspect.add_argument("run", help="run directory written by 'keras-vit train'")
+    inspect.add_argument("--output", default="inspect", help="folder for the PNGs (default: inspect/)")
+    inspect.add_argument("--components", type=int, default=28, help="principal components to show")
+    inspect.add_argument("--model", choices=("best", "last"), default="best")
     return parser
+
+
+def _explain(args):
+    from keras_vit import explain
+
+    path, _, predictions = explain.explain_run(
+        args.run, args.images, args.output, layer=args.layer, head=args.head, head_fusion=args.head_fusion,
+        discard_ratio=args.discard_ratio, which=args.model,
+    )
+    for image, (name, probability) in zip(args.images, predictions):
+        print(f"{image}: {name} {probability:.4f}")
+    print(f"wrote {path}")
+
+
+def _inspect(args):
+    from keras_vit import explain
+
+    if args.components < 1:
+        raise ValueError(f"--components must be >= 1, received {args.components}.")
+    for name, path in explain.inspect_run(args.run, args.output, which=args.model, count=args.components).items():
+        print(f"{name}: {path}")
 
 
 def _train(args):
@@ -226,7 +277,7 @@ def main(argv=None):
         return 2
     try:
         {"train": _train, "evaluate": _evaluate, "predict": _predict, "export": _export,
-         "serve": _serve}[args.command](args)
+         "serve": _serve, "explain": _explain, "inspect": _inspect}[args.command](args)
     except (ValueError, TypeError, OSError, RuntimeError) as error:
         message = " ".join(str(error).split())
         print(f"keras-vit {args.command}: error: {message}", file=sys.stderr)
