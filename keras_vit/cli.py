@@ -82,7 +82,8 @@ def _parser():
                               description="Evaluate a run's best model on its data set's test split; "
                                           "writes evaluation.json and confusion.png into the run.")
     evaluate.add_argument("run", help="run directory written by 'keras-vit train'")
-    evaluate.add_argument("--model", choices=("best", "last"), default="best")
+    evaluate.add_argument("--model", choices=("best", "last"), default="last",
+                         help="the run's final model (default) or its best-validation checkpoint")
 
     predict = sub.add_parser(
         "predict", help="classify image files with a run's model or a server",
@@ -94,7 +95,8 @@ def _parser():
     predict.add_argument("inputs", nargs="+", metavar="RUN IMAGE",
                          help="the run directory (without --server), then JPEG, PNG, BMP or GIF files")
     predict.add_argument("--top-k", type=int, default=3)
-    predict.add_argument("--model", choices=("best", "last"), default="best")
+    predict.add_argument("--model", choices=("best", "last"), default="last",
+                         help="the run's final model (default) or its best-validation checkpoint")
     predict.add_argument("--server", help="TF Serving (or keras-vit serve) URL, e.g. http://localhost:8501")
     predict.add_argument("--model-name", help="the served model's name (with --server)")
     predict.add_argument("--timeout", type=float, default=30.0, help="seconds per request (with --server)")
@@ -111,7 +113,8 @@ def _parser():
                         help="version number (default: the next free one)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing --version")
     export.add_argument("--top-k", type=int, help="classes in the top_k_* outputs (default: 5)")
-    export.add_argument("--model", choices=("best", "last"), default="best")
+    export.add_argument("--model", choices=("best", "last"), default="last",
+                         help="the run's final model (default) or its best-validation checkpoint")
 
     serve = sub.add_parser(
         "serve", help="serve exported versions over TF Serving's REST API (development)",
@@ -142,7 +145,8 @@ def _parser():
                          help="how rollout fuses the heads")
     explain.add_argument("--discard-ratio", type=float, default=0.9,
                          help="fraction of the lowest attentions rollout drops (default 0.9)")
-    explain.add_argument("--model", choices=("best", "last"), default="best")
+    explain.add_argument("--model", choices=("best", "last"), default="last",
+                         help="the run's final model (default) or its best-validation checkpoint")
 
     inspect = sub.add_parser(
         "inspect", help="pictures of a run's learned embeddings (PNG)",
@@ -153,7 +157,8 @@ def _parser():
     inspect.add_argument("run", help="run directory written by 'keras-vit train'")
     inspect.add_argument("--output", default="inspect", help="folder for the PNGs (default: inspect/)")
     inspect.add_argument("--components", type=int, default=28, help="principal components to show")
-    inspect.add_argument("--model", choices=("best", "last"), default="best")
+    inspect.add_argument("--model", choices=("best", "last"), default="last",
+                         help="the run's final model (default) or its best-validation checkpoint")
     return parser
 
 
@@ -191,7 +196,8 @@ def _train(args):
           f"image_size={config.image_size} epochs={config.epochs} batch={config.batch_size}",
           flush=True)
     results = runs.train(config).results
-    print(f"test accuracy {results['test_accuracy']:.4f}, test loss {results['test_loss']:.4f}, "
+    print(f"test accuracy {results['test_accuracy']:.4f} (best-validation checkpoint "
+          f"{results['best_checkpoint_test_accuracy']:.4f}), test loss {results['test_loss']:.4f}, "
           f"{results['epochs']} epochs, wall time {results['wall_time_s']:.1f} s "
           f"({'resumed' if results['resumed'] else 'fresh run'}), run in {config.output}")
 

@@ -213,8 +213,12 @@ def _from_folder(path, image_size, validation_split, seed):
     else:
         if not subdirs:
             raise DataError(f"{path} holds no class sub-folders (one per class, with images).")
+        # shuffle=True: Keras splits the file list as it is, and unshuffled
+        # it is sorted by class, so the validation files would be the last
+        # classes only. The seeded shuffle makes the split random and fixed.
         train, val = keras.utils.image_dataset_from_directory(
-            path, validation_split=validation_split, subset="both", seed=seed, **options
+            path, validation_split=validation_split, subset="both", seed=seed,
+            **(options | {"shuffle": True})
         )
         datasets = {"train": train, "validation": val}
         class_names = train.class_names

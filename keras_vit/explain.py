@@ -390,7 +390,7 @@ def plot_patch_embedding_components(model, png_path, count=28, grayscale=False):
 
 
 def explain_run(run_dir, paths, png_path, layer=None, head=None, head_fusion="mean", discard_ratio=0.9,
-                which="best"):
+                which="last"):
     """`keras-vit explain`: attention of a run's model on image files.
 
     Without `layer`, the attention rollout through all blocks; with `layer`
@@ -440,7 +440,7 @@ def _upscale(image, side):
 GRAYSCALE_DATA = ("digits", "fashion_mnist")
 
 
-def inspect_run(run_dir, output_dir, which="best", count=28, grayscale=None):
+def inspect_run(run_dir, output_dir, which="last", count=28, grayscale=None):
     """`keras-vit inspect`: position-embedding similarity and patch-embedding
     principal components of a run's model, as PNGs in `output_dir`.
 

@@ -201,7 +201,7 @@ def export_saved_model(model, base_dir, class_names=None, version=None, overwrit
     return str(target)
 
 
-def export_run(run_dir, base_dir=None, version=None, overwrite=False, top_k=None, which="best"):
+def export_run(run_dir, base_dir=None, version=None, overwrite=False, top_k=None, which="last"):
     """Exports a training run's model (`keras-vit export RUN`) with the
     class names the run recorded.
 

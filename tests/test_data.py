@@ -89,6 +89,20 @@ def test_folder_of_class_folders(tmp_path, fmt):
         np.testing.assert_allclose(image.mean(axis=(0, 1)), expected, atol=8)
 
 
+def test_folder_validation_split_holds_every_class_and_is_fixed(tmp_path):
+    # Files are listed class by class: an unshuffled split would hold out
+    # the last class only.
+    _write_images(tmp_path, ["cat", "dog", "fox"], count=20)
+    ds_train, ds_val, info = data.load(tmp_path, image_size=8, batch_size=8, validation_split=0.3,
+                                       label_mode="int")
+    train_labels, val_labels = _all(ds_train)[1], _all(ds_val)[1]
+    assert len(val_labels) == 18 and len(train_labels) == 40
+    assert set(val_labels.tolist()) == {0, 1, 2} and np.bincount(val_labels).min() >= 3
+    assert set(train_labels.tolist()) == {0, 1, 2}
+    again = data.load(tmp_path, image_size=8, batch_size=8, validation_split=0.3, label_mode="int")[1]
+    assert sorted(_all(again)[1].tolist()) == sorted(val_labels.tolist())
+
+
 def test_folder_with_split_folders(tmp_path):
     _write_images(tmp_path / "train", ["cat", "dog"], count=6)
     _write_images(tmp_path / "val", ["cat", "dog"], count=2)

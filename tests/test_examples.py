@@ -58,4 +58,75 @@ def test_readme_python_blocks_run_as_written(tmp_path, monkeypatch, capsys):
         line for line in out if line.startswith(("86,", "(None", "(2,"))
     ]
     assert "export/demo/1" in out
+    assert "2 (2, 2, 17, 17) (2, 4, 4) uint8" in out  # the explain block
     assert len([line for line in out if line.startswith("['")]) == 2  # one prediction per photo
+
+
+def _run_example(name, argv):
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        module = runpy.run_path(str(ROOT / "examples" / f"{name}.py"))
+    finally:
+        sys.path.pop(0)
+    return module["main"](argv)
+
+
+@pytest.mark.slow
+def test_export_and_serve_example(tmp_path, capsys):
+    assert _run_example("export_and_serve", ["--output", str(tmp_path / "export")]) == 0
+    out = capsys.readouterr().out
+    assert f"exported to {tmp_path / 'export' / 'digits' / '1'}\n" in out
+    assert re.search(r"serving http://127\.0\.0\.1:\d+/v1/models/digits, version 1\n", out)
+    lines = re.findall(r"^digit_\d\.png \(true (\d)\): (\d) (0\.\d\d), \d 0\.\d\d, \d 0\.\d\d$", out, re.M)
+    assert len(lines) == 4
+    assert sum(true == predicted for true, predicted, _ in lines) >= 3  # a trained model
+    difference = float(re.search(r"REST answers equal model.predict: max abs difference (\S+)", out).group(1))
+    assert difference <= 1e-5
+    assert "a bad request got HTTP 400: Input 'image_bytes'[0] is not a decodable image" in out
+
+
+@pytest.mark.slow
+def test_fine_tune_example(tmp_path, capsys):
+    results = _run_example("fine_tune", ["--work", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert re.search(r"pre-trained on digits 3-9: validation accuracy 0\.9\d, checkpoint .*pretrained\.npz", out)
+    assert re.search(r"wrote 537 images of 3 classes into", out)
+    assert f"fine-tuned (new head, 5 epochs): test accuracy {results['fine-tuned']:.2f}" in out
+    # What was learned on 3-9 carries over: >= 90% in 5 epochs, more than from random weights.
+    assert results["fine-tuned"] >= 0.9 and results["fine-tuned"] > results["scratch"]
+    assert sorted(p.name for p in (tmp_path / "photos").iterdir()) == ["one", "two", "zero"]
+
+
+@pytest.mark.slow
+def test_distributed_example(tmp_path, capsys):
+    results = _run_example("distributed", ["--epochs", "3", "--output", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert results["num_replicas"] == 2
+    assert f"worker 0 (chief): test accuracy {results['test_accuracy']:.2f}, 2 replicas" in out
+    assert (f"run directory {tmp_path / 'run'}: best.keras config.json curves.png last.keras log.csv logs "
+            "results.json") in out
+
+
+@pytest.mark.slow
+def test_attention_maps_example(tmp_path, capsys):
+    from keras_vit import cli
+
+    run = tmp_path / "digits"
+    assert cli.main(["train", "--epochs", "3", "--output", str(run), "--hidden-dim", "32", "--num-heads", "2",
+                     "--mlp-dim", "64", "--num-layers", "2", "--verbose", "0"]) == 0
+    capsys.readouterr()
+    assert _run_example("attention_maps", ["--run", str(run), "--output", str(tmp_path / "gallery")]) == 0
+    out = capsys.readouterr().out
+    assert len(re.findall(r"^digit_\d\.png \(true \d\): \d 0\.\d{4}$", out, re.M)) == 4
+    names = ["last_block_head0.png", "patch_embedding.png", "position_embedding.png", "rollout.png"]
+    assert sorted(p.name for p in (tmp_path / "gallery").iterdir()) == names
+    assert "wrote " + ", ".join(str(tmp_path / "gallery" / n) for n in
+                                ("rollout.png", "last_block_head0.png", "position_embedding.png",
+                                 "patch_embedding.png")) in out
+
+
+def test_train_from_scratch_example(capsys):
+    accuracy = _run_example("train_from_scratch", ["--epochs", "1", "--steps", "30"])
+    out = capsys.readouterr().out
+    assert re.search(rf"Fashion-MNIST test accuracy {accuracy:.4f} after 1 epochs \(\d+ s\)", out)
+    assert accuracy > 0.4  # 30 steps of 128 images: far above chance (0.1)

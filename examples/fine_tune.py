@@ -1,0 +1,104 @@
+"""Fine-tune a checkpoint on a folder of images (one sub-folder per class).
+
+Run:
+    python examples/fine_tune.py                         # about a minute on 2 CPU cores
+    python examples/fine_tune.py --work /tmp/finetune    # keep the files
+
+No pretrained ViT weights exist offline, so the example makes its own: it
+pre-trains a small ViT on the digits 3-9, writes it as a Google-format
+`.npz` checkpoint, writes the digits 0-2 as PNG files into
+`WORK/photos/{zero,one,two}/`, and then runs the command a user runs with a
+real checkpoint:
+
+    keras-vit train --data WORK/photos --weights WORK/pretrained.npz --image-size 8 --epochs 5 ...
+
+(the head is replaced: the checkpoint has 7 classes, the folder 3; add
+`--freeze-backbone` to train the head only), and the same 5 epochs from
+random weights, for comparison. It prints:
+    pre-trained on digits 3-9: validation accuracy 0.9x, checkpoint WORK/pretrained.npz
+    wrote 537 images of 3 classes into WORK/photos
+    fine-tuned (new head, 5 epochs): test accuracy 0.9x
+    from random weights (5 epochs): test accuracy 0.8x
+"""
+
+import argparse
+import os
+import pathlib
+import sys
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ARCHITECTURE = ["--patch-size", "2", "--hidden-dim", "32", "--num-layers", "2", "--num-heads", "2",
+                "--mlp-dim", "64"]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--work", help="folder for the checkpoint, photos and runs (default: a temporary one)")
+    parser.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs")
+    args = parser.parse_args(argv)
+
+    import json
+
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    import keras_vit
+    from keras_vit import cli, data, training
+
+    work = pathlib.Path(args.work or tempfile.mkdtemp(prefix="keras_vit_finetune_"))
+    work.mkdir(parents=True, exist_ok=True)
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    labels = digits.target
+
+    # 1. "Pre-training": digits 3-9, 7 classes.
+    upper = labels >= 3
+    ds_train, ds_val, info = data.load((images[upper][..., None], labels[upper] - 3), batch_size=64)
+    model = keras_vit.ViT(input_shape=(8, 8, 3), classes=7, include_preprocessing=True, patch_size=2,
+                          hidden_dim=32, num_layers=2, num_heads=2, mlp_dim=64)
+    epochs = 30
+    training.compile(model, steps=epochs * (info.num_examples["train"] // 64), learning_rate=5e-3)
+    model.fit(ds_train, validation_data=ds_val, epochs=epochs, verbose=0)
+    _, accuracy = model.evaluate(ds_val, verbose=0)
+    checkpoint = keras_vit.save_npz(model, work / "pretrained.npz")
+    print(f"pre-trained on digits 3-9: validation accuracy {accuracy:.2f}, checkpoint {checkpoint}")
+
+    # 2. A folder of the new task's images: the digits 0-2.
+    photos = work / "photos"
+    count = 0
+    for name, digit in (("zero", 0), ("one", 1), ("two", 2)):
+        (photos / name).mkdir(parents=True, exist_ok=True)
+        for i, image in enumerate(images[labels == digit]):
+            Image.fromarray(image).save(photos / name / f"{i}.png")
+            count += 1
+    print(f"wrote {count} images of 3 classes into {photos}")
+
+    # 3. Fine-tune with the command line, and the same from random weights.
+    #    The folder has no test/ split: the test accuracy is on the held-out
+    #    validation images (--validation-split).
+    common = ["train", "--data", str(photos), "--image-size", "8", *ARCHITECTURE,
+              "--epochs", str(args.epochs), "--batch-size", "32", "--learning-rate", "3e-3", "--warmup-epochs", "1",
+              "--validation-split", "0.3", "--verbose", "0", "--overwrite"]
+    results = {}
+    import contextlib
+    import io
+    import warnings
+
+    for label, extra in (("fine-tuned", ["--weights", str(checkpoint)]), ("scratch", [])):
+        output = work / "runs" / label
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")  # "the checkpoint has 7 classes but the model has 3": a new head
+            if cli.main(common + extra + ["--output", str(output)]) != 0:
+                return None
+        results[label] = json.loads((output / "results.json").read_text())["test_accuracy"]
+    print(f"fine-tuned (new head, {args.epochs} epochs): test accuracy {results['fine-tuned']:.2f}")
+    print(f"from random weights ({args.epochs} epochs): test accuracy {results['scratch']:.2f}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
