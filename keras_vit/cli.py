@@ -27,6 +27,12 @@ def _bool_flag(parser, name, help_text, default=None):
                         default=default, help=help_text)
 
 
+def _run_arguments(parser):
+    parser.add_argument("run", help="run directory written by 'keras-vit train'")
+    parser.add_argument("--model", choices=("best", "last"), default="last",
+                        help="the run's final model (default) or its best-validation checkpoint")
+
+
 def _parser():
     parser = argparse.ArgumentParser(
         prog="keras-vit", description="Train, evaluate and use Vision Transformers (keras_vit)."
@@ -81,9 +87,7 @@ def _parser():
     evaluate = sub.add_parser("evaluate", help="test accuracy, loss and confusion matrix of a run",
                               description="Evaluate a run's best model on its data set's test split; "
                                           "writes evaluation.json and confusion.png into the run.")
-    evaluate.add_argument("run", help="run directory written by 'keras-vit train'")
-    evaluate.add_argument("--model", choices=("best", "last"), default="last",
-                         help="the run's final model (default) or its best-validation checkpoint")
+    _run_arguments(evaluate)
 
     predict = sub.add_parser(
         "predict", help="classify image files with a run's model or a server",
@@ -107,14 +111,12 @@ def _parser():
                     "signatures serving_default (image_bytes), predict_images (float pixels) and "
                     "embeddings, with decoding, resizing and class names inside the graph.",
     )
-    export.add_argument("run", help="run directory written by 'keras-vit train'")
+    _run_arguments(export)
     export.add_argument("--output", help="model base directory (default: export/<run name>)")
     export.add_argument("--version", type=int, dest="export_version", metavar="N",
                         help="version number (default: the next free one)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing --version")
     export.add_argument("--top-k", type=int, help="classes in the top_k_* outputs (default: 5)")
-    export.add_argument("--model", choices=("best", "last"), default="last",
-                         help="the run's final model (default) or its best-validation checkpoint")
 
     serve = sub.add_parser(
         "serve", help="serve exported versions over TF Serving's REST API (development)",
@@ -136,7 +138,7 @@ def _parser():
                     "Default: attention rollout through all blocks (Abnar & Zuidema, 2020); with --layer, "
                     "that block's class-token attention (--head: one head, else their mean).",
     )
-    explain.add_argument("run", help="run directory written by 'keras-vit train'")
+    _run_arguments(explain)
     explain.add_argument("images", nargs="+", help="JPEG, PNG, BMP or GIF files")
     explain.add_argument("--output", default="attention.png", help="PNG to write (default: attention.png)")
     explain.add_argument("--layer", type=int, help="one block (0-based; negative counts from the last)")
@@ -145,8 +147,6 @@ def _parser():
                          help="how rollout fuses the heads")
     explain.add_argument("--discard-ratio", type=float, default=0.9,
                          help="fraction of the lowest attentions rollout drops (default 0.9)")
-    explain.add_argument("--model", choices=("best", "last"), default="last",
-                         help="the run's final model (default) or its best-validation checkpoint")
 
     inspect = sub.add_parser(
         "inspect", help="pictures of a run's learned embeddings (PNG)",
@@ -154,11 +154,9 @@ def _parser():
                     "Figure 7 of the ViT paper) and patch_embedding.png (principal components of the "
                     "patch-embedding filters) into --output; the run's curves.png has the learning curves.",
     )
-    inspect.add_argument("run", help="run directory written by 'keras-vit train'")
+    _run_arguments(inspect)
     inspect.add_argument("--output", default="inspect", help="folder for the PNGs (default: inspect/)")
     inspect.add_argument("--components", type=int, default=28, help="principal components to show")
-    inspect.add_argument("--model", choices=("best", "last"), default="last",
-                         help="the run's final model (default) or its best-validation checkpoint")
     return parser
 
 

@@ -266,7 +266,7 @@ def plot_attention(images, masks, png_path, titles=None, heading=None, colormap=
     plt = _pyplot()
     images = [np.asarray(im) for im in images]
     rows = len(images)
-    fig, axes = plt.subplots(rows, 3, figsize=(9.5, 3.1 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, 3, figsize=(9.5, 3.2 * rows + 0.7), squeeze=False, layout="constrained")
     for i, (image, mask) in enumerate(zip(images, masks)):
         shown = np.clip(image, 0, 255).astype(np.uint8)
         axes[i, 0].imshow(shown if shown.shape[-1] == 3 else shown[..., 0], cmap=None if shown.shape[-1] == 3 else "gray")
@@ -275,6 +275,9 @@ def plot_attention(images, masks, png_path, titles=None, heading=None, colormap=
         axes[i, 1].set_title("attention (max = 1)", fontsize=9)
         axes[i, 1].set_xlabel("patch column")
         axes[i, 1].set_ylabel("patch row")
+        rows, cols = np.shape(mask)
+        axes[i, 1].set_xticks(range(0, cols, max(1, cols // 8)))
+        axes[i, 1].set_yticks(range(0, rows, max(1, rows // 8)))
         fig.colorbar(heat, ax=axes[i, 1], fraction=0.046, pad=0.04)
         axes[i, 2].imshow(overlay(image, mask, colormap=colormap))
         axes[i, 2].set_title("overlay", fontsize=9)
@@ -283,7 +286,6 @@ def plot_attention(images, masks, png_path, titles=None, heading=None, colormap=
             ax.set_yticks([])
     if heading:
         fig.suptitle(heading, fontsize=10)
-    fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
     return str(png_path)
@@ -367,7 +369,7 @@ def plot_patch_embedding_components(model, png_path, count=28, grayscale=False):
     pictures, variance = patch_embedding_components(model, count, grayscale=grayscale)
     cols = min(7, len(pictures))
     rows = int(np.ceil(len(pictures) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.45 * rows + 0.5), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(1.3 * cols, 5.0), 1.45 * rows + 0.8), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.set_xticks([])
         ax.set_yticks([])
@@ -376,8 +378,8 @@ def plot_patch_embedding_components(model, png_path, count=28, grayscale=False):
             ax.set_title(f"PC{i + 1} {100 * variance[i]:.0f}%", fontsize=7)
         else:
             ax.axis("off")
-    fig.suptitle("Patch-embedding filters: principal components (share of variance)"
-                 + (", channels summed" if grayscale else ""), fontsize=9)
+    fig.suptitle("Patch-embedding filters: principal components\n(share of variance"
+                 + (", colour channels summed)" if grayscale else ")"), fontsize=9)
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
@@ -417,7 +419,9 @@ def explain_run(run_dir, paths, png_path, layer=None, head=None, head_fusion="me
         what = f"attention rollout ({head_fusion} over heads, discard ratio {discard_ratio:g})"
     else:
         masks = class_token_attention(maps, layer=layer, head=head, grid=grid)
-        what = f"block {layer} class-token attention, " + ("mean of heads" if head is None else f"head {head}")
+        index = layer % len(maps)
+        what = (f"block {index}{' (the last)' if index == len(maps) - 1 else ''} class-token attention, "
+                + ("mean of heads" if head is None else f"head {head}"))
     probabilities = model.predict(images, verbose=0)
     names = config["class_names"]
     predictions = [(names[int(p.argmax())], float(p.max())) for p in probabilities]
