@@ -96,8 +96,10 @@ def _next_version(base, version, overwrite):
 
 
 def _probabilities(model):
-    activation = getattr(model.get_layer("predictions"), "activation", None) if any(
-        layer.name == "predictions" for layer in model.layers) else None
+    # A model built with classifier_activation=None outputs logits: the
+    # export adds the softmax.
+    last = next((layer for layer in model.layers if layer.name == "predictions"), None)
+    activation = getattr(last, "activation", None)
     outputs_logits = activation is None or getattr(activation, "__name__", "") == "linear"
 
     def probabilities(images):

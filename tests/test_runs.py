@@ -44,6 +44,7 @@ def test_train_writes_the_run(trained_run, capsys):
     results = json.loads((trained_run / "results.json").read_text())
     assert results["epochs"] == 10 and results["resumed"] is False
     assert results["test_accuracy"] > 0.5  # 10 short epochs; chance is 0.1
+    assert results["best_checkpoint_test_accuracy"] > 0.5
     assert (trained_run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     model = keras.saving.load_model(trained_run / "best.keras")
     assert model.get_layer("preprocessing") is not None  # takes [0, 255] pixels
@@ -77,14 +78,18 @@ def test_predict_on_image_files(trained_run, tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3
     ranked = runs.predict(trained_run, paths, top_k=3)
-    model = keras.saving.load_model(trained_run / "best.keras")
-    expected = model.predict(np.repeat(np.round(digits.images[:3] * 255 / 16)[..., None], 3, axis=-1),
-                             verbose=0)
+    pixels = np.repeat(np.round(digits.images[:3] * 255 / 16)[..., None], 3, axis=-1)
+    # The run's final model by default.
+    expected = keras.saving.load_model(trained_run / "last.keras").predict(pixels, verbose=0)
     for line, path, row, probs in zip(lines, paths, ranked, expected):
         assert line.startswith(f"{path}: ")
         assert [name for name, _ in row] == [str(i) for i in np.argsort(probs)[::-1][:3]]
         assert row[0][1] == pytest.approx(float(probs.max()), abs=1e-5)
         assert row[0][1] >= row[1][1] >= row[2][1]
+        assert line == f"{path}: " + ", ".join(f"{name} {p:.4f}" for name, p in row)
+    best = keras.saving.load_model(trained_run / "best.keras").predict(pixels, verbose=0)
+    for row, probs in zip(runs.predict(trained_run, paths, top_k=1, which="best"), best):
+        assert row[0][1] == pytest.approx(float(probs.max()), abs=1e-5)
 
 
 def test_finished_run_is_never_overwritten_silently(trained_run, capsys):
