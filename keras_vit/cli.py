@@ -210,6 +210,10 @@ def _evaluate(args):
           f"({time.time() - started:.1f} s)")
 
 
+def _print_ranked(path, ranked):
+    print(f"{path}: " + ", ".join(f"{name} {p:.4f}" for name, p in ranked))
+
+
 def _predict(args):
     if args.server:
         if not args.model_name:
@@ -221,8 +225,7 @@ def _predict(args):
         with serving.Client(args.server, args.model_name, timeout=args.timeout) as client:
             predictions = client.predict(args.inputs)
         for path, prediction in zip(args.inputs, predictions):
-            ranked = list(zip(prediction.labels, prediction.scores))[:args.top_k]
-            print(f"{path}: " + ", ".join(f"{name} {p:.4f}" for name, p in ranked))
+            _print_ranked(path, list(zip(prediction.labels, prediction.scores))[:args.top_k])
         return
     if len(args.inputs) < 2:
         raise ValueError("predict needs a run directory and at least one image (or --server URL).")
@@ -230,7 +233,7 @@ def _predict(args):
 
     run, images = args.inputs[0], args.inputs[1:]
     for path, ranked in zip(images, runs.predict(run, images, top_k=args.top_k, which=args.model)):
-        print(f"{path}: " + ", ".join(f"{name} {p:.4f}" for name, p in ranked))
+        _print_ranked(path, ranked)
 
 
 def _export(args):
@@ -252,19 +255,12 @@ def _serve(args):
         max_images=args.max_images,
     )
     server.start()
-    version = server.refresh()
+    version = server.version
     print(f"keras-vit serve: model {server.model_name!r} from {server.base_dir} "
           f"({'version ' + str(version) if version else 'no version yet: waiting for one'}) "
           f"on {server.url}/v1/models/{server.model_name} -- a development server; "
           f"use TF Serving in production. Ctrl-C stops.", flush=True)
-    try:
-        import threading
-
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
+    server.serve_forever()
 
 
 def main(argv=None):

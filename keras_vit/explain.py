@@ -39,8 +39,26 @@ def _blocks(model):
     return blocks
 
 
+def _find_layer(model, layer_class):
+    """The model's first layer of `layer_class`, or None."""
+    return next((layer for layer in model.layers if isinstance(layer, layer_class)), None)
+
+
+def _scale_to_max(maps):
+    """Each map of a batch divided by its maximum (all zeros stay zeros)."""
+    peak = maps.reshape(len(maps), -1).max(axis=1).reshape(-1, *([1] * (maps.ndim - 1)))
+    return np.divide(maps, peak, out=np.zeros_like(maps), where=peak > 0)
+
+
+def _square_grid(tokens):
+    side = int(round(np.sqrt(tokens)))
+    if side * side != tokens:
+        raise ValueError(f"{tokens} patch tokens are not a square grid; pass grid=(grid_h, grid_w).")
+    return side, side
+
+
 def _patch_grid(model):
-    patches = next((layer for layer in model.layers if isinstance(layer, vit_layers.Patches)), None)
+    patches = _find_layer(model, vit_layers.Patches)
     height, width = model.inputs[0].shape[1:3]
     if patches is None or height is None or width is None:
         raise ValueError(f"The model {model.name!r} has no Patches layer or no fixed input size.")
@@ -153,11 +171,7 @@ def attention_rollout(model_or_maps, images=None, head_fusion="mean", discard_ra
     if not maps or any(m.ndim != 4 or m.shape[-1] != m.shape[-2] or m.shape != maps[0].shape for m in maps):
         raise ValueError("maps must be a non-empty list of equal (batch, heads, tokens, tokens) arrays.")
     batch, _, tokens, _ = maps[0].shape
-    if grid is None:
-        side = int(round(np.sqrt(tokens - 1)))
-        if side * side != tokens - 1:
-            raise ValueError(f"{tokens - 1} patch tokens are not a square grid; pass grid=(grid_h, grid_w).")
-        grid = (side, side)
+    grid = grid or _square_grid(tokens - 1)
     if grid[0] * grid[1] != tokens - 1:
         raise ValueError(f"grid={tuple(grid)} does not hold the {tokens - 1} patch tokens.")
     identity = np.eye(tokens)
@@ -174,10 +188,7 @@ def attention_rollout(model_or_maps, images=None, head_fusion="mean", discard_ra
         fused = fused + identity
         fused = fused / fused.sum(axis=-1, keepdims=True)
         result = fused @ result
-    mask = result[:, 0, 1:].reshape(batch, *grid)
-    peak = mask.reshape(batch, -1).max(axis=1).reshape(batch, 1, 1)
-    mask = np.divide(mask, peak, out=np.zeros_like(mask), where=peak > 0)
-    return mask.astype(np.float32)
+    return _scale_to_max(result[:, 0, 1:].reshape(batch, *grid)).astype(np.float32)
 
 
 def class_token_attention(model_or_maps, images=None, layer=-1, head=None, grid=None):
@@ -202,13 +213,8 @@ def class_token_attention(model_or_maps, images=None, layer=-1, head=None, grid=
     if head is not None and (not isinstance(head, int) or not 0 <= head < heads):
         raise ValueError(f"head must be in [0, {heads - 1}] or None, received head={head!r}.")
     row = weights[:, head, 0, 1:] if head is not None else weights[:, :, 0, 1:].mean(axis=1)
-    tokens = row.shape[1]
-    if grid is None:
-        side = int(round(np.sqrt(tokens)))
-        grid = (side, side)
-    row = row.reshape(len(row), *grid)
-    peak = row.reshape(len(row), -1).max(axis=1).reshape(-1, 1, 1)
-    return np.divide(row, peak, out=np.zeros_like(row), where=peak > 0).astype(np.float32)
+    grid = grid or _square_grid(row.shape[1])
+    return _scale_to_max(row.reshape(len(row), *grid)).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------
@@ -294,7 +300,7 @@ def plot_attention(images, masks, png_path, titles=None, heading=None, colormap=
 def position_embedding_similarity(model):
     """Cosine similarity of each patch's position embedding with every other
     one: `(grid_h, grid_w, grid_h, grid_w)` (Figure 7 of the ViT paper)."""
-    encoder = next((layer for layer in model.layers if isinstance(layer, vit_layers.PatchEncoder)), None)
+    encoder = _find_layer(model, vit_layers.PatchEncoder)
     if encoder is None:
         raise ValueError(f"The model {model.name!r} has no PatchEncoder layer.")
     import keras
@@ -314,8 +320,8 @@ def patch_embedding_components(model, count=28, grayscale=False):
     input channels are always equal, so only their sum matters), the filters
     are summed over the channels first and the pictures are gray.
     """
-    encoder = next((layer for layer in model.layers if isinstance(layer, vit_layers.PatchEncoder)), None)
-    patches = next((layer for layer in model.layers if isinstance(layer, vit_layers.Patches)), None)
+    encoder = _find_layer(model, vit_layers.PatchEncoder)
+    patches = _find_layer(model, vit_layers.Patches)
     if encoder is None or patches is None:
         raise ValueError(f"The model {model.name!r} has no Patches/PatchEncoder layers.")
     import keras

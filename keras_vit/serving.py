@@ -400,7 +400,7 @@ class Server:
                 logger.warning("keras-vit serve: serving %s version %s from %s",
                                self.model_name, version, servable.path)
                 break
-            return self._servable.version if self._servable else None
+            return self.version
 
     def _get(self, name, version):
         if name != self.model_name:
@@ -656,9 +656,16 @@ class Server:
     def __exit__(self, *exc):
         self.stop()
 
+    @property
+    def version(self):
+        """The version being served (None while there is none)."""
+        return self._servable.version if self._servable else None
+
     def serve_forever(self):
-        """Serves until interrupted (Ctrl-C)."""
-        self.start()
+        """Serves until interrupted (Ctrl-C), starting first if `start()` was
+        not called."""
+        if self._loop is None:
+            self.start()
         try:
             threading.Event().wait()
         except KeyboardInterrupt:
