@@ -49,6 +49,7 @@ from keras_vit.models import (  # noqa: E402
 from keras_vit.version import __version__  # noqa: E402
 from keras_vit.weights import (  # noqa: E402
     CheckpointError,
+    load_model,
     load_weights,
     resample_position_embedding,
     save_npz,
@@ -79,6 +80,7 @@ __all__ = [
     "explain",
     "export",
     "layers",
+    "load_model",
     "load_weights",
     "models",
     "preprocess_input",

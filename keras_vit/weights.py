@@ -191,6 +191,13 @@ def _sniff_format(path):
 
 
 def _read_npz(path):
+    if not zipfile.is_zipfile(path):
+        # np.load would try anything that is not a zip as a pickle and refuse
+        # it ("contains pickled data"): say what is really wrong.
+        raise CheckpointError(
+            f"Cannot read {path} as a '.npz' checkpoint: it is not a zip archive "
+            "(a '.npz' is one); the file is truncated or corrupted."
+        )
     try:
         # allow_pickle=False: a weights file never runs code when read.
         with np.load(path, allow_pickle=False) as archive:
@@ -542,7 +549,9 @@ def _h5_arrays(path):
     try:
         with h5py.File(path, "r") as f:
             f.visititems(visit)
-    except OSError as error:
+    # h5py reports a damaged file as OSError, RuntimeError, KeyError or
+    # ValueError depending on where the damage is.
+    except (OSError, RuntimeError, KeyError, ValueError) as error:
         raise CheckpointError(f"Cannot read {path} as a '.weights.h5' file: {error}") from error
     return arrays
 
@@ -680,6 +689,41 @@ def load_weights(model, path, interpolation="bilinear", antialias=False):
     for variable, value in _plan(model, arrays, path, interpolation, antialias):
         variable.assign(value.astype(variable.dtype))
     return model
+
+
+def load_model(path, safe_mode=True, compile=True):
+    """Loads a `.keras` model file, in Keras safe mode unless told otherwise.
+
+    Safe mode refuses to deserialise Python code (a `Lambda` layer's
+    bytecode), so loading a file from elsewhere never runs code from it. A
+    damaged file (truncated, corrupted, not a `.keras` archive) raises
+    `CheckpointError` naming it, where Keras alone may say "File not found"
+    or fail deep inside its loader.
+
+    Args:
+        path: the `.keras` file.
+        safe_mode: passed to `keras.saving.load_model`; `False` only for files
+            you trust.
+        compile: restore the training configuration (optimizer, loss).
+
+    Returns:
+        The model.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a file path, received {path!r}.")
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Model file not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"Cannot load {path}: it is not a '.keras' model file (a zip "
+            "archive); the file is truncated or corrupted."
+        )
+    try:
+        return keras.saving.load_model(path, safe_mode=safe_mode, compile=compile)
+    except Exception as error:  # noqa: BLE001 -- Keras raises many kinds here
+        message = " ".join(str(error).split())
+        raise CheckpointError(f"Cannot load {path}: {message}") from error
 
 
 def save_npz(model, path):
