@@ -12,9 +12,10 @@ Sources, by name or value:
   split 70/10/20 into train/validation/test with a fixed seed;
 - `"fashion_mnist"`: Debian's `dataset-fashion-mnist` files if present,
   else a TFDS `data_dir` that already holds it; never the network;
-- a directory with one sub-folder per class (JPEG, PNG, BMP, GIF), or with
-  `train/`, `validation/` (or `val/`) and `test/` split folders each holding
-  class folders, read with Keras' `image_dataset_from_directory`;
+- a directory with one sub-folder per class (JPEG, PNG, GIF, BMP, WebP), or
+  with `train/`, `validation/` (or `val/`) and `test/` split folders each
+  holding class folders; every file is decoded once up front, and files
+  that cannot be used fail the load or are skipped (`bad_images`);
 - the name of any TFDS data set already prepared in `data_dir`;
 - NumPy arrays: `(images, labels)` or `{"train": (images, labels), ...}`.
 """
@@ -23,6 +24,8 @@ import dataclasses
 import gzip
 import os
 import pathlib
+import re
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -36,6 +39,11 @@ SPLITS = ("train", "validation", "test")
 _CACHE_LIMIT_BYTES = 2 * 1024**3  # cache decoded images when they fit in this
 _DIGITS_SPLIT = (0.7, 0.1, 0.2)
 _SPLIT_FOLDERS = {"train": ("train",), "validation": ("validation", "val"), "test": ("test",)}
+# Pillow's decompression-bomb threshold (`PIL.Image.MAX_IMAGE_PIXELS`): a
+# 250-megapixel PNG of 200 KB would otherwise decode to gigabytes.
+MAX_IMAGE_PIXELS = 89_478_485
+IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WebP")
+_HEAD_BYTES = 32
 
 
 class DataError(ValueError):
@@ -182,47 +190,145 @@ def _from_tfds(name, data_dir, validation_split, download):
     return datasets, counts, class_names
 
 
-def _from_folder(path, image_size, validation_split, seed):
-    import keras
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".webp")
+BAD_IMAGES = ("error", "skip")
 
+
+def _list_class_folder(directory):
+    """Class names (sorted sub-folder names) and the image files below each,
+    in a fixed order, as Keras' directory loader lists them."""
+    class_names = sorted(p.name for p in directory.iterdir() if p.is_dir())
+    files, labels = [], []
+    for label, name in enumerate(class_names):
+        for root, dirs, names in os.walk(directory / name):
+            dirs.sort()
+            for file_name in sorted(names):
+                if file_name.lower().endswith(IMAGE_EXTENSIONS):
+                    files.append(os.path.join(root, file_name))
+                    labels.append(label)
+    return class_names, files, labels
+
+
+def scan_images(paths, max_pixels=MAX_IMAGE_PIXELS):
+    """Decodes every image file once and reports those that cannot be used.
+
+    Files are read in parallel with tf.data; the few that fail are decoded
+    again one by one for their error message.
+
+    Args:
+        paths: image file paths.
+        max_pixels: as in `decode_image`.
+
+    Returns:
+        `{path: reason}` for every unreadable, undecodable or oversized file.
+    """
+    paths = [str(p) for p in paths]
+    if not paths:
+        return {}
+
+    def check(path):
+        # The image is returned so that its decode is part of the result: a
+        # decode nothing uses would be pruned from the graph (control
+        # dependencies on it are optimised away too).
+        return path, decode_image(tf.io.read_file(path), (1, 1), max_pixels)
+
+    readable = tf.data.Dataset.from_tensor_slices(paths).map(
+        check, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False
+    ).ignore_errors()
+    good = {p.decode() for p, _ in readable.as_numpy_iterator()}
+    bad = {}
+    for path in paths:
+        if path in good:
+            continue
+        try:
+            decode_image(tf.io.read_file(path), (1, 1), max_pixels)
+            bad[path] = "unreadable"
+        except (tf.errors.OpError, ValueError) as error:
+            bad[path] = tf_error_message(error)
+    return bad
+
+
+def _report_bad_images(root, bad, total, bad_images):
+    listed = "; ".join(f"{path}: {reason}" for path, reason in sorted(bad.items())[:10])
+    more = f" (and {len(bad) - 10} more)" if len(bad) > 10 else ""
+    message = f"{len(bad)} of {total} image files in {root} cannot be used: {listed}{more}"
+    if bad_images == "error":
+        raise DataError(
+            f"{message}. Fix or remove them, or pass bad_images='skip' (--bad-images skip) "
+            "to train without them."
+        )
+    warnings.warn(f"{message}. They are skipped (bad_images='skip').", stacklevel=4)
+
+
+def _from_folder(path, image_size, validation_split, seed, bad_images="error",
+                 max_pixels=MAX_IMAGE_PIXELS):
+    # Listed and read here rather than with keras.utils.image_dataset_from_directory
+    # so that every file is checked before training starts (a bad file must
+    # not stop a run mid-epoch) and decoded with the same size limit as
+    # everything else. The listing and split follow Keras' loader.
     if image_size is None:
         raise ValueError(f"{path}: images read from a folder need image_size= (--image-size).")
     subdirs = {p.name for p in path.iterdir() if p.is_dir()}
-    options = dict(
-        labels="inferred", label_mode="int", color_mode="rgb", batch_size=None,
-        image_size=image_size, shuffle=False, interpolation="bilinear",
-    )
     split_dirs = {
         split: next((path / n for n in names if n in subdirs), None)
         for split, names in _SPLIT_FOLDERS.items()
     }
-    datasets = {}
+    listed = {}
     if split_dirs["train"] is not None:
         for split, directory in split_dirs.items():
             if directory is not None:
-                datasets[split] = keras.utils.image_dataset_from_directory(directory, **options)
-        class_names = datasets["train"].class_names
-        for split, ds in datasets.items():
-            if ds.class_names != class_names:
+                listed[split] = _list_class_folder(directory)
+        class_names = listed["train"][0]
+        for split, (names, _, _) in listed.items():
+            if names != class_names:
                 raise DataError(
-                    f"{path}: the class folders of '{split}' ({ds.class_names}) "
+                    f"{path}: the class folders of '{split}' ({names}) "
                     f"differ from those of 'train' ({class_names})."
                 )
-        if "validation" not in datasets:
+        if "validation" not in listed:
             raise DataError(f"{path} has a train/ folder but no validation/ (or val/) folder.")
+        files = {split: (f, labels) for split, (_, f, labels) in listed.items()}
     else:
         if not subdirs:
             raise DataError(f"{path} holds no class sub-folders (one per class, with images).")
-        # shuffle=True: Keras splits the file list as it is, and unshuffled
-        # it is sorted by class, so the validation files would be the last
-        # classes only. The seeded shuffle makes the split random and fixed.
-        train, val = keras.utils.image_dataset_from_directory(
-            path, validation_split=validation_split, subset="both", seed=seed,
-            **(options | {"shuffle": True})
-        )
-        datasets = {"train": train, "validation": val}
-        class_names = train.class_names
-    counts = {split: int(ds.cardinality()) for split, ds in datasets.items()}
+        class_names, all_files, all_labels = _list_class_folder(path)
+        files = {"train": (all_files, all_labels)}
+    every = [f for split_files, _ in files.values() for f in split_files]
+    if not every:
+        raise DataError(f"{path} holds no image files ({', '.join(IMAGE_EXTENSIONS)}).")
+    bad = scan_images(every, max_pixels)
+    if bad:
+        _report_bad_images(path, bad, len(every), bad_images)
+        files = {
+            split: tuple(map(list, zip(*[(f, y) for f, y in zip(*pair) if f not in bad]))) or ([], [])
+            for split, pair in files.items()
+        }
+    if "validation" not in files:
+        # A seeded shuffle before the split (as Keras' loader with shuffle=True):
+        # unshuffled, the file list is sorted by class and the validation
+        # files would be the last classes only.
+        all_files, all_labels = files["train"]
+        order = np.random.RandomState(seed).permutation(len(all_files))
+        n_val = int(validation_split * len(all_files))
+        cut = len(all_files) - n_val
+        files = {
+            "train": ([all_files[i] for i in order[:cut]], [all_labels[i] for i in order[:cut]]),
+            "validation": ([all_files[i] for i in order[cut:]], [all_labels[i] for i in order[cut:]]),
+        }
+    for split, (split_files, _) in files.items():
+        if not split_files:
+            raise DataError(f"{path}: no usable images for the '{split}' split.")
+
+    def read(file_path, label):
+        return decode_image(tf.io.read_file(file_path), image_size, max_pixels), label
+
+    datasets = {
+        split: tf.data.Dataset.from_tensor_slices(
+            (tf.constant(split_files, tf.string), tf.constant(labels, tf.int64))
+        ).map(read, num_parallel_calls=tf.data.AUTOTUNE)
+        for split, (split_files, labels) in files.items()
+    }
+    counts = {split: len(split_files) for split, (split_files, _) in files.items()}
     if "test" not in datasets:
         datasets["test"], counts["test"] = datasets["validation"], counts["validation"]
     return datasets, counts, class_names
@@ -291,7 +397,7 @@ def _pipeline(ds, num_examples, image_size, num_classes, batch_size, training, l
     return ds.with_options(options) if options is not None else ds
 
 
-def _read(source, image_size, validation_split, seed, data_dir, download):
+def _read(source, image_size, validation_split, seed, data_dir, download, bad_images):
     """Returns ({split: tf.data of (image, int label)}, counts, class_names, name, native size)."""
     if isinstance(source, tuple) or isinstance(source, dict):
         arrays = source if isinstance(source, dict) else {"train": source}
@@ -335,7 +441,7 @@ def _read(source, image_size, validation_split, seed, data_dir, download):
         name = "fashion_mnist"
     path = pathlib.Path(name).expanduser()
     if path.is_dir():
-        return _from_folder(path, image_size, validation_split, seed), None, str(path)
+        return _from_folder(path, image_size, validation_split, seed, bad_images), None, str(path)
     if os.sep in name or name.startswith("."):
         raise DataError(f"Data folder not found: {name}")
     return _from_tfds(name, data_dir, validation_split, download), None, name
@@ -355,6 +461,7 @@ def load(
     cache=True,
     input_context=None,
     splits=("train", "validation"),
+    bad_images="error",
 ):
     """Loads a data set as batched tf.data pipelines.
 
@@ -381,6 +488,10 @@ def load(
             reads its own shard and batches per worker.
         splits: the splits to return, among `"train"`, `"validation"`,
             `"test"`.
+        bad_images: what to do when files of a folder data set cannot be
+            read as images (every file is decoded once before anything
+            else): `"error"` (default) raises `DataError` naming them;
+            `"skip"` warns, naming them, and leaves them out.
 
     Returns:
         The requested datasets in order, followed by a `DatasetInfo`:
@@ -405,9 +516,11 @@ def load(
     for split in splits:
         if split not in SPLITS:
             raise ValueError(f"splits must be among {SPLITS}, received {split!r}.")
+    if bad_images not in BAD_IMAGES:
+        raise ValueError(f"bad_images must be one of {BAD_IMAGES}, received bad_images={bad_images!r}.")
 
     result, class_names, name = _read(source, image_size, validation_split, split_seed, data_dir,
-                                      download)
+                                      download, bad_images)
     if isinstance(result, dict):  # NumPy arrays per split
         native = tuple(result["train"][0].shape[1:3])
         image_size = image_size or native
@@ -441,25 +554,184 @@ def load(
     return (*outputs, info)
 
 
-def decode_image(image_bytes, image_size):
-    """Decodes one encoded image (JPEG, PNG, BMP or GIF bytes, a scalar
-    `tf.string`) to float32 RGB in [0, 255] at `image_size`, exactly as the
-    data pipelines prepare training images. Works inside `tf.function`
-    (the exported serving signature uses it).
 
-    Grayscale becomes RGB, an alpha channel is dropped and an animated GIF
-    gives its first frame.
+
+def _unsigned(head, start, length, big_endian=False):
+    weights = [256**k for k in range(length)]
+    if big_endian:
+        weights.reverse()
+    return sum(head[start + k] * w for k, w in enumerate(weights))
+
+
+def _skip_gif_sub_blocks(data, n, pos):
+    """Position after a chain of GIF data sub-blocks starting at `pos`."""
+    pos = tf.while_loop(
+        lambda p: tf.logical_and(p < n, tf.gather(data, tf.minimum(p, n - 1)) > 0),
+        lambda p: (p + tf.gather(data, p) + 1,),
+        (pos,),
+    )[0]
+    return pos + 1
+
+
+@tf.function(
+    input_signature=[tf.TensorSpec((), tf.string), tf.TensorSpec((), tf.int64)],
+    autograph=False,
+)
+def _gif_frame_pixels(data, limit):
+    """Pixels of all frames of a GIF, read from its block structure.
+
+    TensorFlow's GIF decoder (giflib's `DGifSlurp`) decodes every frame,
+    each at the size its own descriptor declares, even when only the first
+    is wanted: the logical screen size bounds nothing. The walk stops once
+    the total passes `limit`.
     """
-    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    data = tf.cast(tf.io.decode_raw(data, tf.uint8), tf.int64)
+    n = tf.size(data, out_type=tf.int64)
+
+    def byte(pos):
+        return tf.gather(data, tf.clip_by_value(pos, 0, n - 1))
+
+    flags = byte(tf.constant(10, tf.int64))
+    pos = 13 + tf.where(flags >= 128, 3 * 2 ** (flags % 8 + 1), 0)
+
+    def body(pos, total):
+        tag = byte(pos)
+
+        def extension():
+            return _skip_gif_sub_blocks(data, n, pos + 2), total
+
+        def frame():
+            width = byte(pos + 5) + 256 * byte(pos + 6)
+            height = byte(pos + 7) + 256 * byte(pos + 8)
+            local = byte(pos + 9)
+            start = pos + 10 + tf.where(local >= 128, 3 * 2 ** (local % 8 + 1), 0) + 1
+            return _skip_gif_sub_blocks(data, n, start), total + width * height
+
+        # Anything else is where giflib stops too: end the walk.
+        return tf.case([(tf.equal(tag, 0x21), extension), (tf.equal(tag, 0x2C), frame)],
+                       default=lambda: (n, total))
+
+    def more(pos, total):
+        return tf.logical_and(tf.logical_and(pos < n, byte(pos) != 0x3B), total <= limit)
+
+    return tf.while_loop(more, body, (pos, tf.constant(0, tf.int64)))[1]
+
+
+def image_pixels(image_bytes, max_pixels=MAX_IMAGE_PIXELS):
+    """The pixel count an encoded image declares, read without decoding it.
+
+    JPEG (its SOF header, by `tf.image.extract_jpeg_shape`), PNG (IHDR),
+    BMP, WebP (VP8, VP8L and VP8X headers) and GIF (all frames: see
+    `_gif_frame_pixels`). Works inside `tf.function`.
+
+    Args:
+        image_bytes: a scalar `tf.string` (or `bytes`).
+        max_pixels: a GIF's frames are counted only until they pass this.
+
+    Returns:
+        A scalar int64 tensor; -1 for a format none of the above.
+    """
+    data = tf.convert_to_tensor(image_bytes, tf.string)
+    head = tf.strings.substr(tf.strings.join([data, tf.constant(b"\0" * _HEAD_BYTES)]), 0, _HEAD_BYTES)
+    b = tf.unstack(tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64), num=_HEAD_BYTES)
+
+    def starts(prefix, at=0):
+        return tf.equal(tf.strings.substr(head, at, len(prefix)), prefix)
+
+    def png():
+        return _unsigned(b, 16, 4, big_endian=True) * _unsigned(b, 20, 4, big_endian=True)
+
+    def bmp():
+        def signed(start):
+            value = _unsigned(b, start, 4)
+            return tf.abs(tf.where(value >= 2**31, value - 2**32, value))
+
+        core = tf.equal(_unsigned(b, 14, 4), 12)  # BITMAPCOREHEADER: 16-bit sizes
+        return tf.where(core, _unsigned(b, 18, 2) * _unsigned(b, 20, 2), signed(18) * signed(22))
+
+    def webp():
+        lossy = (_unsigned(b, 26, 2) % 2**14) * (_unsigned(b, 28, 2) % 2**14)
+        bits = _unsigned(b, 21, 4)
+        lossless = (bits % 2**14 + 1) * (bits // 2**14 % 2**14 + 1)
+        extended = (_unsigned(b, 24, 3) + 1) * (_unsigned(b, 27, 3) + 1)
+        return tf.where(starts(b"VP8L", 12), lossless,
+                        tf.where(starts(b"VP8X", 12), extended, lossy))
+
+    def jpeg():
+        shape = tf.cast(tf.image.extract_jpeg_shape(data), tf.int64)
+        return shape[0] * shape[1]
+
+    return tf.case(
+        [
+            (starts(b"\xff\xd8\xff"), jpeg),
+            (starts(b"\x89PNG\r\n\x1a\n"), png),
+            (starts(b"GIF8"), lambda: _gif_frame_pixels(data, tf.constant(max_pixels, tf.int64))),
+            (starts(b"BM"), bmp),
+            (tf.logical_and(starts(b"RIFF"), starts(b"WEBP", 8)), webp),
+        ],
+        default=lambda: tf.constant(-1, tf.int64),
+    )
+
+
+def decode_image(image_bytes, image_size, max_pixels=MAX_IMAGE_PIXELS):
+    """Decodes one encoded image (JPEG, PNG, GIF, BMP or WebP bytes, a
+    scalar `tf.string`) to float32 RGB in [0, 255] at `image_size`, exactly
+    as the data pipelines prepare training images. Works inside
+    `tf.function` (the exported serving signature uses it).
+
+    Grayscale becomes RGB, an alpha channel is dropped, 16-bit PNGs are
+    scaled to 8 bits, CMYK JPEGs are converted and an animated GIF gives its
+    first frame. Before anything is decoded, the size the image's header
+    declares is checked: an image of more than `max_pixels` pixels (a
+    decompression bomb: a small file that decodes to gigabytes) or of
+    another format is refused with `tf.errors.InvalidArgumentError`.
+    """
+    image_bytes = tf.convert_to_tensor(image_bytes, tf.string)
+    not_empty = tf.debugging.Assert(tf.strings.length(image_bytes) > 0, ["empty image: 0 bytes"])
+    with tf.control_dependencies([not_empty]):
+        pixels = image_pixels(image_bytes, max_pixels)
+    checks = [
+        tf.debugging.Assert(
+            pixels >= 0,
+            [f"unknown image format: expected one of {', '.join(IMAGE_FORMATS)}"],
+        ),
+        tf.debugging.Assert(
+            pixels <= max_pixels,
+            [tf.strings.format(
+                "image of {} pixels refused: more than the limit of {} (max_pixels); "
+                "a decompression bomb?", (pixels, max_pixels))],
+        ),
+    ]
+    with tf.control_dependencies(checks):
+        image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
     return _to_pixels(image, _check_image_size(image_size))
 
 
-def load_images(paths, image_size):
+def tf_error_message(error):
+    """A TensorFlow error's message without its graph-execution boilerplate:
+    the text of a failed `tf.debugging.Assert`, or the op's own message."""
+    text = str(getattr(error, "message", error))
+    found = re.search(r"Summarized data: b'(.*)'\s*$", text, re.S) or re.search(
+        r"assertion failed: \[(.*?)\]\s*(\n|$)", text)
+    if found:
+        return found.group(1).strip()[:1000]
+    lines = [
+        line.strip() for line in text.splitlines()
+        if line.strip() and not line.strip().startswith(
+            ("Graph execution error", "Detected at node", "File ", "<stack traces", "[["))
+    ]
+    message = " ".join(lines).split(" [[")[0]
+    message = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", message)
+    return re.sub(r"\s*\[Op:[^\]]*\]( name:.*)?$", "", message)[:1000]
+
+
+def load_images(paths, image_size, max_pixels=MAX_IMAGE_PIXELS):
     """Reads image files (JPEG, PNG, BMP, GIF) as float32 RGB in [0, 255].
 
     Args:
         paths: image file paths.
         image_size: `(height, width)` to resize to.
+        max_pixels: larger images (by their header) are refused unread.
 
     Returns:
         A float32 array `(len(paths), height, width, 3)`.
@@ -471,8 +743,8 @@ def load_images(paths, image_size):
         if not path.is_file():
             raise DataError(f"Image not found: {path}")
         try:
-            image = decode_image(tf.io.read_file(str(path)), image_size)
+            image = decode_image(tf.io.read_file(str(path)), image_size, max_pixels)
         except (tf.errors.InvalidArgumentError, ValueError) as error:
-            raise DataError(f"Cannot decode {path} as an image: {error.message if hasattr(error, 'message') else error}") from error
+            raise DataError(f"Cannot read {path} as an image: {tf_error_message(error)}") from error
         images.append(image.numpy())
     return np.stack(images) if images else np.zeros((0,) + image_size + (3,), "float32")

@@ -109,9 +109,14 @@ def _probabilities(model):
     return probabilities
 
 
-def build_archive(model, class_names=None, top_k=None):
+def build_archive(model, class_names=None, top_k=None, max_image_pixels=vit_data.MAX_IMAGE_PIXELS):
     """The `keras.export.ExportArchive` with the three signatures (see the
     module docstring), ready for `write_out`."""
+    if isinstance(max_image_pixels, bool) or not isinstance(max_image_pixels, int) \
+            or max_image_pixels < 1:
+        raise ValueError(
+            f"max_image_pixels must be a positive integer, received max_image_pixels={max_image_pixels!r}."
+        )
     image_size, classes = _check_model(model)
     class_names = _check_class_names(class_names, classes)
     if top_k is None:
@@ -123,10 +128,13 @@ def build_archive(model, class_names=None, top_k=None):
     height, width = image_size
 
     def decode(image_bytes):
-        # One image at a time: images of a request may differ in size and format.
+        # One image at a time: images of a request may differ in size and
+        # format, and decoding them one after another bounds the memory a
+        # request can take to one image of at most max_image_pixels.
         return tf.map_fn(
-            lambda one: vit_data.decode_image(one, image_size), image_bytes,
+            lambda one: vit_data.decode_image(one, image_size, max_image_pixels), image_bytes,
             fn_output_signature=tf.TensorSpec((height, width, 3), tf.float32),
+            parallel_iterations=1,
         )
 
     def top_k_outputs(images):
@@ -163,7 +171,7 @@ def build_archive(model, class_names=None, top_k=None):
 
 
 def export_saved_model(model, base_dir, class_names=None, version=None, overwrite=False,
-                       top_k=None):
+                       top_k=None, max_image_pixels=vit_data.MAX_IMAGE_PIXELS):
     """Writes `model` as a TF Serving SavedModel version under `base_dir`.
 
     Args:
@@ -178,11 +186,15 @@ def export_saved_model(model, base_dir, class_names=None, version=None, overwrit
         overwrite: replace an existing `version`.
         top_k: how many classes `top_k_*` hold (default: 5, or all classes
             if fewer).
+        max_image_pixels: images whose header declares more pixels are
+            refused before decoding (decompression bombs); the default is
+            Pillow's limit, `keras_vit.data.MAX_IMAGE_PIXELS`.
 
     Returns:
         The path of the version directory, e.g. `export/vit/1`.
     """
-    archive = build_archive(model, class_names=class_names, top_k=top_k)
+    archive = build_archive(model, class_names=class_names, top_k=top_k,
+                            max_image_pixels=max_image_pixels)
     base = pathlib.Path(base_dir)
     if base.exists() and not base.is_dir():
         raise NotADirectoryError(f"{base} exists and is not a directory.")

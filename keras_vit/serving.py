@@ -291,25 +291,19 @@ class _Servable:
         else TensorFlow's message without its graph trace."""
         import tensorflow as tf
 
+        from keras_vit import data as vit_data
+
         for name, values in tensors.items():
             if values.dtype != object:
                 continue
             for i, value in enumerate(values):
                 try:
-                    tf.io.decode_image(value, channels=3, expand_animations=False)
+                    # The export's own checks (size limit, formats) first:
+                    # a bomb is never decoded here either.
+                    vit_data.decode_image(value, (1, 1))
                 except tf.errors.InvalidArgumentError as decode_error:
-                    return f"Input '{name}'[{i}] is not a decodable image: {_tf_message(decode_error)}"
-        return _tf_message(error)
-
-
-def _tf_message(error):
-    """TensorFlow's error message without graph-execution boilerplate."""
-    lines = [
-        line.strip() for line in str(getattr(error, "message", error)).splitlines()
-        if line.strip() and not line.strip().startswith(("Graph execution error", "Detected at node",
-                                                         "<stack traces", "[["))
-    ]
-    return " ".join(lines).split(" [[")[0][:1000]
+                    return f"Input '{name}'[{i}] is not a decodable image: {vit_data.tf_error_message(decode_error)}"
+        return vit_data.tf_error_message(error)
 
 
 def _decode_utf8(value):

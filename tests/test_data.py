@@ -221,7 +221,7 @@ def test_load_images(tmp_path):
     np.testing.assert_allclose(images[0], 100.0, atol=0.5)
     np.testing.assert_allclose(images[1].mean(axis=(0, 1)), [10, 20, 30], atol=0.5)
     (tmp_path / "bad.jpg").write_bytes(b"not an image")
-    with pytest.raises(data.DataError, match=r"Cannot decode .*bad.jpg"):
+    with pytest.raises(data.DataError, match=r"Cannot read .*bad.jpg as an image: unknown image format"):
         data.load_images([tmp_path / "bad.jpg"], 8)
     with pytest.raises(data.DataError, match=r"Image not found: .*missing.png"):
         data.load_images([tmp_path / "missing.png"], 8)

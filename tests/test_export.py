@@ -209,7 +209,7 @@ def test_undecodable_bytes_fail_clearly(exported):
     import tensorflow as tf
 
     loaded = tf.saved_model.load(exported["version"])
-    with pytest.raises(tf.errors.InvalidArgumentError, match="Unknown image file format"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="unknown image format: expected one of JPEG, PNG, GIF, BMP, WebP"):
         loaded.signatures["serving_default"](image_bytes=tf.constant([b"not an image"]))
 
 
@@ -283,7 +283,8 @@ def test_cli_export_of_a_training_run(tmp_path, capsys):
     import tensorflow as tf
 
     config = json.loads((run / "config.json").read_text())
-    images = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    size = config["image_size"]
+    images = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
     loaded = tf.saved_model.load(str(base / "1"))
     out = loaded.signatures["predict_images"](images=tf.constant(images))
     model = keras.saving.load_model(run / "best.keras")
