@@ -68,7 +68,10 @@ def main(argv=None):
             ranked = ", ".join(f"{n} {s:.2f}" for n, s in list(zip(prediction.labels, prediction.scores))[:3])
             print(f"digit_{i}.png (true {info.class_names[label]}): {ranked}")
         model = runs.load_run_model(run)
-        expected = model.predict(images.astype("float32"), verbose=0)
+        # The served graph decodes and resizes each PNG to the model's input
+        # size exactly as keras_vit.data.decode_image does.
+        resized = np.stack([data.decode_image(p, model.input_shape[1:3]).numpy() for p in payloads])
+        expected = model.predict(resized, verbose=0)
         got = np.array([p.probabilities for p in predictions])
         print(f"REST answers equal model.predict: max abs difference {np.abs(got - expected).max():.6f}")
         bad = requests.post(f"{server.url}/v1/models/digits:predict",

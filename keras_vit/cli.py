@@ -80,6 +80,9 @@ def _parser():
     train.add_argument("--strategy", default="auto",
                        help="auto, default, one_device, mirrored, multi_worker (TF_CONFIG) or tpu")
     train.add_argument("--validation-split", type=float, default=0.1)
+    train.add_argument("--bad-images", choices=("error", "skip"), default="error",
+                       help="files of a folder data set that cannot be read as images: fail before "
+                            "training, naming them (default), or skip them with a warning")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
                        help="Keras progress: 1 bars, 2 a line per epoch")
@@ -97,7 +100,7 @@ def _parser():
                     "or from a TF Serving REST server (--server URL --model-name NAME IMAGE ...).",
     )
     predict.add_argument("inputs", nargs="+", metavar="RUN IMAGE",
-                         help="the run directory (without --server), then JPEG, PNG, BMP or GIF files")
+                         help="the run directory (without --server), then JPEG, PNG, GIF, BMP or WebP files")
     predict.add_argument("--top-k", type=int, default=3)
     predict.add_argument("--model", choices=("best", "last"), default="last",
                          help="the run's final model (default) or its best-validation checkpoint")
@@ -131,6 +134,10 @@ def _parser():
     serve.add_argument("--poll-seconds", type=float, default=1.0, help="how often to look for new versions")
     serve.add_argument("--max-body-mb", type=float, default=10.0, help="larger requests get HTTP 413")
     serve.add_argument("--max-images", type=int, default=64, help="images per request (more: HTTP 413)")
+    serve.add_argument("--max-pending", type=int, default=32,
+                       help="requests waiting for or in the model; more get HTTP 503 and Retry-After")
+    serve.add_argument("--read-timeout", type=float, default=30.0,
+                       help="seconds a client has to send its request body (slower: HTTP 408)")
 
     explain = sub.add_parser(
         "explain", help="attention heat maps of a run's model on images (PNG)",
@@ -252,7 +259,7 @@ def _serve(args):
     server = serving.Server(
         args.base, model_name=args.model_name, host=args.host, port=args.port,
         poll_seconds=args.poll_seconds, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
-        max_images=args.max_images,
+        max_images=args.max_images, max_pending=args.max_pending, read_timeout=args.read_timeout,
     )
     server.start()
     version = server.version

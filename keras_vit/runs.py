@@ -20,6 +20,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import tempfile
 import time
 
@@ -32,9 +33,14 @@ from keras_vit.version import __version__
 
 RECIPES = {
     # Small grayscale images trained from scratch. Tuned on this recipe's own
-    # data (see BENCHMARKS.md for the measured accuracy and time).
+    # data (see BENCHMARKS.md for the measured accuracy and time). The 8x8
+    # digits are resized to 32x32 and cut into 8x8 patches: the same 16
+    # tokens as 2x2 patches of the originals, but each patch, bilinearly
+    # interpolated, also sees its neighbours' edge pixels (an overlapping
+    # patch embedding at the cost of a wider projection): 98.3-98.9% test
+    # accuracy over three seeds against 96.7-97.8% for 2x2 patches at 8x8.
     "digits": dict(
-        image_size=8, patch_size=2, hidden_dim=64, num_layers=4, num_heads=4, mlp_dim=128,
+        image_size=32, patch_size=8, hidden_dim=64, num_layers=4, num_heads=4, mlp_dim=128,
         epochs=100, batch_size=64, learning_rate=2e-3, weight_decay=0.3, flip=False,
         crop_scale=0.9, drop_path_rate=0.1,
     ),
@@ -55,6 +61,9 @@ _DEFAULTS = dict(
 )
 DEFAULT_VARIANT = "Ti/16"
 _ARCHITECTURE = ("patch_size", "hidden_dim", "num_layers", "num_heads", "mlp_dim")
+
+
+_TEMP_MARK = ".tmp-"  # in the names of files being written
 
 
 class RunError(RuntimeError):
@@ -101,6 +110,7 @@ class TrainConfig:
     jit_compile: str = "auto"
     strategy: str = "auto"
     validation_split: float = 0.1
+    bad_images: str = "error"
     seed: int = 0
     verbose: int = 1
     overwrite: bool = False
@@ -146,11 +156,15 @@ class TrainConfig:
 
 def _write_json_atomic(path, payload):
     path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{_TEMP_MARK}")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def read_run(run_dir):
@@ -168,17 +182,128 @@ def load_run_model(run_dir, which="last"):
     path = pathlib.Path(run_dir) / f"{which}.keras"
     if not path.is_file():
         raise RunError(f"{run_dir} has no {which}.keras: has its training finished an epoch?")
-    return keras.saving.load_model(path)
+    from keras_vit import weights as vit_weights
+
+    return vit_weights.load_model(path)
+
+
+def _temp_path(path):
+    """A hidden name beside `path` with the same suffixes (Keras checks them)."""
+    path = pathlib.Path(path)
+    stem, dot, suffixes = path.name.partition(".")
+    return path.with_name(f".{stem}{_TEMP_MARK}{os.getpid()}{dot}{suffixes}")
+
+
+def _save_atomic(save, path):
+    """Writes a file with `save(temp_path)` and renames it over `path`.
+
+    A kill or a full disk during the write leaves the previous file whole
+    (the rename is atomic); a failed write raises `RunError` naming the file.
+    """
+    path = pathlib.Path(path)
+    temp = _temp_path(path)
+    try:
+        save(str(temp))
+        os.replace(temp, path)
+    except OSError as error:
+        temp.unlink(missing_ok=True)
+        reason = error.strerror or str(error)
+        kept = f"the previous {path.name} is kept" if path.exists() else "nothing was written"
+        raise RunError(f"could not write {path}: {reason}; {kept}.") from error
+
+
+def _remove_temp_files(*directories):
+    """Removes half-written temporary files a killed run left behind."""
+    for directory in directories:
+        if directory.is_dir():
+            for path in directory.iterdir():
+                if path.name.startswith(".") and _TEMP_MARK in path.name and path.is_file():
+                    path.unlink()
+
+
+def _finite(logs):
+    return not logs or math.isfinite(float(logs.get("loss", 0.0)))
 
 
 class _CheckpointIfFinite(keras.callbacks.ModelCheckpoint):
-    """ModelCheckpoint that never writes weights from an epoch whose loss
-    went NaN or infinite, so the last good checkpoint survives."""
+    """ModelCheckpoint that writes atomically and never writes weights from
+    an epoch whose loss went NaN or infinite, so the last good checkpoint
+    survives a NaN, a kill and a full disk."""
+
+    def _save_model(self, epoch, batch, logs):
+        if not _finite(logs):
+            return
+        filepath = self._get_file_path(epoch, batch, logs)
+        if self._should_save_model(epoch, batch, logs, filepath):
+            _save_atomic(self.model.save, filepath)
+
+
+class _AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """`BackupAndRestore` whose backup is never half-written.
+
+    Keras writes `latest.weights.h5` and then `training_metadata.json` in
+    place: a kill during either leaves a corrupted backup, or weights of one
+    epoch with the epoch number of another. Here the weights go to a new
+    file named after its epoch, and the metadata, written atomically after
+    it, names that file: whatever moment a kill comes, the metadata points at
+    a complete file of the epoch it states. The backup is kept at the end of
+    training (the run removes it once its results are written), so a kill
+    during the final evaluation does not restart the run.
+    """
+
+    def __init__(self, backup_dir):
+        super().__init__(backup_dir, delete_checkpoint=False)
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs and not math.isfinite(float(logs.get("loss", 0.0))):
+        if _finite(logs):
+            super().on_epoch_end(epoch, logs)
+
+    def _save_model(self):
+        directory = pathlib.Path(self.backup_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        name = f"epoch-{self._current_epoch}.weights.h5"
+        _save_atomic(self.model.save_weights, directory / name)
+        metadata = {"epoch": self._current_epoch, "batch": self._last_batch_seen, "weights": name}
+        try:
+            _write_json_atomic(self._training_metadata_path, metadata)
+        except OSError as error:
+            raise RunError(f"could not write {self._training_metadata_path}: "
+                           f"{error.strerror or error}; the previous backup is kept.") from error
+        for old in directory.glob("epoch-*.weights.h5"):
+            if old.name != name:
+                old.unlink()
+
+    def _load_model(self):
+        metadata = read_backup(self.backup_dir)
+        if metadata is None:
             return
-        super().on_epoch_end(epoch, logs)
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(str(pathlib.Path(self.backup_dir) / metadata["weights"]))
+        self.model._initial_epoch = metadata["epoch"]
+
+
+class _CSVLogger(keras.callbacks.CSVLogger):
+    """CSVLogger whose failed write (a full disk) names the file."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        try:
+            super().on_epoch_end(epoch, logs)
+        except OSError as error:
+            raise RunError(f"could not write {self.filename}: {error.strerror or error}; "
+                           "the rows of earlier epochs are kept.") from error
+
+
+def read_backup(backup_dir):
+    """The metadata of a run's backup (`{"epoch", "batch", "weights"}`), or
+    `None` when there is no complete backup."""
+    path = pathlib.Path(backup_dir) / "training_metadata.json"
+    if not path.is_file():
+        return None
+    metadata = json.loads(path.read_text())
+    if "weights" not in metadata or not (pathlib.Path(backup_dir) / metadata["weights"]).is_file():
+        return None
+    return metadata
 
 
 class _StopOnNaN(keras.callbacks.Callback):
@@ -210,6 +335,28 @@ class LearningCurves(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         plot_learning_curves(self.log_path, self.png_path)
+
+
+def _truncate_log(log_path, epochs):
+    """Keeps the rows of the first `epochs` epochs of a CSV log."""
+    log_path = pathlib.Path(log_path)
+    if not log_path.is_file():
+        return
+    with open(log_path, newline="") as f:
+        rows = list(csv.reader(f))
+    if len(rows) <= 1:
+        return
+    # A row cut short by a kill has fewer fields than the header: dropped too.
+    kept = [rows[0]] + [
+        row for row in rows[1:]
+        if len(row) == len(rows[0]) and row[0].isdigit() and int(row[0]) < epochs
+    ]
+    if len(kept) == len(rows):
+        return
+    fd, tmp = tempfile.mkstemp(dir=log_path.parent, prefix=f".{log_path.name}{_TEMP_MARK}")
+    with os.fdopen(fd, "w", newline="") as f:
+        csv.writer(f).writerows(kept)
+    os.replace(tmp, log_path)
 
 
 def read_log(log_path):
@@ -313,8 +460,13 @@ def _train(config):
     output = pathlib.Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
     backup_dir = output / "backup"
-    resuming = backup_dir.is_dir() and any(backup_dir.iterdir())
     chief = distribute.is_chief()
+    backup = read_backup(backup_dir)
+    resuming = backup is not None
+    if chief:
+        _remove_temp_files(output, backup_dir)
+        if not resuming and backup_dir.is_dir():
+            shutil.rmtree(backup_dir)  # killed before its first complete backup
 
     if config.mixed_precision:
         import tensorflow as tf
@@ -333,6 +485,7 @@ def _train(config):
         config.data, image_size=config.image_size, batch_size=config.batch_size,
         validation_split=config.validation_split, seed=config.seed, data_dir=config.data_dir,
         download=config.download, augmentation=augment, splits=("train", "validation", "test"),
+        bad_images=config.bad_images,
     )
     steps_per_epoch = max(1, info.num_examples["train"] // config.batch_size)
     total_steps = steps_per_epoch * config.epochs
@@ -363,6 +516,10 @@ def _train(config):
         if not resuming:
             for stale in ("log.csv", "results.json", "evaluation.json"):
                 (output / stale).unlink(missing_ok=True)
+        else:
+            # Epochs at or after the backup's are trained again: their rows
+            # (logged by a run killed before it backed them up) go.
+            _truncate_log(output / "log.csv", backup["epoch"])
         _write_json_atomic(output / "config.json", payload)
 
     with strategy.scope():
@@ -381,19 +538,23 @@ def _train(config):
     # Non-chief workers write their copies to a scratch folder, as Keras'
     # multi-worker guide does; only the chief's files are the run's.
     write_dir = output if chief else pathlib.Path(tempfile.mkdtemp(prefix="keras_vit_worker_"))
-    callbacks = [
-        stop_on_nan,
-        keras.callbacks.BackupAndRestore(str(backup_dir if chief else write_dir / "backup")),
+    # The order matters for a kill between two of them: the log row and the
+    # checkpoints of an epoch are written before its backup, so a resumed
+    # run never lacks a row or a checkpoint of an epoch it does not redo.
+    callbacks = [stop_on_nan]
+    if chief:
+        callbacks.append(_CSVLogger(str(log_path), append=True))
+    callbacks += [
         _CheckpointIfFinite(str(write_dir / "best.keras"), monitor="val_accuracy", mode="max",
                             save_best_only=True, initial_value_threshold=best_so_far),
         _CheckpointIfFinite(str(write_dir / "last.keras")),
     ]
     if chief:
         callbacks += [
-            keras.callbacks.CSVLogger(str(log_path), append=True),
             keras.callbacks.TensorBoard(str(output / "logs")),
             LearningCurves(log_path, output / "curves.png"),
         ]
+    callbacks.append(_AtomicBackupAndRestore(str(backup_dir if chief else write_dir / "backup")))
     # shuffle=False: the tf.data pipeline shuffles itself.
     history = model.fit(ds_train, validation_data=ds_val, epochs=config.epochs,
                         callbacks=callbacks, verbose=config.verbose, shuffle=False)
@@ -427,6 +588,7 @@ def _train(config):
     }
     if chief:
         _write_json_atomic(output / "results.json", results)
+        shutil.rmtree(backup_dir, ignore_errors=True)
     return TrainResult(model=model, results=results, history=history.history, info=info)
 
 
@@ -445,6 +607,7 @@ def evaluate(run_dir, which="last", batch_size=256):
         config["data"], image_size=config["image_size"], batch_size=batch_size,
         validation_split=config["validation_split"],
         data_dir=config.get("data_dir"), splits=("test",),
+        bad_images=config.get("bad_images", "error"),
     )
     # One pass over the test set: the loss is the compiled loss of the
     # collected probabilities, as model.evaluate would compute it.

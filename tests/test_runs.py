@@ -4,6 +4,7 @@ evaluate/predict consistency, resume after SIGKILL, NaN handling, errors."""
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_vit import cli, runs
+from keras_vit import cli, data, runs
 
 PYTHON = sys.executable
 # A small, quick configuration of the digits recipe.
@@ -39,7 +40,7 @@ def test_train_writes_the_run(trained_run, capsys):
     assert names == ["best.keras", "config.json", "curves.png", "last.keras", "log.csv", "logs", "results.json"]
     config = json.loads((trained_run / "config.json").read_text())
     assert config["class_names"] == [str(i) for i in range(10)]
-    assert config["image_size"] == 8 and config["patch_size"] == 2 and config["hidden_dim"] == 32
+    assert config["image_size"] == 32 and config["patch_size"] == 8 and config["hidden_dim"] == 32
     assert [int(row["epoch"]) for row in _log(trained_run)] == list(range(10))
     results = json.loads((trained_run / "results.json").read_text())
     assert results["epochs"] == 10 and results["resumed"] is False
@@ -78,7 +79,9 @@ def test_predict_on_image_files(trained_run, tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3
     ranked = runs.predict(trained_run, paths, top_k=3)
-    pixels = np.repeat(np.round(digits.images[:3] * 255 / 16)[..., None], 3, axis=-1)
+    # The 8x8 files resized to the run's input size, as predict reads them.
+    size = json.loads((trained_run / "config.json").read_text())["image_size"]
+    pixels = data.load_images(paths, size)
     # The run's final model by default.
     expected = keras.saving.load_model(trained_run / "last.keras").predict(pixels, verbose=0)
     for line, path, row, probs in zip(lines, paths, ranked, expected):
@@ -104,15 +107,18 @@ def test_unfinished_run_with_other_settings_is_refused(trained_run):
     before = _log(trained_run)
     backup = trained_run / "backup"
     backup.mkdir()
-    (backup / "marker").write_text("a resumable state")
+    # A resumable state: metadata naming a weights file of its epoch.
+    (backup / "training_metadata.json").write_text(
+        '{"epoch": 2, "batch": 0, "weights": "epoch-2.weights.h5"}')
+    (backup / "epoch-2.weights.h5").write_bytes(b"")
+    assert runs.read_backup(backup)["epoch"] == 2
     try:
         with pytest.raises(runs.RunError, match=r"unfinished run with other settings \(epochs\)"):
             runs.train(runs.TrainConfig(output=str(trained_run), epochs=7, hidden_dim=32, num_heads=2,
                                         mlp_dim=64, num_layers=2, batch_size=64, learning_rate=5e-3,
                                         warmup_epochs=0.5, verbose=2))
     finally:
-        (backup / "marker").unlink()
-        backup.rmdir()
+        shutil.rmtree(backup)
     assert _log(trained_run) == before
 
 
@@ -121,7 +127,7 @@ def test_unfinished_run_with_other_settings_is_refused(trained_run):
     [
         (["train", "--data", "no_such_data"], r"Unknown data source 'no_such_data'"),
         (["train", "--data", "./missing/folder"], r"Data folder not found: ./missing/folder"),
-        (["train", "--image-size", "9"], r"image_size=9 must be divisible by patch_size=2"),
+        (["train", "--image-size", "9"], r"image_size=9 must be divisible by patch_size=8"),
         (["train", "--strategy", "gpus"], r"strategy must be one of"),
         (["train", "--epochs", "0"], r"epochs must be a positive int"),
         (["train", "--weights", "nope.npz"], r"weights='nope.npz': no such checkpoint file"),
@@ -214,15 +220,18 @@ def test_sigkill_mid_training_then_same_command_resumes(tmp_path):
             process.kill()
     before = _log(output)
     assert 3 <= len(before) < 8
-    assert (output / "backup").is_dir()
+    backed_up = runs.read_backup(output / "backup")["epoch"]
+    # The log row of an epoch is written just before its backup: a kill in
+    # between leaves one row of an epoch that will be trained again.
+    assert backed_up in (len(before), len(before) - 1)
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
     assert "(resumed)" in completed.stdout
     after = _log(output)
     # The planned 8 epochs, each once: the run went on where it stopped.
     assert [int(row["epoch"]) for row in after] == list(range(8))
-    assert after[: len(before)] == before  # nothing written before the kill is lost
-    assert f"Epoch {len(before) + 1}/8" in completed.stdout and "Epoch 1/8" not in completed.stdout
+    assert after[:backed_up] == before[:backed_up]  # nothing backed up before the kill is lost
+    assert f"Epoch {backed_up + 1}/8" in completed.stdout and "Epoch 1/8" not in completed.stdout
     assert not (output / "backup").exists()
     results = json.loads((output / "results.json").read_text())
     assert results["resumed"] is True and results["epochs"] == 8
