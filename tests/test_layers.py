@@ -246,6 +246,24 @@ def test_drop_path_drops_whole_samples_and_rescales():
     np.testing.assert_array_equal(layer(x, training=False), x)
 
 
+def test_drop_path_draws_new_masks_every_step_and_repeats_with_the_seed():
+    import tensorflow as tf
+
+    def masks():
+        keras.utils.set_random_seed(7)
+        layer = layers.DropPath(0.5)
+        step = tf.function(lambda x: layer(x, training=True))
+        x = np.ones((64, 2, 3), "float32")
+        return [keras.ops.convert_to_numpy(step(x))[:, 0, 0] for _ in range(3)]
+
+    first, again = masks(), masks()
+    # Inside a compiled training step each call draws a new mask...
+    assert not np.array_equal(first[0], first[1]) and not np.array_equal(first[1], first[2])
+    # ...and the same global seed gives the same sequence of masks.
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_drop_path_layer_contract(rng, tmp_path):
     x = rng.normal(size=(2, 3, 4)).astype("float32")
     _, output = run_layer_test(layers.DropPath, {"rate": 0.2, "seed": 3}, x, (2, 3, 4), tmp_path)
