@@ -48,7 +48,8 @@ def _temp_files(*directories):
 
 def _check_visible_files(output):
     """Everything a user can see in the run directory is whole."""
-    json.loads((output / "config.json").read_text())
+    if (output / "config.json").exists():  # a kill may come before it is written
+        json.loads((output / "config.json").read_text())
     rows = _rows(output)
     complete = [row for row in rows if len(row) == 5]
     assert [int(row[0]) for row in complete] == list(range(len(complete))), rows
