@@ -1,0 +1,213 @@
+"""ViT-B/16 inference at 224: keras_vit against timm and keras-hub, each
+system in its own process, in one invocation.
+
+Run with nothing else running (on 2 cores a background job halves the
+numbers):
+    python benchmarks/inference.py                    # batch 1 and 8, every system
+    python benchmarks/inference.py --batch 8 --repeats 7 --systems keras_vit timm
+    python benchmarks/inference.py --write            # also writes the table into BENCHMARKS.md
+
+Systems (random weights: speed does not depend on their values):
+    keras_vit            keras_vit.ViTB16(), float32, model.predict_on_batch (the user path)
+    keras_vit_call       the same model called directly, model(x, training=False)
+    keras_vit_bf16       keras_vit.ViTB16() under the mixed_bfloat16 policy, predict_on_batch
+    keras_vit_savedmodel keras_vit.export's SavedModel, `predict_images` signature
+    timm                 timm vit_base_patch16_224, eval(), torch.inference_mode(), eager
+    keras_hub            keras_hub.models.ViTImageClassifier (ViT-B/16 sizes), predict_on_batch
+
+Each worker warms up, then times `--repeats` (>= 5) batches and reports the
+median and best ms per batch, img/s and its peak resident memory (VmHWM).
+The ratios are against timm and keras-hub measured in the same invocation.
+Requirements: the package's [test] extra (timm; see DEVELOPERS.md for the
+torch pins) and keras-hub (`pip install --no-deps keras-hub==0.32.0
+kagglehub`; its tensorflow-text requirement would pull the full
+`tensorflow` beside `tensorflow-cpu` and is not needed for ViT).
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+SYSTEMS = ("keras_vit", "keras_vit_call", "keras_vit_bf16", "keras_vit_savedmodel", "timm", "keras_hub")
+REFERENCES = ("timm", "keras_hub")
+
+
+def _peak_rss_mb():
+    with open("/proc/self/status") as f:
+        return int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1)) / 1024
+
+
+def _time(run, batch, repeats, warmup):
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - started) * 1000)
+    median = statistics.median(times)
+    return {"ms_per_batch": median, "best_ms": min(times), "img_per_s": batch * 1000 / median}
+
+
+def _keras_vit(system, batch):
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    import keras_vit
+
+    if system == "keras_vit_bf16":
+        keras.config.set_dtype_policy("mixed_bfloat16")
+    model = keras_vit.ViTB16()
+    x = np.random.default_rng(0).uniform(-1, 1, (batch, 224, 224, 3)).astype("float32")
+    versions = {"keras_vit": keras_vit.__version__, "tensorflow": tf.__version__, "keras": keras.__version__}
+    if system == "keras_vit_call":
+        return (lambda: model(x, training=False).numpy()), versions
+    if system == "keras_vit_savedmodel":
+        directory = tempfile.mkdtemp(prefix="keras_vit_bench_")
+        path = keras_vit.export.export_saved_model(model, directory)
+        predict = tf.saved_model.load(path).signatures["predict_images"]
+        images = tf.constant((x + 1) * 127.5)
+        return (lambda: predict(images=images)["probabilities"].numpy()), versions
+    return (lambda: model.predict_on_batch(x)), versions
+
+
+def _timm(batch):
+    import numpy as np
+    import timm
+    import torch
+
+    model = timm.create_model("vit_base_patch16_224", pretrained=False).eval()
+    x = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (batch, 3, 224, 224)).astype("float32"))
+
+    def run():
+        with torch.inference_mode():
+            return model(x)
+
+    return run, {"timm": timm.__version__, "torch": torch.__version__}
+
+
+def _keras_hub(batch):
+    import keras
+    import keras_hub
+    import numpy as np
+
+    backbone = keras_hub.models.ViTBackbone(
+        image_shape=(224, 224, 3), patch_size=16, num_layers=12, num_heads=12,
+        hidden_dim=768, mlp_dim=3072,
+    )
+    model = keras_hub.models.ViTImageClassifier(backbone=backbone, num_classes=1000)
+    x = np.random.default_rng(0).uniform(0, 1, (batch, 224, 224, 3)).astype("float32")
+    return (lambda: model.predict_on_batch(x)), {"keras_hub": keras_hub.__version__,
+                                                 "keras": keras.__version__}
+
+
+def worker(system, batch, repeats, warmup):
+    if system == "timm":
+        run, versions = _timm(batch)
+    elif system == "keras_hub":
+        run, versions = _keras_hub(batch)
+    else:
+        run, versions = _keras_vit(system, batch)
+    result = _time(run, batch, repeats, warmup)
+    result.update(system=system, batch=batch, peak_rss_mb=_peak_rss_mb(), versions=versions)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return re.search(r"model name\s*:\s*(.*)", f.read()).group(1).strip()
+    except (OSError, AttributeError):
+        return platform.processor() or platform.machine()
+
+
+def _run_worker(system, batch, repeats, warmup):
+    command = [sys.executable, __file__, "--worker", system, "--batch", str(batch),
+               "--repeats", str(repeats), "--warmup", str(warmup)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
+    line = next((l for l in completed.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if completed.returncode != 0 or line is None:
+        tail = (completed.stderr or completed.stdout).strip().splitlines()[-3:]
+        return {"system": system, "batch": batch, "error": " | ".join(tail)[:300]}
+    return json.loads(line[len("RESULT "):])
+
+
+def _table(results):
+    rows = ["| system | batch | ms/batch (median) | best | img/s | peak RSS (MB) | vs timm | vs keras-hub |",
+            "|---|---|---|---|---|---|---|---|"]
+    for batch in sorted({r["batch"] for r in results}):
+        same = {r["system"]: r for r in results if r["batch"] == batch and "error" not in r}
+        for r in (r for r in results if r["batch"] == batch):
+            if "error" in r:
+                rows.append(f"| {r['system']} | {batch} | failed: {r['error']} | | | | | |")
+                continue
+            ratios = []
+            for reference in REFERENCES:
+                ref = same.get(reference)
+                ratios.append(f"{r['img_per_s'] / ref['img_per_s']:.2f}x" if ref else "-")
+            rows.append(f"| {r['system']} | {batch} | {r['ms_per_batch']:.0f} | {r['best_ms']:.0f} | "
+                        f"{r['img_per_s']:.2f} | {r['peak_rss_mb']:.0f} | {ratios[0]} | {ratios[1]} |")
+    return "\n".join(rows)
+
+
+def _write(markdown):
+    path = HERE.parent / "BENCHMARKS.md"
+    text = path.read_text()
+    begin, end = "<!-- inference:begin -->", "<!-- inference:end -->"
+    block = f"{begin}\n{markdown}\n{end}"
+    if begin in text:
+        text = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text += f"\n## ViT-B/16 inference at 224 (`benchmarks/inference.py`)\n\n{block}\n"
+    path.write_text(text)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
+    parser.add_argument("--write", action="store_true", help="write the table into BENCHMARKS.md")
+    parser.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.repeats < 5:
+        parser.error(f"--repeats must be >= 5, received {args.repeats}")
+    if args.worker:
+        worker(args.worker, args.batch[0], args.repeats, args.warmup)
+        return 0
+    results = []
+    for batch in args.batch:
+        for system in args.systems:
+            result = _run_worker(system, batch, args.repeats, args.warmup)
+            results.append(result)
+            shown = (f"{result['img_per_s']:.2f} img/s, {result['ms_per_batch']:.0f} ms/batch, "
+                     f"peak {result['peak_rss_mb']:.0f} MB" if "error" not in result else result["error"])
+            print(f"batch {batch} {system}: {shown}", flush=True)
+    versions = {}
+    for r in results:
+        versions.update(r.get("versions", {}))
+    header = (f"Machine: {_cpu_model()}, {os.cpu_count()} cores; Python {platform.python_version()}; "
+              + ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))
+              + f"; {time.strftime('%Y-%m-%d')}; median of {args.repeats} batches after "
+              f"{args.warmup} warm-up batches, each system in its own process.")
+    markdown = header + "\n\n" + _table(results)
+    print("\n" + markdown)
+    if args.write:
+        _write(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""Training throughput: keras_vit's `model.fit` (AdamW, one optimizer step
+per batch) against timm in a plain PyTorch training loop, each system in
+its own process, in one invocation.
+
+Run with nothing else running:
+    python benchmarks/training.py                         # both cases below
+    python benchmarks/training.py --cases tiny --write    # also writes BENCHMARKS.md
+
+Cases:
+    vit_s16   ViT-S/16 at 224, batch 16 and 32, 1000 classes
+    tiny      the from-scratch case: 32x32 images, patch 4, width 192,
+              depth 6, 3 heads, MLP 768, 10 classes, batch 128
+
+Systems:
+    keras_vit        model.fit on a cached tf.data set of random batches,
+                     keras_vit.training.compile (AdamW, warm-up/cosine,
+                     label smoothing, clipping), default settings
+    keras_vit_bf16   the same under the mixed_bfloat16 policy
+    timm             timm's VisionTransformer, torch.optim.AdamW, cross
+                     entropy with label smoothing, clip_grad_norm_, eager
+
+Each worker runs `--warmup` steps, then times `--steps` steps in `--repeats`
+rounds and reports the median ms per step, img/s and peak resident memory.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+CASES = {
+    "vit_s16": dict(image=224, patch=16, width=384, depth=12, heads=6, mlp=1536, classes=1000,
+                    batches=(16, 32)),
+    "tiny": dict(image=32, patch=4, width=192, depth=6, heads=3, mlp=768, classes=10, batches=(128,)),
+}
+SYSTEMS = ("keras_vit", "keras_vit_bf16", "timm")
+
+
+def _peak_rss_mb():
+    with open("/proc/self/status") as f:
+        return int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1)) / 1024
+
+
+def _keras_vit(case, batch, steps, bf16):
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    import keras_vit
+
+    if bf16:
+        keras.config.set_dtype_policy("mixed_bfloat16")
+    c = CASES[case]
+    model = keras_vit.ViT(input_shape=(c["image"], c["image"], 3), classes=c["classes"],
+                          patch_size=c["patch"], hidden_dim=c["width"], num_layers=c["depth"],
+                          num_heads=c["heads"], mlp_dim=c["mlp"], include_preprocessing=True)
+    keras_vit.training.compile(model, steps=10_000, learning_rate=1e-3, warmup_steps=100)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (batch * 4, c["image"], c["image"], 3)).astype("float32")
+    y = keras.utils.to_categorical(rng.integers(0, c["classes"], batch * 4), c["classes"])
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).cache().repeat()
+
+    def run(n):
+        model.fit(data, steps_per_epoch=n, epochs=1, verbose=0)
+
+    return run, {"keras_vit": keras_vit.__version__, "tensorflow": tf.__version__,
+                 "keras": keras.__version__}
+
+
+def _timm(case, batch, steps):
+    import numpy as np
+    import timm
+    import torch
+    from timm.models.vision_transformer import VisionTransformer
+
+    c = CASES[case]
+    model = VisionTransformer(img_size=c["image"], patch_size=c["patch"], embed_dim=c["width"],
+                              depth=c["depth"], num_heads=c["heads"], mlp_ratio=c["mlp"] / c["width"],
+                              num_classes=c["classes"]).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.uniform(-1, 1, (batch, 3, c["image"], c["image"])).astype("float32"))
+    y = torch.from_numpy(rng.integers(0, c["classes"], batch))
+
+    def run(n):
+        for _ in range(n):
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+
+    return run, {"timm": timm.__version__, "torch": torch.__version__}
+
+
+def worker(system, case, batch, steps, repeats, warmup):
+    if system == "timm":
+        run, versions = _timm(case, batch, steps)
+    else:
+        run, versions = _keras_vit(case, batch, steps, bf16=system == "keras_vit_bf16")
+    run(warmup)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run(steps)
+        times.append((time.perf_counter() - started) * 1000 / steps)
+    median = statistics.median(times)
+    print("RESULT " + json.dumps(dict(
+        system=system, case=case, batch=batch, ms_per_step=median, best_ms=min(times),
+        img_per_s=batch * 1000 / median, peak_rss_mb=_peak_rss_mb(), versions=versions,
+    )), flush=True)
+
+
+def _run_worker(system, case, batch, args):
+    command = [sys.executable, __file__, "--worker", system, "--cases", case, "--batch", str(batch),
+               "--steps", str(args.steps), "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3600)
+    line = next((l for l in completed.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if completed.returncode != 0 or line is None:
+        tail = (completed.stderr or completed.stdout).strip().splitlines()[-3:]
+        return {"system": system, "case": case, "batch": batch, "error": " | ".join(tail)[:300]}
+    return json.loads(line[len("RESULT "):])
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return re.search(r"model name\s*:\s*(.*)", f.read()).group(1).strip()
+    except (OSError, AttributeError):
+        return platform.processor() or platform.machine()
+
+
+def _table(results):
+    rows = ["| case | batch | system | ms/step (median) | best | img/s | peak RSS (MB) | vs timm |",
+            "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        if "error" in r:
+            rows.append(f"| {r['case']} | {r['batch']} | {r['system']} | failed: {r['error']} | | | | |")
+            continue
+        ref = next((t for t in results if t["system"] == "timm" and t["case"] == r["case"]
+                    and t["batch"] == r["batch"] and "error" not in t), None)
+        ratio = f"{r['img_per_s'] / ref['img_per_s']:.2f}x" if ref else "-"
+        rows.append(f"| {r['case']} | {r['batch']} | {r['system']} | {r['ms_per_step']:.0f} | "
+                    f"{r['best_ms']:.0f} | {r['img_per_s']:.1f} | {r['peak_rss_mb']:.0f} | {ratio} |")
+    return "\n".join(rows)
+
+
+def _write(markdown):
+    path = HERE.parent / "BENCHMARKS.md"
+    text = path.read_text()
+    begin, end = "<!-- training:begin -->", "<!-- training:end -->"
+    block = f"{begin}\n{markdown}\n{end}"
+    if begin in text:
+        text = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text += f"\n## Training throughput (`benchmarks/training.py`)\n\n{block}\n"
+    path.write_text(text)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
+    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--write", action="store_true", help="write the table into BENCHMARKS.md")
+    parser.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.repeats < 5:
+        parser.error(f"--repeats must be >= 5, received {args.repeats}")
+    if args.worker:
+        worker(args.worker, args.cases[0], args.batch, args.steps, args.repeats, args.warmup)
+        return 0
+    results = []
+    for case in args.cases:
+        for batch in CASES[case]["batches"]:
+            for system in args.systems:
+                result = _run_worker(system, case, batch, args)
+                results.append(result)
+                shown = (f"{result['img_per_s']:.1f} img/s, {result['ms_per_step']:.0f} ms/step"
+                         if "error" not in result else result["error"])
+                print(f"{case} batch {batch} {system}: {shown}", flush=True)
+    versions = {}
+    for r in results:
+        versions.update(r.get("versions", {}))
+    header = (f"Machine: {_cpu_model()}, {os.cpu_count()} cores; Python {platform.python_version()}; "
+              + ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))
+              + f"; {time.strftime('%Y-%m-%d')}; median of {args.repeats} rounds of {args.steps} steps "
+              f"after {args.warmup} warm-up steps, each system in its own process.")
+    markdown = header + "\n\n" + _table(results)
+    print("\n" + markdown)
+    if args.write:
+        _write(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
