@@ -25,25 +25,17 @@ kagglehub`; its tensorflow-text requirement would pull the full
 """
 
 import argparse
-import json
-import os
 import pathlib
-import platform
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
-HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import _common  # noqa: E402
+
 SYSTEMS = ("keras_vit", "keras_vit_call", "keras_vit_bf16", "keras_vit_savedmodel", "timm", "keras_hub")
 REFERENCES = ("timm", "keras_hub")
-
-
-def _peak_rss_mb():
-    with open("/proc/self/status") as f:
-        return int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1)) / 1024
 
 
 def _time(run, batch, repeats, warmup):
@@ -119,28 +111,8 @@ def worker(system, batch, repeats, warmup):
     else:
         run, versions = _keras_vit(system, batch)
     result = _time(run, batch, repeats, warmup)
-    result.update(system=system, batch=batch, peak_rss_mb=_peak_rss_mb(), versions=versions)
-    print("RESULT " + json.dumps(result), flush=True)
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return re.search(r"model name\s*:\s*(.*)", f.read()).group(1).strip()
-    except (OSError, AttributeError):
-        return platform.processor() or platform.machine()
-
-
-def _run_worker(system, batch, repeats, warmup):
-    command = [sys.executable, __file__, "--worker", system, "--batch", str(batch),
-               "--repeats", str(repeats), "--warmup", str(warmup)]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
-    line = next((l for l in completed.stdout.splitlines() if l.startswith("RESULT ")), None)
-    if completed.returncode != 0 or line is None:
-        tail = (completed.stderr or completed.stdout).strip().splitlines()[-3:]
-        return {"system": system, "batch": batch, "error": " | ".join(tail)[:300]}
-    return json.loads(line[len("RESULT "):])
+    result.update(system=system, batch=batch, peak_rss_mb=_common.peak_rss_mb(), versions=versions)
+    _common.report(result)
 
 
 def _table(results):
@@ -161,18 +133,6 @@ def _table(results):
     return "\n".join(rows)
 
 
-def _write(markdown):
-    path = HERE.parent / "BENCHMARKS.md"
-    text = path.read_text()
-    begin, end = "<!-- inference:begin -->", "<!-- inference:end -->"
-    block = f"{begin}\n{markdown}\n{end}"
-    if begin in text:
-        text = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
-    else:
-        text += f"\n## ViT-B/16 inference at 224 (`benchmarks/inference.py`)\n\n{block}\n"
-    path.write_text(text)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
@@ -190,23 +150,17 @@ def main(argv=None):
     results = []
     for batch in args.batch:
         for system in args.systems:
-            result = _run_worker(system, batch, args.repeats, args.warmup)
+            command = [sys.executable, __file__, "--worker", system, "--batch", str(batch),
+                       "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+            result = _common.run_worker(command, dict(system=system, batch=batch), 1800)
             results.append(result)
             shown = (f"{result['img_per_s']:.2f} img/s, {result['ms_per_batch']:.0f} ms/batch, "
                      f"peak {result['peak_rss_mb']:.0f} MB" if "error" not in result else result["error"])
             print(f"batch {batch} {system}: {shown}", flush=True)
-    versions = {}
-    for r in results:
-        versions.update(r.get("versions", {}))
-    header = (f"Machine: {_cpu_model()}, {os.cpu_count()} cores; Python {platform.python_version()}; "
-              + ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))
-              + f"; {time.strftime('%Y-%m-%d')}; median of {args.repeats} batches after "
-              f"{args.warmup} warm-up batches, each system in its own process.")
-    markdown = header + "\n\n" + _table(results)
-    print("\n" + markdown)
-    if args.write:
-        _write(markdown)
-    return 0
+    how = (f"median of {args.repeats} batches after {args.warmup} warm-up batches, each system in "
+           "its own process.")
+    return _common.publish(results, how, _table(results), "inference",
+                           "ViT-B/16 inference at 224 (`benchmarks/inference.py`)", args.write)
 
 
 if __name__ == "__main__":

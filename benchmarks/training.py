@@ -19,22 +19,21 @@ Systems:
     timm             timm's VisionTransformer, torch.optim.AdamW, cross
                      entropy with label smoothing, clip_grad_norm_, eager
 
-Each worker runs `--warmup` steps, then times `--steps` steps in `--repeats`
-rounds and reports the median ms per step, img/s and peak resident memory.
+Each worker runs `--warmup` steps, then `--repeats` rounds of `--steps`
+steps in the same run (one `model.fit`, timed per step by a callback) and
+reports the median ms per step over the rounds, img/s and peak resident
+memory.
 """
 
 import argparse
-import json
-import os
 import pathlib
-import platform
-import re
 import statistics
-import subprocess
 import sys
 import time
 
-HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import _common  # noqa: E402
+
 CASES = {
     "vit_s16": dict(image=224, patch=16, width=384, depth=12, heads=6, mlp=1536, classes=1000,
                     batches=(16, 32)),
@@ -43,9 +42,6 @@ CASES = {
 SYSTEMS = ("keras_vit", "keras_vit_bf16", "timm")
 
 
-def _peak_rss_mb():
-    with open("/proc/self/status") as f:
-        return int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1)) / 1024
 
 
 def _keras_vit(case, batch, steps, bf16):
@@ -67,8 +63,19 @@ def _keras_vit(case, batch, steps, bf16):
     y = keras.utils.to_categorical(rng.integers(0, c["classes"], batch * 4), c["classes"])
     data = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).cache().repeat()
 
+    class Clock(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            stamps.append(time.perf_counter())
+
+    stamps = []
+
     def run(n):
-        model.fit(data, steps_per_epoch=n, epochs=1, verbose=0)
+        # One fit for every step, timed per step by a callback: a fit per
+        # round would add Keras' per-fit set-up to every round.
+        stamps.clear()
+        stamps.append(time.perf_counter())
+        model.fit(data, steps_per_epoch=n, epochs=1, verbose=0, callbacks=[Clock()])
+        return list(stamps)
 
     return run, {"keras_vit": keras_vit.__version__, "tensorflow": tf.__version__,
                  "keras": keras.__version__}
@@ -91,12 +98,15 @@ def _timm(case, batch, steps):
     y = torch.from_numpy(rng.integers(0, c["classes"], batch))
 
     def run(n):
+        stamps = [time.perf_counter()]
         for _ in range(n):
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(x), y)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
+            stamps.append(time.perf_counter())
+        return stamps
 
     return run, {"timm": timm.__version__, "torch": torch.__version__}
 
@@ -106,37 +116,18 @@ def worker(system, case, batch, steps, repeats, warmup):
         run, versions = _timm(case, batch, steps)
     else:
         run, versions = _keras_vit(case, batch, steps, bf16=system == "keras_vit_bf16")
-    run(warmup)
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run(steps)
-        times.append((time.perf_counter() - started) * 1000 / steps)
+    # Timestamps after every step of one continuous run: warm-up steps
+    # first, then `repeats` rounds of `steps` steps.
+    stamps = run(warmup + repeats * steps)
+    times = [
+        (stamps[warmup + (r + 1) * steps] - stamps[warmup + r * steps]) * 1000 / steps
+        for r in range(repeats)
+    ]
     median = statistics.median(times)
-    print("RESULT " + json.dumps(dict(
+    _common.report(dict(
         system=system, case=case, batch=batch, ms_per_step=median, best_ms=min(times),
-        img_per_s=batch * 1000 / median, peak_rss_mb=_peak_rss_mb(), versions=versions,
-    )), flush=True)
-
-
-def _run_worker(system, case, batch, args):
-    command = [sys.executable, __file__, "--worker", system, "--cases", case, "--batch", str(batch),
-               "--steps", str(args.steps), "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3600)
-    line = next((l for l in completed.stdout.splitlines() if l.startswith("RESULT ")), None)
-    if completed.returncode != 0 or line is None:
-        tail = (completed.stderr or completed.stdout).strip().splitlines()[-3:]
-        return {"system": system, "case": case, "batch": batch, "error": " | ".join(tail)[:300]}
-    return json.loads(line[len("RESULT "):])
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return re.search(r"model name\s*:\s*(.*)", f.read()).group(1).strip()
-    except (OSError, AttributeError):
-        return platform.processor() or platform.machine()
+        img_per_s=batch * 1000 / median, peak_rss_mb=_common.peak_rss_mb(), versions=versions,
+    ))
 
 
 def _table(results):
@@ -154,16 +145,6 @@ def _table(results):
     return "\n".join(rows)
 
 
-def _write(markdown):
-    path = HERE.parent / "BENCHMARKS.md"
-    text = path.read_text()
-    begin, end = "<!-- training:begin -->", "<!-- training:end -->"
-    block = f"{begin}\n{markdown}\n{end}"
-    if begin in text:
-        text = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
-    else:
-        text += f"\n## Training throughput (`benchmarks/training.py`)\n\n{block}\n"
-    path.write_text(text)
 
 
 def main(argv=None):
@@ -186,23 +167,18 @@ def main(argv=None):
     for case in args.cases:
         for batch in CASES[case]["batches"]:
             for system in args.systems:
-                result = _run_worker(system, case, batch, args)
+                command = [sys.executable, __file__, "--worker", system, "--cases", case,
+                           "--batch", str(batch), "--steps", str(args.steps),
+                           "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+                result = _common.run_worker(command, dict(system=system, case=case, batch=batch), 3600)
                 results.append(result)
                 shown = (f"{result['img_per_s']:.1f} img/s, {result['ms_per_step']:.0f} ms/step"
                          if "error" not in result else result["error"])
                 print(f"{case} batch {batch} {system}: {shown}", flush=True)
-    versions = {}
-    for r in results:
-        versions.update(r.get("versions", {}))
-    header = (f"Machine: {_cpu_model()}, {os.cpu_count()} cores; Python {platform.python_version()}; "
-              + ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))
-              + f"; {time.strftime('%Y-%m-%d')}; median of {args.repeats} rounds of {args.steps} steps "
-              f"after {args.warmup} warm-up steps, each system in its own process.")
-    markdown = header + "\n\n" + _table(results)
-    print("\n" + markdown)
-    if args.write:
-        _write(markdown)
-    return 0
+    how = (f"median of {args.repeats} rounds of {args.steps} steps after {args.warmup} warm-up "
+           "steps, each system in its own process.")
+    return _common.publish(results, how, _table(results), "training",
+                           "Training throughput (`benchmarks/training.py`)", args.write)
 
 
 if __name__ == "__main__":
