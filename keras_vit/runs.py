@@ -155,16 +155,12 @@ class TrainConfig:
 
 
 def _write_json_atomic(path, payload):
-    path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{_TEMP_MARK}")
-    try:
-        with os.fdopen(fd, "w") as f:
+    def write(tmp):
+        with open(tmp, "w") as f:
             json.dump(payload, f, indent=2, sort_keys=True)
             f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
+
+    _save_atomic(write, path)
 
 
 def read_run(run_dir):
@@ -264,11 +260,7 @@ class _AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         name = f"epoch-{self._current_epoch}.weights.h5"
         _save_atomic(self.model.save_weights, directory / name)
         metadata = {"epoch": self._current_epoch, "batch": self._last_batch_seen, "weights": name}
-        try:
-            _write_json_atomic(self._training_metadata_path, metadata)
-        except OSError as error:
-            raise RunError(f"could not write {self._training_metadata_path}: "
-                           f"{error.strerror or error}; the previous backup is kept.") from error
+        _write_json_atomic(self._training_metadata_path, metadata)
         for old in directory.glob("epoch-*.weights.h5"):
             if old.name != name:
                 old.unlink()
@@ -353,10 +345,12 @@ def _truncate_log(log_path, epochs):
     ]
     if len(kept) == len(rows):
         return
-    fd, tmp = tempfile.mkstemp(dir=log_path.parent, prefix=f".{log_path.name}{_TEMP_MARK}")
-    with os.fdopen(fd, "w", newline="") as f:
-        csv.writer(f).writerows(kept)
-    os.replace(tmp, log_path)
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows(kept)
+
+    _save_atomic(write, log_path)
 
 
 def read_log(log_path):
