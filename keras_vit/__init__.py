@@ -44,7 +44,9 @@ from keras_vit.models import (  # noqa: E402
     ViTS32,
     ViTTest4,
     ViTTi16,
+    bfloat16_cpu,
     preprocess_input,
+    with_dtype_policy,
 )
 from keras_vit.version import __version__  # noqa: E402
 from keras_vit.weights import (  # noqa: E402
@@ -75,6 +77,7 @@ __all__ = [
     "ViTTest4",
     "ViTTi16",
     "__version__",
+    "bfloat16_cpu",
     "data",
     "distribute",
     "explain",
@@ -91,4 +94,5 @@ __all__ = [
     "training",
     "variants",
     "weights",
+    "with_dtype_policy",
 ]

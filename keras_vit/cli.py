@@ -33,6 +33,10 @@ def _run_arguments(parser):
                         help="the run's final model (default) or its best-validation checkpoint")
 
 
+_MIXED_HELP = ("compute in 16 bits: mixed_bfloat16 on a CPU (fast where it has AVX-512-BF16 or AMX), "
+               "mixed_float16 on a GPU")
+
+
 def _parser():
     parser = argparse.ArgumentParser(
         prog="keras-vit", description="Train, evaluate and use Vision Transformers (keras_vit)."
@@ -107,6 +111,7 @@ def _parser():
     predict.add_argument("--server", help="TF Serving (or keras-vit serve) URL, e.g. http://localhost:8501")
     predict.add_argument("--model-name", help="the served model's name (with --server)")
     predict.add_argument("--timeout", type=float, default=30.0, help="seconds per request (with --server)")
+    _bool_flag(predict, "mixed-precision", _MIXED_HELP, default=False)
 
     export = sub.add_parser(
         "export", help="write a run's model as a TF Serving SavedModel version",
@@ -120,6 +125,7 @@ def _parser():
                         help="version number (default: the next free one)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing --version")
     export.add_argument("--top-k", type=int, help="classes in the top_k_* outputs (default: 5)")
+    _bool_flag(export, "mixed-precision", _MIXED_HELP + " (inputs and outputs stay float32)", default=False)
 
     serve = sub.add_parser(
         "serve", help="serve exported versions over TF Serving's REST API (development)",
@@ -217,6 +223,14 @@ def _evaluate(args):
           f"({time.time() - started:.1f} s)")
 
 
+def _inference_policy(mixed_precision):
+    if not mixed_precision:
+        return None
+    import tensorflow as tf
+
+    return "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+
+
 def _print_ranked(path, ranked):
     print(f"{path}: " + ", ".join(f"{name} {p:.4f}" for name, p in ranked))
 
@@ -239,7 +253,9 @@ def _predict(args):
     from keras_vit import runs
 
     run, images = args.inputs[0], args.inputs[1:]
-    for path, ranked in zip(images, runs.predict(run, images, top_k=args.top_k, which=args.model)):
+    predictions = runs.predict(run, images, top_k=args.top_k, which=args.model,
+                               dtype_policy=_inference_policy(args.mixed_precision))
+    for path, ranked in zip(images, predictions):
         _print_ranked(path, ranked)
 
 
@@ -247,7 +263,8 @@ def _export(args):
     from keras_vit import export
 
     path = export.export_run(args.run, args.output, version=args.export_version, overwrite=args.overwrite,
-                             top_k=args.top_k, which=args.model)
+                             top_k=args.top_k, which=args.model,
+                             dtype_policy=_inference_policy(args.mixed_precision))
     print(f"exported {args.run} ({args.model} model) to {path}")
 
 

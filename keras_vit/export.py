@@ -215,7 +215,8 @@ def export_saved_model(model, base_dir, class_names=None, version=None, overwrit
     return str(target)
 
 
-def export_run(run_dir, base_dir=None, version=None, overwrite=False, top_k=None, which="last"):
+def export_run(run_dir, base_dir=None, version=None, overwrite=False, top_k=None, which="last",
+               dtype_policy=None):
     """Exports a training run's model (`keras-vit export RUN`) with the
     class names the run recorded.
 
@@ -224,6 +225,10 @@ def export_run(run_dir, base_dir=None, version=None, overwrite=False, top_k=None
         base_dir: where to write versions (default: `export/<run name>`).
         which: `"best"` or `"last"` model of the run.
         version, overwrite, top_k: as in `export_saved_model`.
+        dtype_policy: export the model computing under this policy, e.g.
+            `"mixed_bfloat16"` for CPUs with native bfloat16 (see
+            `keras_vit.with_dtype_policy`); the signatures' inputs and
+            outputs stay float32.
 
     Returns:
         The path of the version directory.
@@ -232,6 +237,10 @@ def export_run(run_dir, base_dir=None, version=None, overwrite=False, top_k=None
 
     config = runs.read_run(run_dir)
     model = runs.load_run_model(run_dir, which)
+    if dtype_policy is not None:
+        from keras_vit import models
+
+        model = models.with_dtype_policy(model, dtype_policy)
     if base_dir is None:
         base_dir = pathlib.Path("export") / pathlib.Path(run_dir).resolve().name
     return export_saved_model(model, base_dir, class_names=config["class_names"], version=version,

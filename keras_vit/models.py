@@ -336,3 +336,69 @@ def preprocess_input(x, data_format=None):
         return ((np.asarray(x, dtype="float32") - 127.5) / 127.5).astype("float32")
     x = keras.ops.cast(x, "float32")
     return (x - 127.5) / 127.5
+
+
+def bfloat16_cpu():
+    """Whether this machine's CPU computes bfloat16 natively.
+
+    True when `/proc/cpuinfo` lists `avx512_bf16` or `amx_bf16` (Intel
+    Cooper Lake, Sapphire Rapids and later; AMD Zen 4 and later): there,
+    `mixed_bfloat16` inference runs about 1.5-1.8x faster than float32
+    (BENCHMARKS.md). Elsewhere TensorFlow emulates bfloat16 and it is slower.
+    False where the file does not exist (macOS, Windows).
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as file:
+            for line in file:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def with_dtype_policy(model, policy):
+    """A copy of `model` that computes under another dtype policy.
+
+    The way to run a float32-trained model fast on a CPU with native
+    bfloat16 (see `bfloat16_cpu`): `with_dtype_policy(model,
+    "mixed_bfloat16")`. Variables stay float32 (same values, copied), each
+    layer computes in the policy's compute dtype, and the model's output
+    layers keep their own policy, so probabilities stay float32. On the
+    Fashion-MNIST model of BENCHMARKS.md the top-1 class agreed with float32
+    on 99.9% of the test images. Keras has a global policy
+    (`keras.config.set_dtype_policy`), which applies only to models built
+    after it is set; a `.keras` file records each layer's policy, so a
+    loaded model needs this.
+
+    Args:
+        model: a `keras.Model` (a keras_vit model or any functional model).
+        policy: a Keras dtype policy or its name: `"mixed_bfloat16"`,
+            `"mixed_float16"` (GPUs), `"float32"`, ...
+
+    Returns:
+        A new `keras.Model` with the same weights; `model` is unchanged.
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"model must be a keras.Model, received {type(model).__name__}.")
+    try:
+        policy = keras.dtype_policies.get(policy)
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            f"Unknown dtype policy {policy!r}: expected a keras.DTypePolicy or one of "
+            "'float32', 'mixed_bfloat16', 'mixed_float16', 'bfloat16', 'float16'."
+        ) from error
+    if policy.quantization_mode is not None:
+        raise ValueError(
+            f"policy {policy.name!r} is a quantization policy; use model.quantize() for that."
+        )
+    copy = keras.models.clone_model(model)
+    outputs = {id(tensor._keras_history.operation) for tensor in copy.outputs}
+    # Setting each layer's policy (a Keras 3 property) instead of editing the
+    # nested configs: it reaches the sub-layers that blocks create themselves.
+    for layer in copy._flatten_layers(include_self=False, recursive=True):
+        if id(layer) not in outputs:
+            layer.dtype_policy = policy
+    copy.set_weights(model.get_weights())
+    return copy

@@ -658,8 +658,16 @@ def plot_confusion_matrix(matrix, class_names, png_path, title="Confusion matrix
     return png_path
 
 
-def predict(run_dir, paths, top_k=3, which="last"):
+def predict(run_dir, paths, top_k=3, which="last", dtype_policy=None):
     """Classifies image files with a run's model.
+
+    Args:
+        run_dir: the run directory.
+        paths: image files.
+        top_k: classes per image.
+        which: `"last"` or `"best"` model of the run.
+        dtype_policy: compute under this policy instead of the saved one,
+            e.g. `"mixed_bfloat16"` (see `keras_vit.with_dtype_policy`).
 
     Returns:
         A list, per image, of `(class_name, probability)` pairs, best first.
@@ -669,6 +677,8 @@ def predict(run_dir, paths, top_k=3, which="last"):
     if not isinstance(top_k, int) or not 1 <= top_k <= len(names):
         raise ValueError(f"top_k must be in [1, {len(names)}], received top_k={top_k!r}.")
     model = load_run_model(run_dir, which)
+    if dtype_policy is not None:
+        model = models.with_dtype_policy(model, dtype_policy)
     images = vit_data.load_images(paths, (config["image_size"], config["image_size"]))
     probabilities = model.predict(images, verbose=0)
     results = []

@@ -297,3 +297,16 @@ def test_cli_export_of_a_training_run(tmp_path, capsys):
     np.testing.assert_allclose(out["probabilities"].numpy()[0],
                                model.predict(images[:1].astype(np.uint8).astype("float32"), verbose=0)[0],
                                atol=1e-5)
+
+    # --mixed-precision: the same model computing in bfloat16 (the fast path
+    # on CPUs with AVX-512-BF16), float32 in and out.
+    assert cli.main(["export", str(run), "--output", str(base), "--mixed-precision"]) == 0
+    assert f"to {base / '2'}" in capsys.readouterr().out
+    fast = tf.saved_model.load(str(base / "2"))
+    out = fast.signatures["predict_images"](images=tf.constant(images))
+    assert out["probabilities"].dtype == tf.float32
+    expected = model.predict(images, verbose=0)
+    assert not np.array_equal(out["probabilities"].numpy(), expected)
+    np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=0.03)
+    embeddings = fast.signatures["embeddings"](image_bytes=tf.constant([buffer.getvalue()]))["embeddings"]
+    assert embeddings.dtype == tf.float32

@@ -198,6 +198,57 @@ def test_mixed_precision_model(policy, rng):
     np.testing.assert_allclose(out, reference(images), atol=0.05)
 
 
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+@pytest.mark.parametrize("kwargs", [dict(classes=5), dict(include_top=False, pooling="avg")])
+def test_with_dtype_policy_copies_a_float32_model(policy, kwargs, rng, tmp_path):
+    images = rng.uniform(-1, 1, (3,) + TINY_SHAPE).astype("float32")
+    model = randomize(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, drop_path_rate=0.1, **kwargs))
+    # A loaded .keras file records float32 on every layer: the case this is for.
+    model.save(tmp_path / "model.keras")
+    model = keras_vit.load_model(tmp_path / "model.keras")
+    expected = model.predict(images, verbose=0)
+    fast = models.with_dtype_policy(model, policy)
+    compute = policy.split("_")[1]
+    assert fast.get_layer("block_0").compute_dtype == compute
+    assert fast.get_layer("block_0").attn.compute_dtype == compute
+    assert fast.get_layer("encoder_norm").compute_dtype == compute
+    assert fast.layers[-1].compute_dtype == "float32"  # the output layer keeps its policy
+    assert all(keras.backend.standardize_dtype(w.dtype) == "float32" for w in fast.weights)
+    for original, copied in zip(model.weights, fast.weights):
+        np.testing.assert_array_equal(original.numpy(), copied.numpy())
+    out = fast.predict(images, verbose=0)
+    assert out.dtype == np.float32
+    assert not np.array_equal(out, expected)  # computed in 16 bits, so not bit-equal
+    np.testing.assert_allclose(out, expected, atol=0.05, rtol=0.05)
+    # The original is untouched.
+    assert model.get_layer("block_0").compute_dtype == "float32"
+    np.testing.assert_array_equal(model.predict(images, verbose=0), expected)
+
+
+@pytest.mark.parametrize("policy", ["int8", "float128", "mixed_nothing", 3])
+def test_with_dtype_policy_rejects_bad_policies(policy):
+    model = keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5)
+    with pytest.raises(ValueError, match=str(policy)):
+        models.with_dtype_policy(model, policy)
+    with pytest.raises(TypeError, match="keras.Model"):
+        models.with_dtype_policy("model.keras", "mixed_bfloat16")
+
+
+def test_bfloat16_cpu_reads_cpu_flags(monkeypatch, tmp_path):
+    flags = {"plain": "fpu sse avx2", "zen4": "fpu avx512f avx512_bf16", "spr": "fpu amx_bf16 amx_tile"}
+    import builtins
+
+    real_open = builtins.open
+    for name, line in flags.items():
+        cpuinfo = tmp_path / name
+        cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {line}\n")
+        monkeypatch.setattr(builtins, "open", lambda path, *a, _c=cpuinfo, **k: real_open(
+            _c if path == "/proc/cpuinfo" else path, *a, **k))
+        assert models.bfloat16_cpu() is (name != "plain")
+    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: real_open(tmp_path / "absent", *a, **k))
+    assert models.bfloat16_cpu() is False
+
+
 def test_preprocess_input():
     pixels = np.array([[0.0, 63.75, 127.5, 255.0]])
     np.testing.assert_allclose(keras_vit.preprocess_input(pixels), [[-1.0, -0.5, 0.0, 1.0]])

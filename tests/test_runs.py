@@ -93,6 +93,15 @@ def test_predict_on_image_files(trained_run, tmp_path, capsys):
     best = keras.saving.load_model(trained_run / "best.keras").predict(pixels, verbose=0)
     for row, probs in zip(runs.predict(trained_run, paths, top_k=1, which="best"), best):
         assert row[0][1] == pytest.approx(float(probs.max()), abs=1e-5)
+    # In 16 bits: close to float32, not bit-equal (so it did compute in bfloat16).
+    fast = runs.predict(trained_run, paths, top_k=10, dtype_policy="mixed_bfloat16")
+    for row, probs in zip(fast, expected):
+        by_name = dict(row)
+        fast_probs = np.array([by_name[str(i)] for i in range(10)])
+        assert not np.array_equal(fast_probs, probs)
+        np.testing.assert_allclose(fast_probs, probs, atol=0.03)
+    assert cli.main(["predict", str(trained_run)] + paths + ["--mixed-precision"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 3
 
 
 def test_finished_run_is_never_overwritten_silently(trained_run, capsys):
