@@ -249,6 +249,55 @@ def test_bfloat16_cpu_reads_cpu_flags(monkeypatch, tmp_path):
     assert models.bfloat16_cpu() is False
 
 
+def test_direct_call_runs_compiled_and_equals_predict(rng, tmp_path):
+    import tensorflow as tf
+
+    model = randomize(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5))
+    assert isinstance(model, models.VisionTransformer)
+    images = rng.uniform(-1, 1, (3,) + TINY_SHAPE).astype("float32")
+    expected = model.predict(images, verbose=0)
+    np.testing.assert_allclose(model(images).numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(model(tf.constant(images), training=False).numpy(), expected, atol=1e-6)
+    function = models._INFERENCE_FUNCTIONS[model]
+    # Other batch sizes share one generalised trace instead of one each.
+    for batch in (1, 2, 4, 5, 7):
+        np.testing.assert_allclose(model(images[:1].repeat(batch, 0)).numpy()[0], expected[0], atol=1e-6)
+    assert function.experimental_get_tracing_count() <= 3
+    # Keras' op-by-op path gives the same numbers.
+    op_by_op = keras.Model.__call__(model, images, training=False)
+    np.testing.assert_allclose(model(images).numpy(), op_by_op.numpy(), atol=1e-6)
+    # Gradients flow through the compiled call.
+    x = tf.constant(images)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(model(x)[:, 0])
+    with tf.GradientTape() as tape2:
+        tape2.watch(x)
+        loss2 = tf.reduce_sum(keras.Model.__call__(model, x, training=False)[:, 0])
+    np.testing.assert_allclose(tape.gradient(loss, x), tape2.gradient(loss2, x), atol=1e-6)
+    # Symbolic calls still build models.
+    inputs = keras.Input(TINY_SHAPE)
+    outer = keras.Model(inputs, model(inputs))
+    np.testing.assert_allclose(outer.predict(images, verbose=0), expected, atol=1e-6)
+    # The cached function is not saved into SavedModels or .keras files.
+    tf.saved_model.save(model, str(tmp_path / "saved"))
+    assert not [name for name in dir(tf.saved_model.load(str(tmp_path / "saved"))) if "inference" in name]
+    model.save(tmp_path / "model.keras")
+    loaded = keras_vit.load_model(tmp_path / "model.keras")
+    assert isinstance(loaded, models.VisionTransformer)
+    np.testing.assert_allclose(loaded(images).numpy(), expected, atol=1e-6)
+
+
+def test_direct_call_in_training_mode_is_keras_path(rng):
+    model = keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5, dropout_rate=0.5)
+    randomize(model)
+    images = rng.uniform(-1, 1, (2,) + TINY_SHAPE).astype("float32")
+    first, second = model(images, training=True).numpy(), model(images, training=True).numpy()
+    assert not np.allclose(first, second)  # dropout is on: a fresh mask per call
+    assert model not in models._INFERENCE_FUNCTIONS
+    np.testing.assert_array_equal(model(images).numpy(), model(images).numpy())
+
+
 def test_preprocess_input():
     pixels = np.array([[0.0, 63.75, 127.5, 255.0]])
     np.testing.assert_allclose(keras_vit.preprocess_input(pixels), [[-1.0, -0.5, 0.0, 1.0]])
