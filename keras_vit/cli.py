@@ -77,6 +77,8 @@ def _parser():
     train.add_argument("--rand-augment", type=float, default=0.0, help="RandAugment strength in [0, 1]")
     train.add_argument("--mixup", type=float, default=0.0, help="MixUp alpha (0: off)")
     train.add_argument("--cutmix", type=float, default=0.0, help="CutMix factor (0: off)")
+    train.add_argument("--random-erasing", type=float,
+                       help="probability of erasing a random rectangle of each image (default: the recipe's)")
     _bool_flag(train, "mixed-precision",
                "mixed_bfloat16 on CPU/TPU, mixed_float16 with loss scaling on GPU", default=False)
     train.add_argument("--jit-compile", choices=("auto", "true", "false"), default="auto",

@@ -57,7 +57,7 @@ RECIPES = {
 }
 _DEFAULTS = dict(
     image_size=224, epochs=10, batch_size=32, learning_rate=1e-3, weight_decay=0.05, flip=True,
-    crop_scale=None, drop_path_rate=0.1, warmup_epochs=5.0,
+    crop_scale=None, drop_path_rate=0.1, warmup_epochs=5.0, random_erasing=0.0,
 )
 DEFAULT_VARIANT = "Ti/16"
 _ARCHITECTURE = ("patch_size", "hidden_dim", "num_layers", "num_heads", "mlp_dim")
@@ -106,6 +106,7 @@ class TrainConfig:
     rand_augment: float = 0.0
     mixup: float = 0.0
     cutmix: float = 0.0
+    random_erasing: float = None
     mixed_precision: bool = False
     jit_compile: str = "auto"
     strategy: str = "auto"
@@ -473,7 +474,7 @@ def _train(config):
     augment = training.augmentation(
         flip=config.flip, crop_scale=config.crop_scale,
         rand_augment=config.rand_augment, mixup=config.mixup, cutmix=config.cutmix,
-        seed=config.seed,
+        random_erasing=config.random_erasing, seed=config.seed,
     )
     ds_train, ds_val, ds_test, info = vit_data.load(
         config.data, image_size=config.image_size, batch_size=config.batch_size,

@@ -113,7 +113,7 @@ def freeze_backbone(model):
 
 
 def augmentation(flip=True, crop_scale=None, rand_augment=0.0, mixup=0.0, cutmix=0.0,
-                 seed=None):
+                 seed=None, random_erasing=0.0):
     """Builds the training augmentation, a function for `tf.data` `map`.
 
     It takes a batch `(images, one_hot_labels)` with images in [0, 255] and
@@ -127,6 +127,10 @@ def augmentation(flip=True, crop_scale=None, rand_augment=0.0, mixup=0.0, cutmix
             each side (e.g. 0.8), by zooming in and translating; `None`: off.
         rand_augment: RandAugment strength in [0, 1] (0: off), two ops per
             image.
+        random_erasing: probability in [0, 1] that an image gets a random
+            rectangle (2-33% of its area) replaced by noise (Zhong et al.,
+            2017; `keras.layers.RandomErasing`), after the other image
+            layers; 0: off.
         mixup: MixUp alpha (0: off).
         cutmix: CutMix factor (0: off). With both MixUp and CutMix, each
             batch gets one of them at random.
@@ -153,6 +157,14 @@ def augmentation(flip=True, crop_scale=None, rand_augment=0.0, mixup=0.0, cutmix
         image_layers.append(
             keras.layers.RandAugment(value_range=(0, 255), num_ops=2, factor=rand_augment, seed=seed)
         )
+    if random_erasing:
+        if not 0.0 < random_erasing <= 1.0:
+            raise ValueError(
+                f"random_erasing must be in [0, 1], received random_erasing={random_erasing!r}."
+            )
+        image_layers.append(keras.layers.RandomErasing(
+            factor=(random_erasing, random_erasing), value_range=(0, 255), seed=seed
+        ))
     mixers = []
     if mixup:
         mixers.append(keras.layers.MixUp(alpha=mixup, seed=seed))

@@ -99,7 +99,28 @@ def test_mixup_and_cutmix_mix_labels_in_proportion(mixer):
     assert tuple(out.shape) == (8, 16, 16, 3)
 
 
+def test_random_erasing_replaces_one_rectangle_per_image():
+    images = tf.fill((16, 20, 20, 3), 100.0)
+    labels = tf.one_hot(np.arange(16) % 3, 3)
+    out, out_labels = training.augmentation(flip=False, random_erasing=1.0, seed=2)(images, labels)
+    out = out.numpy()
+    np.testing.assert_array_equal(out_labels, labels)
+    assert out.min() >= 0.0 and out.max() <= 255.0
+    for image in out:
+        changed = (image != 100.0).any(axis=-1)
+        rows, cols = np.nonzero(changed)
+        assert rows.size > 0  # probability 1: every image is erased
+        # The changed pixels lie in one rectangle covering at most a third.
+        box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+        assert box <= 0.34 * 20 * 20 + 2 * 20
+    kept = training.augmentation(flip=False, random_erasing=0.25, seed=2)
+    erased = [int((kept(images, labels)[0].numpy() != 100.0).any(axis=(1, 2, 3)).sum()) for _ in range(8)]
+    assert 0 < sum(erased) / (8 * 16) < 0.5  # about a quarter of the images
+
+
 def test_augmentation_argument_errors():
+    with pytest.raises(ValueError, match=r"random_erasing=1.5"):
+        training.augmentation(random_erasing=1.5)
     with pytest.raises(ValueError, match=r"crop_scale=1.5"):
         training.augmentation(crop_scale=1.5)
     with pytest.raises(ValueError, match=r"rand_augment=2"):
