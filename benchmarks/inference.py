@@ -10,10 +10,14 @@ numbers):
 Systems (random weights: speed does not depend on their values):
     keras_vit            keras_vit.ViTB16(), float32, model.predict_on_batch (the user path)
     keras_vit_call       the same model called directly, model(x, training=False)
-    keras_vit_bf16       keras_vit.ViTB16() under the mixed_bfloat16 policy, predict_on_batch
+    keras_vit_bf16       keras_vit.with_dtype_policy(ViTB16(), "mixed_bfloat16"), predict_on_batch
     keras_vit_savedmodel keras_vit.export's SavedModel, `predict_images` signature
     timm                 timm vit_base_patch16_224, eval(), torch.inference_mode(), eager
     keras_hub            keras_hub.models.ViTImageClassifier (ViT-B/16 sizes), predict_on_batch
+    matmul_floor         only ViT-B/16's matrix products (patch embedding, q/k/v, attention,
+                         projection, MLP, head; same shapes, float32) in one tf.function: the
+                         time TensorFlow's oneDNN kernels need for the arithmetic alone, so
+                         the table shows how close each system is to it
 
 Each worker warms up, then times `--repeats` (>= 5) batches and reports the
 median and best ms per batch, img/s and its peak resident memory (VmHWM).
@@ -34,7 +38,8 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
-SYSTEMS = ("keras_vit", "keras_vit_call", "keras_vit_bf16", "keras_vit_savedmodel", "timm", "keras_hub")
+SYSTEMS = ("keras_vit", "keras_vit_call", "keras_vit_bf16", "keras_vit_savedmodel", "timm", "keras_hub",
+           "matmul_floor")
 REFERENCES = ("timm", "keras_hub")
 
 
@@ -57,9 +62,11 @@ def _keras_vit(system, batch):
 
     import keras_vit
 
-    if system == "keras_vit_bf16":
-        keras.config.set_dtype_policy("mixed_bfloat16")
     model = keras_vit.ViTB16()
+    if system == "keras_vit_bf16":
+        # The documented way: a float32 model (e.g. loaded from a file)
+        # copied to compute in bfloat16.
+        model = keras_vit.with_dtype_policy(model, "mixed_bfloat16")
     x = np.random.default_rng(0).uniform(-1, 1, (batch, 224, 224, 3)).astype("float32")
     versions = {"keras_vit": keras_vit.__version__, "tensorflow": tf.__version__, "keras": keras.__version__}
     if system == "keras_vit_call":
@@ -103,8 +110,44 @@ def _keras_hub(batch):
                                                  "keras": keras.__version__}
 
 
+def _matmul_floor(batch):
+    import numpy as np
+    import tensorflow as tf
+
+    tokens, width, heads, mlp = 197, 768, 12, 3072
+    rng = np.random.default_rng(0)
+
+    def weight(*shape):
+        return tf.constant(rng.normal(0, 0.02, shape).astype("float32"))
+
+    patches, embed = weight(batch * 196, 16 * 16 * 3), weight(16 * 16 * 3, width)
+    x0 = weight(batch * tokens, width)
+    qkv, proj, fc1, fc2 = weight(width, 3 * width), weight(width, width), weight(width, mlp), weight(mlp, width)
+    head = weight(width, 1000)
+
+    @tf.function
+    def run():
+        # Each product's result feeds the next (so none is pruned); the
+        # reshapes are free, the values meaningless.
+        x = tf.matmul(patches, embed)
+        x = x0 + tf.reduce_mean(x) * 0
+        for _ in range(12):
+            q = tf.reshape(tf.matmul(x, qkv)[:, :width], (batch, tokens, heads, width // heads))
+            q = tf.transpose(q, (0, 2, 1, 3))
+            attention = tf.matmul(q, q, transpose_b=True)
+            a = tf.matmul(attention, q)
+            a = tf.reshape(tf.transpose(a, (0, 2, 1, 3)), (batch * tokens, width))
+            x = tf.matmul(a, proj)
+            x = tf.matmul(tf.matmul(x, fc1), fc2)
+        return tf.matmul(tf.reshape(x, (batch, tokens, width))[:, 0], head)
+
+    return (lambda: run().numpy()), {"tensorflow": tf.__version__}
+
+
 def worker(system, batch, repeats, warmup):
-    if system == "timm":
+    if system == "matmul_floor":
+        run, versions = _matmul_floor(batch)
+    elif system == "timm":
         run, versions = _timm(batch)
     elif system == "keras_hub":
         run, versions = _keras_hub(batch)

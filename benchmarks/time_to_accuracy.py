@@ -4,6 +4,9 @@ Run (with nothing else running; on 2 cores a background job halves the numbers):
     python benchmarks/time_to_accuracy.py digits          # the main job's recipe
     python benchmarks/time_to_accuracy.py fashion_mnist   # needs dataset-fashion-mnist
 
+    python benchmarks/time_to_accuracy.py --keep runs/fmnist fashion_mnist --random-erasing 0.25
+                                                          # keeps the run; extra train options last
+
 It runs `keras-vit train --data NAME --output ... --overwrite` exactly as the
 README documents it, then prints one line:
     digits: test accuracy 0.97xx in NNN s (target >= 0.97 in <= 180 s): PASS
@@ -41,11 +44,13 @@ def machine():
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("data", choices=sorted(TARGETS))
+    parser.add_argument("--keep", metavar="DIR", help="train into DIR and keep the run (default: a temporary "
+                                                       "directory, removed afterwards)")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="more keras-vit train options")
     args = parser.parse_args(argv)
     target_accuracy, target_seconds = TARGETS[args.data]
     with tempfile.TemporaryDirectory() as tmp:
-        output = pathlib.Path(tmp) / args.data
+        output = pathlib.Path(args.keep) if args.keep else pathlib.Path(tmp) / args.data
         command = [sys.executable, "-m", "keras_vit.cli", "train", "--data", args.data,
                    "--output", str(output), "--verbose", "2"] + args.extra
         started = time.time()

@@ -438,6 +438,16 @@ def with_dtype_policy(model, policy):
 
     Returns:
         A new `keras.Model` with the same weights; `model` is unchanged.
+
+    Example:
+
+    >>> model = keras_vit.ViT("Test/4", input_shape=(16, 16, 3), classes=3)
+    >>> fast = keras_vit.with_dtype_policy(model, "mixed_bfloat16")
+    >>> block = fast.get_layer("block_0")
+    >>> block.compute_dtype, block.variable_dtype
+    ('bfloat16', 'float32')
+    >>> fast(np.zeros((1, 16, 16, 3), "float32")).dtype.name
+    'float32'
     """
     if not isinstance(model, keras.Model):
         raise TypeError(f"model must be a keras.Model, received {type(model).__name__}.")
