@@ -41,6 +41,7 @@ def test_train_writes_the_run(trained_run, capsys):
     config = json.loads((trained_run / "config.json").read_text())
     assert config["class_names"] == [str(i) for i in range(10)]
     assert config["image_size"] == 32 and config["patch_size"] == 8 and config["hidden_dim"] == 32
+    assert config["random_erasing"] == 0.0  # the digits recipe erases nothing
     assert [int(row["epoch"]) for row in _log(trained_run)] == list(range(10))
     results = json.loads((trained_run / "results.json").read_text())
     assert results["epochs"] == 10 and results["resumed"] is False
@@ -281,6 +282,14 @@ def test_fine_tune_a_checkpoint_on_a_folder_with_frozen_backbone(tmp_path, capsy
     assert np.abs(model.get_layer("head").kernel.numpy()).sum() > 0  # the new head trained
     config = json.loads((output / "config.json").read_text())
     assert config["class_names"] == ["blue", "green", "red"]
+
+
+def test_recipe_defaults_yield_to_given_values():
+    fashion = runs.TrainConfig(data="fashion_mnist").resolved()
+    assert (fashion.epochs, fashion.random_erasing, fashion.patch_size) == (24, 0.4, 4)
+    given = runs.TrainConfig(data="fashion_mnist", random_erasing=0.0, epochs=3).resolved()
+    assert (given.epochs, given.random_erasing) == (3, 0.0)
+    assert runs.TrainConfig(data="digits").resolved().random_erasing == 0.0
 
 
 def test_mixed_precision_run_on_cpu_uses_bfloat16_and_restores_the_policy(tmp_path):
