@@ -7,7 +7,7 @@ Run (with nothing else running; on 2 cores a background job halves the numbers):
     python benchmarks/time_to_accuracy.py --keep runs/fmnist fashion_mnist --random-erasing 0.25
                                                           # keeps the run; extra train options last
 
-It runs `keras-vit train --data NAME --output ... --overwrite` exactly as the
+It runs `keras-vit train --data NAME --output ...` exactly as the
 README documents it, then prints one line:
     digits: test accuracy 0.97xx in NNN s (target >= 0.97 in <= 180 s): PASS
 and appends the result, with the machine and versions, to
