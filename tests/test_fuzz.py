@@ -59,8 +59,13 @@ def test_random_valid_vits_give_finite_outputs_and_round_trip(config, batch, pol
             np.testing.assert_allclose(outputs.sum(axis=-1), 1.0, atol=1e-2)
         clone = keras.Model.from_config(model.get_config())
         clone.set_weights(model.get_weights())
-        again = keras.ops.convert_to_numpy(clone(images, training=False)).astype("float32")
-        np.testing.assert_allclose(again, outputs, atol=1e-6)
+        # The same execution mode on both sides: the model's direct call runs
+        # a compiled graph, whose fused bfloat16 kernels round differently
+        # from Keras' op-by-op path (one bfloat16 step).
+        expected = model.predict(images, verbose=0).astype("float32")
+        again = clone.predict(images, verbose=0).astype("float32")
+        np.testing.assert_allclose(again, expected, atol=1e-6)
+        np.testing.assert_allclose(outputs, expected, atol=1e-2 if policy != "float32" else 1e-5)
         # Training mode (dropout, stochastic depth) stays finite too.
         trained = keras.ops.convert_to_numpy(model(images, training=True)).astype("float32")
         assert trained.shape == outputs.shape and np.isfinite(trained).all()
