@@ -228,9 +228,9 @@ def _evaluate(args):
 def _inference_policy(mixed_precision):
     if not mixed_precision:
         return None
-    import tensorflow as tf
+    from keras_vit import training
 
-    return "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+    return training.mixed_precision_policy()
 
 
 def _print_ranked(path, ranked):

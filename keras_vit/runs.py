@@ -466,10 +466,7 @@ def _train(config):
             shutil.rmtree(backup_dir)  # killed before its first complete backup
 
     if config.mixed_precision:
-        import tensorflow as tf
-
-        gpu = bool(tf.config.list_logical_devices("GPU"))
-        keras.config.set_dtype_policy("mixed_float16" if gpu else "mixed_bfloat16")
+        keras.config.set_dtype_policy(training.mixed_precision_policy())
     keras.utils.set_random_seed(config.seed)
     strategy = distribute.get_strategy(config.strategy)
 

@@ -112,6 +112,14 @@ def freeze_backbone(model):
     return trainable
 
 
+def mixed_precision_policy():
+    """The 16-bit Keras policy for this machine: `"mixed_float16"` when
+    TensorFlow sees a GPU, else `"mixed_bfloat16"` (CPU, TPU)."""
+    import tensorflow as tf
+
+    return "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
+
+
 def augmentation(flip=True, crop_scale=None, rand_augment=0.0, mixup=0.0, cutmix=0.0,
                  seed=None, random_erasing=0.0):
     """Builds the training augmentation, a function for `tf.data` `map`.
