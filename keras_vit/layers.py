@@ -254,6 +254,16 @@ class DropPath(keras.layers.Layer):
         return config
 
 
+def _fused_kernels(training):
+    """The fused training kernels (`keras_vit._tf_kernels`) when this call
+    should use them (a training call on the TensorFlow backend), else None."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    from keras_vit import _tf_kernels
+
+    return _tf_kernels if _tf_kernels.applies(training) else None
+
+
 @keras.saving.register_keras_serializable(package="keras_vit")
 class TransformerBlock(keras.layers.Layer):
     """A pre-norm Transformer encoder block as in ViT.
@@ -449,19 +459,24 @@ class TransformerBlock(keras.layers.Layer):
         y = ops.reshape(y, (-1, self.hidden_dim))
         fc1, fc2 = self.mlp_fc1, self.mlp_fc2
         y = ops.add(ops.matmul(y, ops.cast(fc1.kernel, y.dtype)), ops.cast(fc1.bias, y.dtype))
-        y = fc1.activation(y)
+        fused = _fused_kernels(training)
+        y = fused.gelu(y) if fused else fc1.activation(y)
         y = self.mlp_dropout1(y, training=training)
         y = ops.add(ops.matmul(y, ops.cast(fc2.kernel, y.dtype)), ops.cast(fc2.bias, y.dtype))
         y = self.mlp_dropout2(y, training=training)
         return ops.reshape(y, shape)
 
+    def _norm(self, layer, x, training):
+        fused = _fused_kernels(training)
+        return fused.layer_norm(layer, x) if fused else layer(x)
+
     def call(self, inputs, training=None, return_attention_scores=False):
-        x = self.norm1(inputs)
+        x = self._norm(self.norm1, inputs, training)
         x, scores = self._self_attention(x, training)
         x = self.attn_dropout(x, training=training)
         x = inputs + self.drop_path(x, training=training)
 
-        y = self._mlp(self.norm2(x), training)
+        y = self._mlp(self._norm(self.norm2, x, training), training)
         outputs = x + self.drop_path(y, training=training)
         if return_attention_scores:
             return outputs, scores

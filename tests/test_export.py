@@ -63,6 +63,10 @@ def exported(tmp_path_factory):
 def test_layout_and_versions(exported, tmp_path):
     assert exported["version"] == str(exported["base"] / "1")
     assert sorted(os.listdir(exported["version"])) == ["assets", "fingerprint.pb", "saved_model.pb", "variables"]
+    # Serving graphs use the plain ops: the XLA-compiled training kernels
+    # (keras_vit._tf_kernels) would need a TF Serving built with XLA.
+    with open(os.path.join(exported["version"], "saved_model.pb"), "rb") as f:
+        assert b"_XlaMustCompile" not in f.read()
     model = exported["model"]
     base = tmp_path / "models" / "vit"
     assert export.export_saved_model(model, base) == str(base / "1")

@@ -1,0 +1,104 @@
+"""Fused training kernels for `TransformerBlock` on the TensorFlow backend.
+
+Layer normalisation and the exact (erf) GELU, each with a hand-written
+gradient, the forward and backward passes compiled by XLA into one loop
+apiece. TensorFlow differentiates Keras' `ops.layer_normalization` and
+`ops.gelu` op by op: about a dozen passes over the activations each in
+the backward pass (reductions, squares, `Erfc`, `Exp`, products), which on
+a CPU took a fifth of a small ViT's training step (BENCHMARKS.md). No
+library offers these two as fused TensorFlow ops with gradients (oneDNN's
+fused GELU is forward-only inside a matmul), hence this module.
+
+Only training calls use them: inference keeps the plain ops, which oneDNN
+fuses into the matmuls, and exported SavedModels never need XLA. The
+results equal Keras' within float32 rounding (tests/test_layers.py checks
+values and gradients against the plain ops).
+"""
+
+import math
+
+import tensorflow as tf
+
+_SQRT_HALF = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def applies(training):
+    """Whether a call with this `training` argument takes the fused path.
+
+    Training calls only (Keras passes a Python bool), and not on TPUs, where
+    the whole step is compiled by XLA anyway.
+    """
+    if not (isinstance(training, bool) and training):
+        return False
+    strategy = tf.distribute.get_strategy()
+    return not isinstance(strategy, (tf.distribute.TPUStrategy,
+                                     tf.distribute.experimental.TPUStrategy))
+
+
+@tf.function(jit_compile=True, reduce_retracing=True)
+def _gelu_forward(x):
+    xf = tf.cast(x, tf.float32)
+    return tf.cast(0.5 * xf * tf.math.erfc(-xf * _SQRT_HALF), x.dtype)
+
+
+@tf.function(jit_compile=True, reduce_retracing=True)
+def _gelu_backward(dy, x):
+    # d/dx [x * Phi(x)] = Phi(x) + x * phi(x); recomputed from x rather than
+    # stored, so training keeps one activation per MLP, as before.
+    xf = tf.cast(x, tf.float32)
+    cdf = 0.5 * tf.math.erfc(-xf * _SQRT_HALF)
+    pdf = tf.exp(-0.5 * xf * xf) * _INV_SQRT_2PI
+    return tf.cast(tf.cast(dy, tf.float32) * (cdf + xf * pdf), x.dtype)
+
+
+@tf.custom_gradient
+def gelu(x):
+    """Exact GELU, `x * Phi(x)`, as `keras.activations.gelu(x)`."""
+
+    def grad(dy):
+        return _gelu_backward(dy, x)
+
+    return _gelu_forward(x), grad
+
+
+@tf.function(jit_compile=True, reduce_retracing=True)
+def _layer_norm_forward(x, gamma, beta, epsilon):
+    xf = tf.cast(x, tf.float32)
+    mean = tf.reduce_mean(xf, axis=-1, keepdims=True)
+    centred = xf - mean
+    variance = tf.reduce_mean(centred * centred, axis=-1, keepdims=True)
+    inv_std = tf.math.rsqrt(variance + epsilon)
+    return tf.cast(centred * inv_std * gamma + beta, x.dtype), inv_std
+
+
+@tf.function(jit_compile=True, reduce_retracing=True)
+def _layer_norm_backward(dy, x, inv_std, gamma):
+    xf, dyf = tf.cast(x, tf.float32), tf.cast(dy, tf.float32)
+    normed = (xf - tf.reduce_mean(xf, axis=-1, keepdims=True)) * inv_std
+    dnormed = dyf * gamma
+    dx = inv_std * (
+        dnormed
+        - tf.reduce_mean(dnormed, axis=-1, keepdims=True)
+        - normed * tf.reduce_mean(dnormed * normed, axis=-1, keepdims=True)
+    )
+    outer = tf.range(tf.rank(xf) - 1)
+    return tf.cast(dx, x.dtype), tf.reduce_sum(dyf * normed, outer), tf.reduce_sum(dyf, outer)
+
+
+def layer_norm(layer, x):
+    """`layer(x)` for a `keras.layers.LayerNormalization` over the last axis
+    with scale and centre, from its own (float32) variables; computes in
+    float32 and returns `x`'s dtype, as Keras does."""
+    epsilon = tf.constant(layer.epsilon, tf.float32)
+
+    @tf.custom_gradient
+    def normalise(x, gamma, beta):
+        y, inv_std = _layer_norm_forward(x, gamma, beta, epsilon)
+
+        def grad(dy):
+            return _layer_norm_backward(dy, x, inv_std, gamma)
+
+        return y, grad
+
+    return normalise(x, tf.cast(layer.gamma, tf.float32), tf.cast(layer.beta, tf.float32))

@@ -1,0 +1,130 @@
+"""Tests of keras_vit._tf_kernels, the XLA-compiled LayerNorm and GELU with
+hand-written gradients that `TransformerBlock` uses in training calls:
+values and gradients against Keras' own ops, and where they are (and are
+not) used."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_vit
+from keras_vit import _tf_kernels, layers
+from tests.conftest import TINY_SHAPE, TINY_VARIANT, randomize
+
+
+def _value_and_gradients(function, inputs, weights):
+    """`function(*inputs)` and the gradients of a fixed random projection of
+    it with respect to `inputs`."""
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        y = tf.cast(function(*inputs), tf.float32)
+        loss = tf.reduce_sum(y * weights)
+    return y.numpy(), [g.numpy() for g in tape.gradient(loss, inputs)]
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float32", 1e-5), ("bfloat16", 8e-3)])
+def test_gelu_equals_keras_gelu_with_gradients(rng, dtype, rtol):
+    x = tf.constant(rng.normal(0.0, 2.0, (64, 48)), dtype)
+    weights = tf.constant(rng.normal(size=(64, 48)), tf.float32)
+    fused, (fused_grad,) = _value_and_gradients(_tf_kernels.gelu, [x], weights)
+    # The reference computes in float32 (Keras' gelu would compute in
+    # bfloat16 on bfloat16 inputs; the kernel rounds only its result).
+    plain, (plain_grad,) = _value_and_gradients(
+        lambda v: keras.activations.gelu(tf.cast(v, tf.float32), approximate=False), [x], weights)
+    assert _tf_kernels.gelu(x).dtype == x.dtype
+    np.testing.assert_allclose(fused, plain, rtol=rtol, atol=1e-6 if dtype == "float32" else 1e-3)
+    np.testing.assert_allclose(fused_grad.astype("float32"), plain_grad.astype("float32"),
+                               rtol=rtol, atol=rtol)
+    # Phi(0) = 0.5 and the slope at 0 is 0.5; far out the GELU is the identity.
+    np.testing.assert_allclose(
+        _value_and_gradients(_tf_kernels.gelu, [tf.constant([0.0, 8.0])], tf.ones(2))[1][0],
+        [0.5, 1.0], atol=1e-6)
+
+
+@pytest.mark.parametrize("policy, rtol", [("float32", 1e-5), ("mixed_bfloat16", 2e-2)])
+def test_layer_norm_equals_keras_layer_with_gradients(rng, policy, rtol):
+    norm = keras.layers.LayerNormalization(epsilon=1e-6, dtype=policy)
+    x = tf.constant(rng.normal(1.0, 3.0, (2, 7, 40)), norm.compute_dtype)
+    norm.build(x.shape)
+    norm.gamma.assign(rng.uniform(0.5, 1.5, 40).astype("float32"))
+    norm.beta.assign(rng.normal(0.0, 0.5, 40).astype("float32"))
+    weights = tf.constant(rng.normal(size=(2, 7, 40)), tf.float32)
+
+    def value_and_gradients(function):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = function(x)
+            loss = tf.reduce_sum(tf.cast(y, tf.float32) * weights)
+        grads = tape.gradient(loss, [x, norm.gamma, norm.beta])
+        return y, [np.asarray(tf.cast(g, tf.float32)) for g in grads]
+
+    got, got_grads = value_and_gradients(lambda v: _tf_kernels.layer_norm(norm, v))
+    expected, expected_grads = value_and_gradients(norm)
+    assert got.dtype == expected.dtype == norm.compute_dtype
+    np.testing.assert_allclose(np.asarray(tf.cast(got, tf.float32)),
+                               np.asarray(tf.cast(expected, tf.float32)), rtol=rtol, atol=rtol)
+    for g, e, name in zip(got_grads, expected_grads, ("x", "gamma", "beta")):
+        np.testing.assert_allclose(g, e, rtol=rtol, atol=rtol * max(1.0, np.abs(e).max()), err_msg=name)
+    # The offset's gradient is the loss weights summed over the tokens (each
+    # rounded to the compute dtype on its way back through the cast).
+    expected_beta = np.sum(tf.cast(tf.cast(weights, norm.compute_dtype), tf.float32), axis=(0, 1))
+    np.testing.assert_allclose(got_grads[2], expected_beta, rtol=1e-5, atol=1e-5)
+
+
+def test_transformer_block_training_call_takes_fused_path_with_same_values_and_gradients(rng):
+    block = layers.TransformerBlock(hidden_dim=24, num_heads=3, mlp_dim=40)
+    x = tf.constant(rng.normal(size=(3, 9, 24)), tf.float32)
+    block.build(x.shape)
+    for variable in block.weights:
+        value = (rng.uniform(0.5, 1.5, variable.shape) if variable.path.endswith("gamma")
+                 else rng.normal(0.0, 0.3, variable.shape))
+        variable.assign(value.astype("float32"))
+    weights = tf.constant(rng.normal(size=(3, 9, 24)), tf.float32)
+
+    def value_and_gradients(training):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(block(x, training=training) * weights)
+        return loss, tape.gradient(loss, [x] + block.trainable_weights)
+
+    # In a graph, the training call holds the XLA-compiled kernels and the
+    # inference call does not.
+    for training, compiled in ((True, True), (False, False)):
+        graph = tf.function(lambda: value_and_gradients(training)).get_concrete_function().graph
+        text = str(graph.as_graph_def())
+        assert ("_XlaMustCompile" in text) == compiled, training
+    trained_loss, trained_grads = value_and_gradients(True)
+    loss, grads = value_and_gradients(False)
+    np.testing.assert_allclose(trained_loss, loss, rtol=1e-5)
+    for got, expected, name in zip(trained_grads, grads, ["x"] + [v.path for v in block.trainable_weights]):
+        scale = float(np.abs(expected).max())
+        np.testing.assert_allclose(got, expected, atol=1e-5 * max(scale, 1.0), err_msg=name)
+
+
+def test_applies_only_to_training_calls():
+    assert _tf_kernels.applies(True)
+    for training in (False, None, 1, tf.constant(True)):
+        assert not _tf_kernels.applies(training), training
+
+
+def test_fit_with_fused_kernels_matches_plain_ops_step_by_step(monkeypatch, rng):
+    # Two identical models, one step of AdamW each, one with the fused
+    # kernels switched off: the updated weights agree.
+    x = rng.uniform(0, 255, (8,) + TINY_SHAPE).astype("float32")
+    y = keras.utils.to_categorical(rng.integers(0, 5, 8), 5)
+    results = []
+    for fused in (True, False):
+        keras.utils.set_random_seed(0)
+        model = randomize(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5,
+                                        include_preprocessing=True))
+        keras_vit.training.compile(model, steps=10, learning_rate=1e-2, warmup_steps=0)
+        if not fused:
+            monkeypatch.setattr(_tf_kernels, "applies", lambda training: False)
+        history = model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
+        results.append((history.history["loss"], [w.numpy() for w in model.weights]))
+    (fused_loss, fused_weights), (plain_loss, plain_weights) = results
+    np.testing.assert_allclose(fused_loss, plain_loss, rtol=1e-5)
+    for got, expected in zip(fused_weights, plain_weights):
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert fused_loss[1] < fused_loss[0]
