@@ -42,6 +42,44 @@ def run_worker(command, identity, timeout):
     return json.loads(line[len("RESULT "):])
 
 
+def run_rounds(jobs, rounds, key, timeout, describe):
+    """Runs every `(identity, command)` job `rounds` times, interleaved
+    (job 1, job 2, ..., then again), and returns one result per job: the
+    round whose `key` (ms per batch or step) is the median, with
+    `round_img_per_s` listing every round's img/s. This shared VM's speed
+    drifts by up to 10% within minutes; interleaving spreads the drift over
+    every system instead of letting it land on one. `describe(result)` is
+    printed after each run."""
+    runs = [[] for _ in jobs]
+    for r in range(rounds):
+        for (identity, command), results in zip(jobs, runs):
+            result = run_worker(command, identity, timeout)
+            results.append(result)
+            shown = describe(result) if "error" not in result else result["error"]
+            prefix = f"round {r + 1}/{rounds} " if rounds > 1 else ""
+            print(prefix + " ".join(str(v) for v in identity.values()) + ": " + shown, flush=True)
+    combined = []
+    for results in runs:
+        good = sorted((r for r in results if "error" not in r), key=lambda r: r[key])
+        if not good:
+            combined.append(results[-1])
+            continue
+        median = dict(good[(len(good) - 1) // 2])
+        median["round_img_per_s"] = [r["img_per_s"] for r in results if "error" not in r]
+        median["failed_rounds"] = len(results) - len(good)
+        combined.append(median)
+    return combined
+
+
+def img_per_s_cell(result, digits):
+    """img/s, with the range over the rounds when there were several."""
+    cell = f"{result['img_per_s']:.{digits}f}"
+    rounds = result.get("round_img_per_s", [])
+    if len(rounds) > 1:
+        cell += f" ({min(rounds):.{digits}f}-{max(rounds):.{digits}f})"
+    return cell
+
+
 def header(results, how):
     """The machine, the versions every worker reported, the date and `how`."""
     import time

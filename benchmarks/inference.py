@@ -6,6 +6,7 @@ numbers):
     python benchmarks/inference.py                    # batch 1 and 8, every system
     python benchmarks/inference.py --batch 8 --repeats 7 --systems keras_vit timm
     python benchmarks/inference.py --write            # also writes the table into BENCHMARKS.md
+    python benchmarks/inference.py --rounds 1         # one run per system (default 3, interleaved)
 
 Systems (random weights: speed does not depend on their values):
     keras_vit            keras_vit.ViTB16(), float32, model.predict_on_batch (the user path)
@@ -172,7 +173,7 @@ def _table(results):
                 ref = same.get(reference)
                 ratios.append(f"{r['img_per_s'] / ref['img_per_s']:.2f}x" if ref else "-")
             rows.append(f"| {r['system']} | {batch} | {r['ms_per_batch']:.0f} | {r['best_ms']:.0f} | "
-                        f"{r['img_per_s']:.2f} | {r['peak_rss_mb']:.0f} | {ratios[0]} | {ratios[1]} |")
+                        f"{_common.img_per_s_cell(r, 2)} | {r['peak_rss_mb']:.0f} | {ratios[0]} | {ratios[1]} |")
     return "\n".join(rows)
 
 
@@ -181,27 +182,30 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="run every system this many times, interleaved, and keep the median round")
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
     parser.add_argument("--write", action="store_true", help="write the table into BENCHMARKS.md")
     parser.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats < 5:
         parser.error(f"--repeats must be >= 5, received {args.repeats}")
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, received {args.rounds}")
     if args.worker:
         worker(args.worker, args.batch[0], args.repeats, args.warmup)
         return 0
-    results = []
-    for batch in args.batch:
-        for system in args.systems:
-            command = [sys.executable, __file__, "--worker", system, "--batch", str(batch),
-                       "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
-            result = _common.run_worker(command, dict(system=system, batch=batch), 1800)
-            results.append(result)
-            shown = (f"{result['img_per_s']:.2f} img/s, {result['ms_per_batch']:.0f} ms/batch, "
-                     f"peak {result['peak_rss_mb']:.0f} MB" if "error" not in result else result["error"])
-            print(f"batch {batch} {system}: {shown}", flush=True)
+    jobs = [(dict(batch=batch, system=system),
+             [sys.executable, __file__, "--worker", system, "--batch", str(batch),
+              "--repeats", str(args.repeats), "--warmup", str(args.warmup)])
+            for batch in args.batch for system in args.systems]
+    results = _common.run_rounds(
+        jobs, args.rounds, "ms_per_batch", 1800,
+        lambda r: f"{r['img_per_s']:.2f} img/s, {r['ms_per_batch']:.0f} ms/batch, peak {r['peak_rss_mb']:.0f} MB")
     how = (f"median of {args.repeats} batches after {args.warmup} warm-up batches, each system in "
-           "its own process.")
+           "its own process"
+           + (f"; {args.rounds} interleaved rounds, the median round shown with the range of img/s "
+              "over the rounds." if args.rounds > 1 else "."))
     return _common.publish(results, how, _table(results), "inference",
                            "ViT-B/16 inference at 224 (`benchmarks/inference.py`)", args.write)
 

@@ -4,7 +4,8 @@ its own process, in one invocation.
 
 Run with nothing else running:
     python benchmarks/training.py                         # both cases below
-    python benchmarks/training.py --cases tiny --write    # also writes BENCHMARKS.md
+    python benchmarks/training.py --cases tiny --rounds 3 --write   # interleaved, into BENCHMARKS.md
+    python benchmarks/training.py --cases vit_s16 --steps 2 --write   # about 6 s a step here
 
 Cases:
     vit_s16   ViT-S/16 at 224, batch 16 and 32, 1000 classes
@@ -40,8 +41,6 @@ CASES = {
     "tiny": dict(image=32, patch=4, width=192, depth=6, heads=3, mlp=768, classes=10, batches=(128,)),
 }
 SYSTEMS = ("keras_vit", "keras_vit_bf16", "timm")
-
-
 
 
 def _keras_vit(case, batch, steps, bf16):
@@ -141,10 +140,8 @@ def _table(results):
                     and t["batch"] == r["batch"] and "error" not in t), None)
         ratio = f"{r['img_per_s'] / ref['img_per_s']:.2f}x" if ref else "-"
         rows.append(f"| {r['case']} | {r['batch']} | {r['system']} | {r['ms_per_step']:.0f} | "
-                    f"{r['best_ms']:.0f} | {r['img_per_s']:.1f} | {r['peak_rss_mb']:.0f} | {ratio} |")
+                    f"{r['best_ms']:.0f} | {_common.img_per_s_cell(r, 1)} | {r['peak_rss_mb']:.0f} | {ratio} |")
     return "\n".join(rows)
-
-
 
 
 def main(argv=None):
@@ -155,31 +152,37 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every system this many times, interleaved, and keep the median run")
     parser.add_argument("--write", action="store_true", help="write the table into BENCHMARKS.md")
     parser.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats < 5:
         parser.error(f"--repeats must be >= 5, received {args.repeats}")
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, received {args.rounds}")
     if args.worker:
         worker(args.worker, args.cases[0], args.batch, args.steps, args.repeats, args.warmup)
         return 0
-    results = []
-    for case in args.cases:
-        for batch in CASES[case]["batches"]:
-            for system in args.systems:
-                command = [sys.executable, __file__, "--worker", system, "--cases", case,
-                           "--batch", str(batch), "--steps", str(args.steps),
-                           "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
-                result = _common.run_worker(command, dict(system=system, case=case, batch=batch), 3600)
-                results.append(result)
-                shown = (f"{result['img_per_s']:.1f} img/s, {result['ms_per_step']:.0f} ms/step"
-                         if "error" not in result else result["error"])
-                print(f"{case} batch {batch} {system}: {shown}", flush=True)
+    jobs = [(dict(case=case, batch=batch, system=system),
+             [sys.executable, __file__, "--worker", system, "--cases", case, "--batch", str(batch),
+              "--steps", str(args.steps), "--repeats", str(args.repeats), "--warmup", str(args.warmup)])
+            for case in args.cases for batch in CASES[case]["batches"] for system in args.systems]
+    results = _common.run_rounds(
+        jobs, args.rounds, "ms_per_step", 3600,
+        lambda r: f"{r['img_per_s']:.1f} img/s, {r['ms_per_step']:.0f} ms/step")
     how = (f"median of {args.repeats} rounds of {args.steps} steps after {args.warmup} warm-up "
-           "steps, each system in its own process.")
-    return _common.publish(results, how, _table(results), "training",
-                           "Training throughput (`benchmarks/training.py`)", args.write)
-
+           "steps, each system in its own process"
+           + (f"; {args.rounds} interleaved runs, the median run shown with the range of img/s "
+              "over the runs." if args.rounds > 1 else "."))
+    # One block of BENCHMARKS.md per case, so that the cases can be run
+    # (and rerun) separately.
+    for case in args.cases:
+        mine = [r for r in results if r["case"] == case]
+        _common.publish(mine, how, _table(mine), f"training-{case}",
+                        f"Training throughput, {case} (`benchmarks/training.py --cases {case}`)",
+                        args.write)
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())
