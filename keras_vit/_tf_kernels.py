@@ -31,9 +31,12 @@ def applies(training):
     """
     if not (isinstance(training, bool) and training):
         return False
-    strategy = tf.distribute.get_strategy()
-    return not isinstance(strategy, (tf.distribute.TPUStrategy,
-                                     tf.distribute.experimental.TPUStrategy))
+    tpu_strategies = tuple(
+        cls for cls in (getattr(tf.distribute, "TPUStrategy", None),
+                        getattr(tf.distribute.experimental, "TPUStrategy", None))
+        if cls is not None
+    )
+    return not isinstance(tf.distribute.get_strategy(), tpu_strategies)
 
 
 @tf.function(jit_compile=True, reduce_retracing=True)

@@ -273,6 +273,10 @@ class TransformerBlock(keras.layers.Layer):
     with LayerNorm epsilon 1e-6, q/k/v/output projections with biases,
     attention scaled by `1 / sqrt(hidden_dim / num_heads)` and the exact (erf)
     GELU, matching the original ViT weights as used by timm and Hugging Face.
+    Training calls on the TensorFlow backend compute the LayerNorms and the
+    GELU with XLA-compiled kernels and hand-written gradients
+    (`keras_vit/_tf_kernels.py`, same values), which makes `fit` faster;
+    inference calls and exported models use the plain Keras ops.
 
     Sublayers: `norm1`, `attn` (`keras.layers.MultiHeadAttention`, whose
     q/k/v kernels have the Flax layout `(hidden_dim, num_heads, head_dim)`),
