@@ -77,6 +77,8 @@ def img_per_s_cell(result, digits):
     rounds = result.get("round_img_per_s", [])
     if len(rounds) > 1:
         cell += f" ({min(rounds):.{digits}f}-{max(rounds):.{digits}f})"
+    if result.get("failed_rounds"):
+        cell += f", {result['failed_rounds']} failed run(s)"
     return cell
 
 

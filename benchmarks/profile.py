@@ -70,25 +70,16 @@ def summarise(logdir, steps):
     return totals, {k: v // steps for k, v in counts.items()}
 
 
-def _train_step(case, batch):
-    import training
-
-    run, _ = training._keras_vit(case, batch, steps=None, bf16=False)
-    return run
-
-
 def _infer_step(batch):
-    import numpy as np
+    """`run(n)` for `benchmarks/inference.py`'s direct-call system."""
+    import inference
 
-    import keras_vit
-
-    model = keras_vit.ViTB16()
-    x = np.random.default_rng(0).uniform(-1, 1, (batch, 224, 224, 3)).astype("float32")
+    call, _ = inference._keras_vit("keras_vit_call", batch)
 
     def run(n):
         stamps = [time.perf_counter()]
         for _ in range(n):
-            np.asarray(model(x, training=False))
+            call()
             stamps.append(time.perf_counter())
         return stamps
 
@@ -114,7 +105,7 @@ def main(argv=None):
     tf.config.threading.set_inter_op_parallelism_threads(1)
     if args.mode == "train":
         batch = args.batch or training.CASES[args.case]["batches"][0]
-        run = _train_step(args.case, batch)
+        run, _ = training._keras_vit(args.case, batch, steps=None, bf16=False)
         what = f"model.fit step, {args.case}, batch {batch}, float32"
     else:
         batch = args.batch or 8

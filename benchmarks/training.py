@@ -184,5 +184,6 @@ def main(argv=None):
                         args.write)
     return 0
 
+
 if __name__ == "__main__":
     sys.exit(main())

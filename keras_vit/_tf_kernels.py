@@ -11,8 +11,8 @@ fused GELU is forward-only inside a matmul), hence this module.
 
 Only training calls use them: inference keeps the plain ops, which oneDNN
 fuses into the matmuls, and exported SavedModels never need XLA. The
-results equal Keras' within float32 rounding (tests/test_layers.py checks
-values and gradients against the plain ops).
+results equal Keras' within float32 rounding (tests/test_tf_kernels.py
+checks values and gradients against the plain ops).
 """
 
 import math
@@ -21,6 +21,12 @@ import tensorflow as tf
 
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+# Under these the whole step is compiled by XLA anyway.
+_TPU_STRATEGIES = tuple(
+    cls for cls in (getattr(tf.distribute, "TPUStrategy", None),
+                    getattr(tf.distribute.experimental, "TPUStrategy", None))
+    if cls is not None
+)
 
 
 def applies(training):
@@ -31,12 +37,7 @@ def applies(training):
     """
     if not (isinstance(training, bool) and training):
         return False
-    tpu_strategies = tuple(
-        cls for cls in (getattr(tf.distribute, "TPUStrategy", None),
-                        getattr(tf.distribute.experimental, "TPUStrategy", None))
-        if cls is not None
-    )
-    return not isinstance(tf.distribute.get_strategy(), tpu_strategies)
+    return not isinstance(tf.distribute.get_strategy(), _TPU_STRATEGIES)
 
 
 @tf.function(jit_compile=True, reduce_retracing=True)
@@ -72,13 +73,15 @@ def _layer_norm_forward(x, gamma, beta, epsilon):
     centred = xf - mean
     variance = tf.reduce_mean(centred * centred, axis=-1, keepdims=True)
     inv_std = tf.math.rsqrt(variance + epsilon)
-    return tf.cast(centred * inv_std * gamma + beta, x.dtype), inv_std
+    return tf.cast(centred * inv_std * gamma + beta, x.dtype), mean, inv_std
 
 
 @tf.function(jit_compile=True, reduce_retracing=True)
-def _layer_norm_backward(dy, x, inv_std, gamma):
+def _layer_norm_backward(dy, x, mean, inv_std, gamma):
+    # The per-token mean and 1/std come from the forward pass (one number per
+    # token each); the normalised activations are recomputed from x.
     xf, dyf = tf.cast(x, tf.float32), tf.cast(dy, tf.float32)
-    normed = (xf - tf.reduce_mean(xf, axis=-1, keepdims=True)) * inv_std
+    normed = (xf - mean) * inv_std
     dnormed = dyf * gamma
     dx = inv_std * (
         dnormed
@@ -97,10 +100,10 @@ def layer_norm(layer, x):
 
     @tf.custom_gradient
     def normalise(x, gamma, beta):
-        y, inv_std = _layer_norm_forward(x, gamma, beta, epsilon)
+        y, mean, inv_std = _layer_norm_forward(x, gamma, beta, epsilon)
 
         def grad(dy):
-            return _layer_norm_backward(dy, x, inv_std, gamma)
+            return _layer_norm_backward(dy, x, mean, inv_std, gamma)
 
         return y, grad
 
