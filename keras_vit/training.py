@@ -38,6 +38,114 @@ def _schedule(learning_rate, steps, warmup_steps):
     )
 
 
+@keras.saving.register_keras_serializable(package="keras_vit")
+class AdamW(keras.optimizers.AdamW):
+    """`keras.optimizers.AdamW` whose TensorFlow update runs fused kernels.
+
+    Same arguments, same state variables and the same numbers as Keras'
+    AdamW (tests/test_training.py compares the two step by step). Keras
+    applies Adam as about a dozen TensorFlow ops per variable (casts, powers,
+    squares, square roots, three assignments) and, for the weight decay,
+    evaluates the learning-rate schedule again for every variable; on a CPU
+    those small ops took 5% of a ViT-S/16 training step (BENCHMARKS.md).
+    Here the schedule, the bias corrections and the decay factor are
+    computed once a step, and each variable is updated by TensorFlow's own
+    fused kernels: `ResourceApplyGradientDescent` for the decoupled decay
+    (`var -= lr * wd * var`) and `ResourceApplyAdam` for Adam (the same
+    formula as Keras' `Adam.update_step`), one op each. Keras 3 has no fused
+    optimizer of its own for TensorFlow, hence this subclass.
+
+    Other backends, `amsgrad=True` and sparse (`IndexedSlices`) gradients
+    take Keras' own update. Works under any `tf.distribute` strategy, as
+    Keras' does (each replica's copy updated in `strategy.extended.update`).
+
+    Unlike Keras' AdamW, the names given to `exclude_from_weight_decay(
+    var_names=...)` are part of the config (`exclude_from_weight_decay_names`),
+    so a model saved with this optimizer and loaded again to go on training
+    still leaves them undecayed; Keras' config drops them and the reloaded
+    optimizer decays every variable.
+    """
+
+    def __init__(self, *args, exclude_from_weight_decay_names=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._no_decay_names = []
+        if exclude_from_weight_decay_names:
+            self.exclude_from_weight_decay(var_names=exclude_from_weight_decay_names)
+
+    def exclude_from_weight_decay(self, var_list=None, var_names=None):
+        super().exclude_from_weight_decay(var_list=var_list, var_names=var_names)
+        self._no_decay_names = sorted(set(var_names or ()))
+
+    def get_config(self):
+        config = super().get_config()
+        config["exclude_from_weight_decay_names"] = list(self._no_decay_names)
+        return config
+
+    def _fused(self):
+        return keras.backend.backend() == "tensorflow" and not self.amsgrad
+
+    def _apply_weight_decay(self, variables):
+        if self.weight_decay is None or not self._fused():
+            return super()._apply_weight_decay(variables)
+        # Once a step, where Keras evaluates the schedule for every variable.
+        # Computed in the replica context and handed to `update` as an
+        # argument, so that each replica's copy gets its own replica's value.
+        decay = tf.cast(self.learning_rate, tf.float32) * tf.cast(self.weight_decay, tf.float32)
+
+        def decay_fn(variable, decay):
+            if self._use_weight_decay(variable):
+                tf.raw_ops.ResourceApplyGradientDescent(
+                    var=variable.handle, alpha=tf.cast(decay, variable.dtype),
+                    delta=tf.convert_to_tensor(variable),
+                )
+
+        def apply(distribution, variables, decay):
+            for variable in variables:
+                if isinstance(variable, keras.Variable):
+                    variable = variable.value
+                distribution.extended.update(variable, decay_fn, args=(decay,), group=False)
+
+        tf.__internal__.distribute.interim.maybe_merge_call(
+            apply, self._distribution_strategy, variables, decay
+        )
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        if not self._fused():
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        trainable_variables = [v.value if isinstance(v, keras.Variable) else v for v in trainable_variables]
+        grads_and_vars = self._all_reduce_sum_gradients(list(zip(grads, trainable_variables)))
+        # Once a step, where Keras computes them for every variable.
+        step = tf.cast(self.iterations + 1, tf.float32)
+        constants = {
+            "lr": tf.cast(learning_rate, tf.float32),
+            "beta1_power": tf.pow(tf.cast(self.beta_1, tf.float32), step),
+            "beta2_power": tf.pow(tf.cast(self.beta_2, tf.float32), step),
+            "beta1": tf.cast(self.beta_1, tf.float32),
+            "beta2": tf.cast(self.beta_2, tf.float32),
+            "epsilon": tf.cast(self.epsilon, tf.float32),
+        }
+        tf.__internal__.distribute.interim.maybe_merge_call(
+            self._fused_update_step, self._distribution_strategy, grads_and_vars, constants
+        )
+
+    def _fused_update_step(self, distribution, grads_and_vars, constants):
+        def update(variable, gradient, constants):
+            if isinstance(gradient, tf.IndexedSlices):
+                return self.update_step(gradient, variable, constants["lr"])
+            index = self._get_variable_index(variable)
+            dtype = variable.dtype
+            tf.raw_ops.ResourceApplyAdam(
+                var=variable.handle,
+                m=self._momentums[index].value.handle,
+                v=self._velocities[index].value.handle,
+                grad=tf.cast(gradient, dtype),
+                **{name: tf.cast(value, dtype) for name, value in constants.items()},
+            )
+
+        for gradient, variable in grads_and_vars:
+            distribution.extended.update(variable, update, args=(gradient, constants), group=False)
+
+
 def optimizer(steps, learning_rate=1e-3, weight_decay=0.05, warmup_steps=None, clipnorm=1.0,
               beta_2=0.999):
     """AdamW with the ViT schedule, clipping and weight-decay exclusions.
@@ -51,7 +159,8 @@ def optimizer(steps, learning_rate=1e-3, weight_decay=0.05, warmup_steps=None, c
         beta_2: Adam's second-moment decay.
 
     Returns:
-        A `keras.optimizers.AdamW`.
+        A `keras_vit.training.AdamW` (Keras' AdamW with fused TensorFlow
+        updates, same numbers).
 
     Example:
 
@@ -59,7 +168,7 @@ def optimizer(steps, learning_rate=1e-3, weight_decay=0.05, warmup_steps=None, c
     >>> float(opt.learning_rate)  # step 0 of the warm-up
     0.0
     """
-    opt = keras.optimizers.AdamW(
+    opt = AdamW(
         learning_rate=_schedule(learning_rate, steps, warmup_steps),
         weight_decay=weight_decay,
         beta_2=beta_2,

@@ -123,3 +123,51 @@ def test_two_workers_multi_worker_mirrored_strategy(tmp_path):
         "best.keras", "config.json", "curves.png", "last.keras", "log.csv", "logs", "results.json",
     ]
     assert len((output / "log.csv").read_text().strip().splitlines()) == 1 + 3
+
+
+@pytest.mark.slow
+def test_fused_adamw_under_mirrored_strategy_matches_keras_adamw():
+    # keras_vit.training.AdamW updates each replica's copy with TensorFlow's
+    # fused kernels: the copies must stay equal and match Keras' AdamW.
+    script = textwrap.dedent("""
+        import json
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        import keras, numpy as np
+        import keras_vit
+        from keras_vit import training
+
+        def fit(optimizer_class):
+            keras.utils.set_random_seed(0)
+            strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+            with strategy.scope():
+                model = keras_vit.ViT("Test/4", input_shape=(16, 16, 3), classes=3)
+                opt = optimizer_class(learning_rate=training._schedule(1e-2, 20, 2), weight_decay=0.3,
+                                      global_clipnorm=1.0)
+                opt.exclude_from_weight_decay(var_names=list(training.NO_WEIGHT_DECAY))
+                model.compile(optimizer=opt, loss="categorical_crossentropy")
+            x = np.random.default_rng(0).uniform(-1, 1, (32, 16, 16, 3)).astype("float32")
+            y = np.eye(3)[np.arange(32) % 3]
+            model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+            # Not the key bias: its gradient is zero in exact arithmetic, so
+            # Adam steps it by the sign of rounding noise (tests/test_training.py).
+            replicas = [[c.numpy() for c in w.value.values] for w in model.weights
+                        if not w.path.endswith("key/bias")]
+            spread = max(float(np.abs(r[0] - r[-1]).max()) for r in replicas)
+            return [r[0] for r in replicas], spread, len(replicas[0])
+
+        keras_w, _, _ = fit(keras.optimizers.AdamW)
+        fused_w, spread, copies = fit(training.AdamW)
+        untrained = fit(lambda **kw: keras.optimizers.AdamW(**{**kw, "learning_rate": 0.0,
+                                                                "weight_decay": 0.0}))[0]
+        print("RESULT " + json.dumps(dict(
+            copies=copies, spread=spread,
+            diff=max(float(np.abs(a - b).max()) for a, b in zip(fused_w, keras_w)),
+            moved=max(float(np.abs(a - b).max()) for a, b in zip(untrained, keras_w)))))
+    """)
+    result = _result(_run(script))
+    assert result["copies"] == 2
+    assert result["spread"] == 0.0
+    assert result["moved"] > 1e-2  # training changed the weights...
+    assert result["diff"] < 1e-4  # ...and both optimizers the same way (float32 rounding)

@@ -156,3 +156,72 @@ def test_mixed_float16_scales_the_loss():
     model = training.compile(_tiny(), steps=10)
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert isinstance(model.optimizer.inner_optimizer, keras.optimizers.AdamW)
+
+
+def _fit_adamw(optimizer_class, amsgrad=False, jit_compile=False, steps=3):
+    """Losses, weights and optimizer state after a few steps of `fit` with a
+    weight-decayed, clipped, scheduled AdamW of `optimizer_class`."""
+    keras.utils.set_random_seed(0)
+    model = _tiny()
+    opt = optimizer_class(learning_rate=training._schedule(1e-2, 20, 2), weight_decay=0.3,
+                          global_clipnorm=1.0, amsgrad=amsgrad)
+    opt.exclude_from_weight_decay(var_names=list(training.NO_WEIGHT_DECAY))
+    model.compile(optimizer=opt, loss=keras.losses.CategoricalCrossentropy(), jit_compile=jit_compile)
+    x = np.random.default_rng(0).uniform(-1, 1, (8,) + TINY_SHAPE).astype("float32")
+    y = np.eye(3)[np.arange(8) % 3]
+    history = model.fit(x, y, batch_size=8, epochs=steps, shuffle=False, verbose=0)
+    # The key bias is left out: its gradient is zero in exact arithmetic
+    # (softmax ignores a logit offset shared by all keys), so Adam steps it by
+    # the sign of rounding noise, in both implementations alike.
+    weights = [keras.ops.convert_to_numpy(v) for v in model.weights if not v.path.endswith("key/bias")]
+    state = [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables
+             if "key_bias" not in v.path]
+    return history.history["loss"], weights, state
+
+
+@pytest.mark.parametrize("policy, amsgrad, jit_compile", [
+    ("float32", False, False), ("mixed_bfloat16", False, False), ("mixed_float16", False, False),
+    ("float32", False, True), ("float32", True, False),
+])
+def test_fused_adamw_matches_keras_adamw(monkeypatch, policy, amsgrad, jit_compile):
+    keras.config.set_dtype_policy(policy)
+    # Rounding differences of one float32 ulp in the weights flip 16-bit
+    # roundings from the third step on, so mixed precision compares two.
+    steps = 3 if policy == "float32" else 2
+    expected = _fit_adamw(keras.optimizers.AdamW, amsgrad, jit_compile, steps)
+    fused_calls = []
+    apply_adam = tf.raw_ops.ResourceApplyAdam
+    monkeypatch.setattr(tf.raw_ops, "ResourceApplyAdam",
+                        lambda **kw: fused_calls.append(kw) or apply_adam(**kw))
+    got = _fit_adamw(training.AdamW, amsgrad, jit_compile, steps)
+    # The fused kernels ran (once per variable when the step was traced),
+    # except for AMSGrad, which takes Keras' own update.
+    assert bool(fused_calls) != amsgrad
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-5)
+    for a, b in zip(got[1] + got[2], expected[1] + expected[2]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6)
+    # The comparison can fail: one more step moves the weights far more.
+    moved = _fit_adamw(training.AdamW, amsgrad, jit_compile, steps + 1)[1]
+    assert max(np.abs(a - b).max() for a, b in zip(moved, expected[1])) > 1e-3
+
+
+def test_fused_adamw_saves_and_resumes_like_keras(tmp_path):
+    model = training.compile(_tiny(), steps=20, learning_rate=1e-2, warmup_steps=2)
+    assert type(model.optimizer) is training.AdamW
+    x = np.random.default_rng(0).uniform(-1, 1, (16,) + TINY_SHAPE).astype("float32")
+    y = np.eye(3)[np.arange(16) % 3]
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    assert type(restored.optimizer) is training.AdamW
+    assert restored.optimizer.get_config() == model.optimizer.get_config()
+    # Keras' AdamW config drops the exclusions; this one keeps them.
+    assert restored.optimizer.get_config()["exclude_from_weight_decay_names"] == sorted(
+        training.NO_WEIGHT_DECAY)
+    for a, b in zip(restored.optimizer.variables, model.optimizer.variables):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    restored.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    for a, b in zip(restored.weights, model.weights):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), atol=1e-6)
