@@ -3,6 +3,7 @@
 import inspect
 import pathlib
 import re
+import sys
 
 import pytest
 
@@ -55,3 +56,13 @@ def test_keras_runs_on_tensorflow():
     import keras
 
     assert keras.backend.backend() == "tensorflow"
+
+
+def test_benchmark_scripts_do_not_shadow_standard_modules():
+    # A script runs with its folder first on sys.path: benchmarks/profile.py
+    # once made torch's `import cProfile` load it instead of the standard
+    # `profile`, and every timm run of the benchmarks failed.
+    folder = ROOT / "benchmarks"
+    names = {path.stem for path in folder.glob("*.py")}
+    assert {"inference", "training", "time_to_accuracy"} <= names
+    assert not names & set(sys.stdlib_module_names)

@@ -3,9 +3,9 @@ times summed into categories (matrix products, GELU, LayerNorm, layout,
 optimizer, XLA kernels, ...), in ms per step.
 
 Run with nothing else running:
-    python benchmarks/profile.py train tiny      # a model.fit step of benchmarks/training.py's case
-    python benchmarks/profile.py train vit_s16 --batch 16
-    python benchmarks/profile.py infer --batch 1 # ViT-B/16 inference, the direct call
+    python benchmarks/op_profile.py train tiny      # a model.fit step of benchmarks/training.py's case
+    python benchmarks/op_profile.py train vit_s16 --batch 16
+    python benchmarks/op_profile.py infer --batch 1 # ViT-B/16 inference, the direct call
 
 TensorFlow runs independent ops side by side on its inter-op threads, so
 that op times would add up to more than the step; this script runs them one
