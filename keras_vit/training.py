@@ -87,36 +87,22 @@ class AdamW(keras.optimizers.AdamW):
         return keras.backend.backend() == "tensorflow" and not self.amsgrad
 
     def _apply_weight_decay(self, variables):
-        if self.weight_decay is None or not self._fused():
+        if not self._fused():
             return super()._apply_weight_decay(variables)
-        # Once a step, where Keras evaluates the schedule for every variable.
-        # Computed in the replica context and handed to `update` as an
-        # argument, so that each replica's copy gets its own replica's value.
-        decay = tf.cast(self.learning_rate, tf.float32) * tf.cast(self.weight_decay, tf.float32)
-
-        def decay_fn(variable, decay):
-            if self._use_weight_decay(variable):
-                tf.raw_ops.ResourceApplyGradientDescent(
-                    var=variable.handle, alpha=tf.cast(decay, variable.dtype),
-                    delta=tf.convert_to_tensor(variable),
-                )
-
-        def apply(distribution, variables, decay):
-            for variable in variables:
-                if isinstance(variable, keras.Variable):
-                    variable = variable.value
-                distribution.extended.update(variable, decay_fn, args=(decay,), group=False)
-
-        tf.__internal__.distribute.interim.maybe_merge_call(
-            apply, self._distribution_strategy, variables, decay
-        )
+        # Keras calls this right before `_backend_update_step`, in every path
+        # (with and without gradient accumulation); the fused path decays
+        # each variable there, just before its Adam update, with the
+        # learning rate handed to that call: the schedule is evaluated once a
+        # step, where Keras evaluates it again for every variable.
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         if not self._fused():
             return super()._backend_update_step(grads, trainable_variables, learning_rate)
         trainable_variables = [v.value if isinstance(v, keras.Variable) else v for v in trainable_variables]
         grads_and_vars = self._all_reduce_sum_gradients(list(zip(grads, trainable_variables)))
-        # Once a step, where Keras computes them for every variable.
+        # Once a step, where Keras computes them for every variable; in the
+        # replica context, and handed to `update` as arguments, so that each
+        # replica's copy gets its own replica's values.
         step = tf.cast(self.iterations + 1, tf.float32)
         constants = {
             "lr": tf.cast(learning_rate, tf.float32),
@@ -126,16 +112,21 @@ class AdamW(keras.optimizers.AdamW):
             "beta2": tf.cast(self.beta_2, tf.float32),
             "epsilon": tf.cast(self.epsilon, tf.float32),
         }
+        decay = None if self.weight_decay is None else constants["lr"] * tf.cast(self.weight_decay, tf.float32)
         tf.__internal__.distribute.interim.maybe_merge_call(
-            self._fused_update_step, self._distribution_strategy, grads_and_vars, constants
+            self._fused_update_step, self._distribution_strategy, grads_and_vars, constants, decay
         )
 
-    def _fused_update_step(self, distribution, grads_and_vars, constants):
-        def update(variable, gradient, constants):
+    def _fused_update_step(self, distribution, grads_and_vars, constants, decay):
+        def update(variable, gradient, constants, decay):
+            dtype = variable.dtype
+            if decay is not None and self._use_weight_decay(variable):
+                tf.raw_ops.ResourceApplyGradientDescent(
+                    var=variable.handle, alpha=tf.cast(decay, dtype), delta=tf.convert_to_tensor(variable)
+                )
             if isinstance(gradient, tf.IndexedSlices):
                 return self.update_step(gradient, variable, constants["lr"])
             index = self._get_variable_index(variable)
-            dtype = variable.dtype
             tf.raw_ops.ResourceApplyAdam(
                 var=variable.handle,
                 m=self._momentums[index].value.handle,
@@ -145,7 +136,7 @@ class AdamW(keras.optimizers.AdamW):
             )
 
         for gradient, variable in grads_and_vars:
-            distribution.extended.update(variable, update, args=(gradient, constants), group=False)
+            distribution.extended.update(variable, update, args=(gradient, constants, decay), group=False)
 
 
 def optimizer(steps, learning_rate=1e-3, weight_decay=0.05, warmup_steps=None, clipnorm=1.0,
