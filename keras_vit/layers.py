@@ -299,6 +299,13 @@ class TransformerBlock(keras.layers.Layer):
         return_attention_scores: bool; if True, returns
             `(outputs, attention_weights)` with attention weights of shape
             `(batch, num_heads, tokens, tokens)` (rows sum to 1).
+        class_token_only: bool; if True, computes the output of the first
+            (class) token only, `(batch, 1, hidden_dim)`, attending to every
+            token: the same values as `block(inputs)[:, :1]` for about a
+            sixth of the block's arithmetic. The builders use it for the
+            last block of a model that pools the class token, which
+            discards the other tokens' outputs. Attention weights are then
+            `(batch, num_heads, 1, tokens)`.
 
     Example:
 
@@ -409,7 +416,7 @@ class TransformerBlock(keras.layers.Layer):
         self.mlp_fc2.build(tuple(input_shape[:-1]) + (self.mlp_dim,))
         self.built = True
 
-    def _self_attention(self, x, training):
+    def _self_attention(self, x, training, class_token_only=False):
         """`self.attn(x, x)` computed from `attn`'s own variables, faster.
 
         Keras' MultiHeadAttention projects q, k and v with three einsums
@@ -421,24 +428,37 @@ class TransformerBlock(keras.layers.Layer):
         is two batched matmuls. The variables, their layout and the results
         are those of `keras.layers.MultiHeadAttention` (the parity tests
         check them against timm); the softmax runs in float32.
+
+        With `class_token_only`, only the first token queries (keys and
+        values still come from every token): `self.attn(x[:, :1], x)`.
         """
         attn = self.attn
         batch, tokens = ops.shape(x)[0], ops.shape(x)[1]
         width, heads, head_dim = self.hidden_dim, self.num_heads, self.head_dim
-        projections = (attn.query_dense, attn.key_dense, attn.value_dense)
-        kernel = ops.concatenate(
-            [ops.reshape(ops.cast(p.kernel, x.dtype), (width, width)) for p in projections], axis=1
-        )
-        bias = ops.concatenate(
-            [ops.reshape(ops.cast(p.bias, x.dtype), (width,)) for p in projections], axis=0
-        )
-        qkv = ops.matmul(x, kernel) + bias
-        qkv = ops.transpose(
-            ops.reshape(qkv, (batch, tokens, 3, heads, head_dim)), (2, 0, 3, 1, 4)
-        )
-        # unstack, not indexing: the gradient of a strided slice writes a
-        # zero-filled copy of the whole tensor per slice.
-        query, key, value = ops.unstack(qkv, 3, axis=0)
+
+        def project(inputs, layers, parts):
+            # One matmul for the projections `layers`, split into heads:
+            # `parts` tensors of shape (batch, heads, tokens, head_dim).
+            kernel = ops.concatenate(
+                [ops.reshape(ops.cast(p.kernel, x.dtype), (width, width)) for p in layers], axis=1
+            )
+            bias = ops.concatenate(
+                [ops.reshape(ops.cast(p.bias, x.dtype), (width,)) for p in layers], axis=0
+            )
+            projected = ops.matmul(inputs, kernel) + bias
+            projected = ops.transpose(
+                ops.reshape(projected, (batch, -1, parts, heads, head_dim)), (2, 0, 3, 1, 4)
+            )
+            # unstack, not indexing: the gradient of a strided slice writes a
+            # zero-filled copy of the whole tensor per slice.
+            return ops.unstack(projected, parts, axis=0)
+
+        if class_token_only:
+            key, value = project(x, (attn.key_dense, attn.value_dense), 2)
+            (query,) = project(x[:, :1], (attn.query_dense,), 1)
+            tokens = 1
+        else:
+            query, key, value = project(x, (attn.query_dense, attn.key_dense, attn.value_dense), 3)
         query = query * ops.cast(1.0 / math.sqrt(head_dim), x.dtype)
         logits = ops.matmul(query, ops.transpose(key, (0, 1, 3, 2)))
         weights = ops.cast(ops.softmax(ops.cast(logits, "float32"), axis=-1), x.dtype)
@@ -474,10 +494,12 @@ class TransformerBlock(keras.layers.Layer):
         fused = _fused_kernels(training)
         return fused.layer_norm(layer, x) if fused else layer(x)
 
-    def call(self, inputs, training=None, return_attention_scores=False):
+    def call(self, inputs, training=None, return_attention_scores=False, class_token_only=False):
         x = self._norm(self.norm1, inputs, training)
-        x, scores = self._self_attention(x, training)
+        x, scores = self._self_attention(x, training, class_token_only)
         x = self.attn_dropout(x, training=training)
+        if class_token_only:
+            inputs = inputs[:, :1]
         x = inputs + self.drop_path(x, training=training)
 
         y = self._mlp(self._norm(self.norm2, x, training), training)
@@ -486,16 +508,21 @@ class TransformerBlock(keras.layers.Layer):
             return outputs, scores
         return outputs
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape, class_token_only=False):
+        if class_token_only:
+            return (input_shape[0], 1, input_shape[2])
         return tuple(input_shape)
 
-    def compute_output_spec(self, inputs, training=None, return_attention_scores=False):
-        outputs = keras.KerasTensor(inputs.shape, dtype=self.compute_dtype)
+    def compute_output_spec(self, inputs, training=None, return_attention_scores=False,
+                            class_token_only=False):
+        queries = 1 if class_token_only else inputs.shape[1]
+        outputs = keras.KerasTensor(
+            (inputs.shape[0], queries, inputs.shape[2]), dtype=self.compute_dtype
+        )
         if not return_attention_scores:
             return outputs
-        tokens = inputs.shape[1]
         scores = keras.KerasTensor(
-            (inputs.shape[0], self.num_heads, tokens, tokens), dtype=self.compute_dtype
+            (inputs.shape[0], self.num_heads, queries, inputs.shape[1]), dtype=self.compute_dtype
         )
         return outputs, scores
 

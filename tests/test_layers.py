@@ -193,6 +193,51 @@ def test_transformer_block_attention_equals_keras_multi_head_attention(rng, poli
                                keras.ops.convert_to_numpy(keras.ops.cast(expected_weights, "float32")), atol=atol)
 
 
+@pytest.mark.parametrize("training", [False, True])
+def test_transformer_block_class_token_only_equals_first_row_of_full_block(rng, training):
+    # training=True takes the fused LayerNorm/GELU kernels; no dropout, so
+    # both calls are deterministic. Values and weight gradients of a loss on
+    # the class token must equal the full block's.
+    import tensorflow as tf
+
+    block = layers.TransformerBlock(hidden_dim=12, num_heads=3, mlp_dim=20)
+    x = tf.constant(rng.normal(size=(2, 7, 12)).astype("float32"))
+    block.build(x.shape)
+    for variable in block.weights:
+        variable.assign(rng.normal(0.0, 0.3, tuple(variable.shape)).astype("float32"))
+    probe = tf.constant(rng.normal(size=(2, 1, 12)).astype("float32"))
+    results = {}
+    for class_token_only in (False, True):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out, scores = block(x, training=training, return_attention_scores=True,
+                                class_token_only=class_token_only)
+            loss = tf.reduce_sum(out[:, :1] * probe)
+        grads = tape.gradient(loss, [x] + block.trainable_weights)
+        results[class_token_only] = out.numpy(), scores.numpy(), [g.numpy() for g in grads]
+    (full, full_scores, full_grads), (cls, cls_scores, cls_grads) = results[False], results[True]
+    assert cls.shape == (2, 1, 12) and cls_scores.shape == (2, 3, 1, 7)
+    # The first row differs from the others (so the comparison can fail).
+    assert np.abs(full[:, :1] - full[:, 1:2]).max() > 0.1
+    np.testing.assert_allclose(cls, full[:, :1], atol=1e-5)
+    np.testing.assert_allclose(cls_scores, full_scores[:, :, :1], atol=1e-6)
+    # Key bias: zero gradient in exact arithmetic (softmax ignores a shared
+    # offset), rounding noise in both.
+    names = ["inputs"] + [v.path for v in block.trainable_weights]
+    for name, a, b in zip(names, full_grads, cls_grads):
+        if not name.endswith("key/bias"):
+            np.testing.assert_allclose(b, a, atol=2e-5, err_msg=name)
+    assert np.abs(full_grads[0]).max() > 1e-2
+
+
+def test_transformer_block_class_token_only_symbolic_shapes():
+    inputs = keras.Input((9, 8))
+    outputs, scores = layers.TransformerBlock(8, 2, 16)(
+        inputs, return_attention_scores=True, class_token_only=True)
+    assert tuple(outputs.shape) == (None, 1, 8)
+    assert tuple(scores.shape) == (None, 2, 1, 9)
+
+
 def test_transformer_block_attention_dropout_only_in_training(rng):
     block = layers.TransformerBlock(hidden_dim=8, num_heads=2, mlp_dim=16, attention_dropout_rate=0.5)
     x = rng.normal(size=(4, 6, 8)).astype("float32")

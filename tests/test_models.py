@@ -184,6 +184,69 @@ def test_keras_file_round_trip_without_custom_objects(tmp_path, rng):
     assert [type(layer) for layer in loaded.layers] == [type(layer) for layer in model.layers]
 
 
+def _full_last_block_copy(model):
+    """`model` rebuilt from its own layers with every block computing all
+    tokens (the last one too), as a model without the class-token-only
+    shortcut would."""
+    x = inputs = keras.Input(model.input_shape[1:])
+    for layer in model.layers[1:]:
+        x = layer(x)
+    return keras.Model(inputs, x)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"include_top": False, "pooling": "token"},
+                                    {"representation_size": 8}])
+def test_class_token_pooling_last_block_computes_the_class_token_only(rng, tmp_path, kwargs):
+    model = randomize(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5, **kwargs))
+    last = model.get_layer("block_1")
+    assert tuple(last.output.shape) == (None, 1, 16)
+    assert tuple(model.get_layer("encoder_norm").output.shape) == (None, 1, 16)
+    assert tuple(model.get_layer("block_0").output.shape) == (None, 17, 16)
+    full = _full_last_block_copy(model)
+    images = rng.uniform(-1, 1, (3,) + TINY_SHAPE).astype("float32")
+    expected = full.predict(images, verbose=0)
+    assert np.abs(expected - expected[::-1]).max() > 1e-3  # the output depends on the image
+    np.testing.assert_allclose(model.predict(images, verbose=0), expected, atol=1e-5)
+    np.testing.assert_allclose(model(images), expected, atol=1e-5)
+    # Kept by a .keras round trip and by with_dtype_policy's clone.
+    model.save(tmp_path / "tiny.keras")
+    loaded = keras.saving.load_model(tmp_path / "tiny.keras")
+    assert tuple(loaded.get_layer("block_1").output.shape) == (None, 1, 16)
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), expected, atol=1e-5)
+    copy = keras_vit.with_dtype_policy(model, "float32")
+    assert tuple(copy.get_layer("block_1").output.shape) == (None, 1, 16)
+    np.testing.assert_allclose(copy.predict(images, verbose=0), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs", [{"pooling": "avg"}, {"include_top": False, "pooling": None},
+                                    {"include_top": False, "pooling": "avg"}])
+def test_other_poolings_keep_every_token_of_the_last_block(kwargs):
+    model = keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5, **kwargs)
+    assert tuple(model.get_layer("block_1").output.shape) == (None, 17, 16)
+
+
+def test_class_token_only_trains_like_the_full_model(rng):
+    # One model.fit step from the same weights: the same loss and weights as
+    # the model whose last block computes every token.
+    import tensorflow as tf
+
+    model = randomize(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5))
+    full = _full_last_block_copy(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5))
+    full.set_weights(model.get_weights())
+    images = rng.uniform(-1, 1, (8,) + TINY_SHAPE).astype("float32")
+    labels = rng.integers(0, 5, 8)
+    losses = []
+    for m in (model, full):
+        tf.keras.utils.set_random_seed(0)
+        m.compile(optimizer=keras.optimizers.SGD(0.5), loss="sparse_categorical_crossentropy")
+        losses.append(m.fit(images, labels, batch_size=8, epochs=2, verbose=0, shuffle=False)
+                      .history["loss"])
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+    assert abs(losses[0][1] - losses[0][0]) > 1e-3  # the weights moved
+    for a, b in zip(model.weights, full.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, err_msg=a.path)
+
+
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_model(policy, rng):
     images = rng.uniform(-1, 1, (2,) + TINY_SHAPE).astype("float32")
