@@ -226,10 +226,8 @@ def test_other_poolings_keep_every_token_of_the_last_block(kwargs):
 
 
 def test_class_token_only_trains_like_the_full_model(rng):
-    # One model.fit step from the same weights: the same loss and weights as
-    # the model whose last block computes every token.
-    import tensorflow as tf
-
+    # Two model.fit steps from the same weights: the same losses and weights
+    # as the model whose last block computes every token.
     model = randomize(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5))
     full = _full_last_block_copy(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5))
     full.set_weights(model.get_weights())
@@ -237,7 +235,7 @@ def test_class_token_only_trains_like_the_full_model(rng):
     labels = rng.integers(0, 5, 8)
     losses = []
     for m in (model, full):
-        tf.keras.utils.set_random_seed(0)
+        keras.utils.set_random_seed(0)
         m.compile(optimizer=keras.optimizers.SGD(0.5), loss="sparse_categorical_crossentropy")
         losses.append(m.fit(images, labels, batch_size=8, epochs=2, verbose=0, shuffle=False)
                       .history["loss"])
