@@ -422,12 +422,12 @@ class TransformerBlock(keras.layers.Layer):
         Keras' MultiHeadAttention projects q, k and v with three einsums
         whose weight gradients TensorFlow computes per example and then sums,
         and forms the attention with einsums that transpose internally; on
-        a CPU that is about half of a small ViT's training step. Here the
-        three kernels act as one `(hidden, 3 * hidden)` matrix (one matmul,
-        as in timm), the heads are split by one transpose, and the attention
-        is two batched matmuls. The variables, their layout and the results
-        are those of `keras.layers.MultiHeadAttention` (the parity tests
-        check them against timm); the softmax runs in float32.
+        a CPU that is about half of a small ViT's training step. Here each
+        projection is one matmul over the tokens as a 2-D matrix, the heads
+        are split by one transpose each, and the attention is two batched
+        matmuls. The variables, their layout and the results are those of
+        `keras.layers.MultiHeadAttention` (the parity tests check them
+        against timm); the softmax runs in float32.
 
         With `class_token_only`, only the first token queries (keys and
         values still come from every token): `self.attn(x[:, :1], x)`.
@@ -436,38 +436,41 @@ class TransformerBlock(keras.layers.Layer):
         batch, tokens = ops.shape(x)[0], ops.shape(x)[1]
         width, heads, head_dim = self.hidden_dim, self.num_heads, self.head_dim
 
-        def project(inputs, layers, parts):
-            # One matmul for the projections `layers`, split into heads:
-            # `parts` tensors of shape (batch, heads, tokens, head_dim).
-            kernel = ops.concatenate(
-                [ops.reshape(ops.cast(p.kernel, x.dtype), (width, width)) for p in layers], axis=1
+        def project(inputs, layer):
+            # (batch, heads, tokens, head_dim). The tokens as one 2-D matrix
+            # (as in `_mlp`): a plain MatMul whose bias add TensorFlow's
+            # oneDNN remapper fuses, where `ops.matmul` on 3-D input is a
+            # `tensordot` with shape ops around it and a separate add. One
+            # matmul per projection rather than one on the concatenated
+            # q/k/v kernels (as timm does): the concatenation copies the
+            # kernels on every call, about 2% of ViT-B/16 inference at
+            # batch 1, and `fit` was no faster with it (BENCHMARKS.md).
+            projected = ops.add(
+                ops.matmul(
+                    ops.reshape(inputs, (-1, width)),
+                    ops.reshape(ops.cast(layer.kernel, x.dtype), (width, width)),
+                ),
+                ops.reshape(ops.cast(layer.bias, x.dtype), (width,)),
             )
-            bias = ops.concatenate(
-                [ops.reshape(ops.cast(p.bias, x.dtype), (width,)) for p in layers], axis=0
-            )
-            projected = ops.matmul(inputs, kernel) + bias
-            projected = ops.transpose(
-                ops.reshape(projected, (batch, -1, parts, heads, head_dim)), (2, 0, 3, 1, 4)
-            )
-            # unstack, not indexing: the gradient of a strided slice writes a
-            # zero-filled copy of the whole tensor per slice.
-            return ops.unstack(projected, parts, axis=0)
+            return ops.transpose(ops.reshape(projected, (batch, -1, heads, head_dim)), (0, 2, 1, 3))
 
+        key, value = project(x, attn.key_dense), project(x, attn.value_dense)
         if class_token_only:
-            key, value = project(x, (attn.key_dense, attn.value_dense), 2)
-            (query,) = project(x[:, :1], (attn.query_dense,), 1)
+            query = project(x[:, :1], attn.query_dense)
             tokens = 1
         else:
-            query, key, value = project(x, (attn.query_dense, attn.key_dense, attn.value_dense), 3)
+            query = project(x, attn.query_dense)
         query = query * ops.cast(1.0 / math.sqrt(head_dim), x.dtype)
         logits = ops.matmul(query, ops.transpose(key, (0, 1, 3, 2)))
         weights = ops.cast(ops.softmax(ops.cast(logits, "float32"), axis=-1), x.dtype)
         outputs = ops.matmul(self.attn_weights_dropout(weights, training=training), value)
-        outputs = ops.reshape(ops.transpose(outputs, (0, 2, 1, 3)), (batch, tokens, width))
+        outputs = ops.reshape(ops.transpose(outputs, (0, 2, 1, 3)), (-1, width))
         output = attn.output_dense
-        outputs = ops.matmul(
-            outputs, ops.reshape(ops.cast(output.kernel, x.dtype), (width, width))
-        ) + ops.cast(output.bias, x.dtype)
+        outputs = ops.add(
+            ops.matmul(outputs, ops.reshape(ops.cast(output.kernel, x.dtype), (width, width))),
+            ops.cast(output.bias, x.dtype),
+        )
+        outputs = ops.reshape(outputs, (batch, tokens, width))
         return outputs, weights
 
     def _mlp(self, y, training):
