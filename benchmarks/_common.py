@@ -107,10 +107,22 @@ def write_block(name, title, markdown):
     path.write_text(text)
 
 
-def publish(results, how, table, name, title, write):
-    """Prints the header and the table; with `write`, puts them into BENCHMARKS.md."""
+def publish(results, how, table, name, title, write, json_path=None):
+    """Prints the header and the table; with `write`, puts them into
+    BENCHMARKS.md; with `json_path`, also saves the results there (for
+    `benchmarks/targets.py`)."""
     markdown = header(results, how) + "\n\n" + table
     print("\n" + markdown)
     if write:
         write_block(name, title, markdown)
+    if json_path:
+        save_json(json_path, results)
     return 0
+
+
+def save_json(path, value):
+    """Writes `value` as JSON to `path` through a temporary file and a rename."""
+    path = pathlib.Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(value, indent=1))
+    os.replace(temporary, path)

@@ -111,6 +111,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="*", help="training run directories (default: train the main job)")
     parser.add_argument("--write", action="store_true", help="write the table into BENCHMARKS.md")
+    parser.add_argument("--json", metavar="PATH", help="also save the results as JSON")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -130,7 +131,7 @@ def main(argv=None):
     if not result["bfloat16_cpu"]:
         how += " (this CPU has no native bfloat16: TensorFlow emulates it)"
     return _common.publish([result], how, _table(result), "bf16", "mixed_bfloat16 against float32 "
-                           "(`benchmarks/bf16_agreement.py`)", args.write)
+                           "(`benchmarks/bf16_agreement.py`)", args.write, args.json)
 
 
 if __name__ == "__main__":

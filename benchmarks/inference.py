@@ -196,6 +196,7 @@ def main(argv=None):
                         help="run every system this many times, interleaved, and keep the median round")
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
     parser.add_argument("--write", action="store_true", help="write the table into BENCHMARKS.md")
+    parser.add_argument("--json", metavar="PATH", help="also save the results as JSON")
     parser.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats < 5:
@@ -217,7 +218,7 @@ def main(argv=None):
            + (f"; {args.rounds} interleaved rounds, the median round shown with the range of img/s "
               "over the rounds." if args.rounds > 1 else "."))
     return _common.publish(results, how, _table(results), "inference",
-                           "ViT-B/16 inference at 224 (`benchmarks/inference.py`)", args.write)
+                           "ViT-B/16 inference at 224 (`benchmarks/inference.py`)", args.write, args.json)
 
 
 if __name__ == "__main__":

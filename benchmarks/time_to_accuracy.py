@@ -26,6 +26,8 @@ import time
 
 TARGETS = {"digits": (0.97, 180.0), "fashion_mnist": (0.91, 1800.0)}
 HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import _common  # noqa: E402
 
 
 def machine():
@@ -46,6 +48,7 @@ def main(argv=None):
     parser.add_argument("data", choices=sorted(TARGETS))
     parser.add_argument("--keep", metavar="DIR", help="train into DIR and keep the run (default: a temporary "
                                                        "directory, removed afterwards)")
+    parser.add_argument("--json", metavar="PATH", help="also save the result as JSON")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="more keras-vit train options")
     args = parser.parse_args(argv)
     target_accuracy, target_seconds = TARGETS[args.data]
@@ -67,6 +70,8 @@ def main(argv=None):
               "verdict": verdict, "machine": machine(), "date": time.strftime("%Y-%m-%d")}
     with open(HERE / "results.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
+    if args.json:
+        _common.save_json(args.json, record)
     return 0 if verdict == "PASS" else 1
 
 

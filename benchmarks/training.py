@@ -155,6 +155,7 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=1,
                         help="run every system this many times, interleaved, and keep the median run")
     parser.add_argument("--write", action="store_true", help="write the table into BENCHMARKS.md")
+    parser.add_argument("--json", metavar="PATH", help="also save the results (every case) as JSON")
     parser.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats < 5:
@@ -182,6 +183,8 @@ def main(argv=None):
         _common.publish(mine, how, _table(mine), f"training-{case}",
                         f"Training throughput, {case} (`benchmarks/training.py --cases {case}`)",
                         args.write)
+    if args.json:
+        _common.save_json(args.json, results)
     return 0
 
 
