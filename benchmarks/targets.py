@@ -67,7 +67,8 @@ def _row(target, what, value, threshold, at_least=True, unit="x"):
     if value is None:
         return dict(target=target, what=what, measured="missing", threshold="", verdict="MISSING")
     holds = value >= threshold if at_least else value <= threshold
-    shown = f"{value:.2f}{unit}" if unit == "x" else f"{value:.4f}"
+    # Three decimals: a ratio of 1.0996 against 1.1 must not read "1.10x, NOT MET".
+    shown = f"{value:.3f}{unit}" if unit == "x" else f"{value:.4f}"
     bound = (">= " if at_least else "<= ") + (f"{threshold}{unit}" if unit == "x" else f"{threshold}")
     return dict(target=target, what=what, measured=shown, threshold=bound, verdict="met" if holds else "NOT MET")
 
