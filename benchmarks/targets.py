@@ -111,8 +111,7 @@ def check(inference, training, agreement, time_to_accuracy):
                      _ratio(_find(inference, system="keras_vit", batch=8), timm8, "peak_rss_mb"),
                      THRESHOLDS["memory_vs_timm"], at_least=False))
     if not time_to_accuracy:
-        rows.append(dict(target=5, what="time to accuracy", measured="missing", threshold="",
-                         verdict="MISSING"))
+        rows.append(_row(5, "time to accuracy", None, None))
     for record in time_to_accuracy or []:
         rows.append(dict(target=5, what=f"time to accuracy, {record['data']}",
                          measured=f"{record['test_accuracy']:.4f} in {record['wall_time_s']:.0f} s",
@@ -164,13 +163,17 @@ def run_all(results, fashion, write):
 
 
 def check_dir(results):
+    """`check` on the results kept in `results`; returns the rows and the
+    inference results (whose versions head the verdict table)."""
+    inference = _load(results / "inference.json", [])
     agreement = _load(results / "bf16.json", [])
-    return check(
-        _load(results / "inference.json", []),
+    rows = check(
+        inference,
         _load(results / "training-tiny.json", []) + _load(results / "training-vit_s16.json", []),
         agreement[0] if agreement else None,
         [_load(path, None) for path in sorted(results.glob("time_to_accuracy-*.json"))],
     )
+    return rows, inference
 
 
 def main(argv=None):
@@ -186,12 +189,12 @@ def main(argv=None):
         if not (results / "inference.json").exists():
             parser.error(f"--check {args.check}: no inference.json there; pass a directory that "
                          "`targets.py --results DIR` filled")
-        rows, inference = check_dir(results), _load(results / "inference.json", [])
+        rows, inference = check_dir(results)
     else:
         with tempfile.TemporaryDirectory() as tmp:
             results = pathlib.Path(args.results or tmp)
             run_all(results, args.fashion, args.write)
-            rows, inference = check_dir(results), _load(results / "inference.json", [])
+            rows, inference = check_dir(results)
     how = ("issue 6's targets, each ratio between systems measured in the same invocation "
            f"(`benchmarks/targets.py`): {'all met' if all_met(rows) else 'NOT all met'}")
     _common.publish(inference, how, table(rows), "targets", "Issue 6's targets (`benchmarks/targets.py`)",
