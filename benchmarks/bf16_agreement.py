@@ -129,7 +129,8 @@ def main(argv=None):
         return 1
     how = "final models of the runs, `keras_vit.with_dtype_policy(model, \"mixed_bfloat16\")` against float32"
     if not result["bfloat16_cpu"]:
-        how += " (this CPU has no native bfloat16: TensorFlow emulates it)"
+        how += (" (on this CPU bfloat16 is not expected to be faster than float32: "
+                "`keras_vit.bfloat16_cpu()` is False)")
     return _common.publish([result], how, _table(result), "bf16", "mixed_bfloat16 against float32 "
                            "(`benchmarks/bf16_agreement.py`)", args.write, args.json)
 

@@ -26,7 +26,7 @@ median and best ms per batch, img/s and its peak resident memory (VmHWM).
 The ratios are against timm and keras-hub measured in the same invocation.
 Requirements: the package's [test] extra (timm; see DEVELOPERS.md for the
 torch pins) and keras-hub (`pip install --no-deps keras-hub==0.32.0
-kagglehub`; its tensorflow-text requirement would pull the full
+kagglehub kagglesdk==0.1.28`; its tensorflow-text requirement would pull the full
 `tensorflow` beside `tensorflow-cpu` and is not needed for ViT).
 """
 
@@ -166,6 +166,12 @@ def worker(system, batch, repeats, warmup):
         run, versions = _keras_vit(system, batch)
     result = _time(run, batch, repeats, warmup)
     result.update(system=system, batch=batch, peak_rss_mb=_common.peak_rss_mb(), versions=versions)
+    if system == "keras_vit_bf16":
+        import keras_vit
+
+        # Whether this CPU is one where bfloat16 is expected to be faster
+        # (targets.py checks the bfloat16 speed target only there).
+        result["bfloat16_cpu"] = keras_vit.bfloat16_cpu()
     _common.report(result)
 
 

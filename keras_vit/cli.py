@@ -33,7 +33,8 @@ def _run_arguments(parser):
                         help="the run's final model (default) or its best-validation checkpoint")
 
 
-_MIXED_HELP = ("compute in 16 bits: mixed_bfloat16 on a CPU (fast where it has AVX-512-BF16 or AMX), "
+_MIXED_HELP = ("compute in 16 bits: mixed_bfloat16 on a CPU (faster where keras_vit.bfloat16_cpu() is True: "
+               "AMX, or AVX-512-BF16 on AMD; slower elsewhere), "
                "mixed_float16 on a GPU")
 
 
@@ -228,9 +229,15 @@ def _evaluate(args):
 def _inference_policy(mixed_precision):
     if not mixed_precision:
         return None
-    from keras_vit import training
+    from keras_vit import models, training
 
-    return training.mixed_precision_policy()
+    policy = training.mixed_precision_policy()
+    if policy == "mixed_bfloat16" and not models.bfloat16_cpu():
+        # The user asked for it: keep it, but say it is the slow choice here.
+        print("keras-vit: warning: this CPU has no fast bfloat16 (keras_vit.bfloat16_cpu() is False: "
+              "neither AMX nor AMD's AVX-512-BF16); mixed_bfloat16 will likely run slower than float32",
+              file=sys.stderr)
+    return policy
 
 
 def _print_ranked(path, ranked):

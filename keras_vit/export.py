@@ -226,7 +226,7 @@ def export_run(run_dir, base_dir=None, version=None, overwrite=False, top_k=None
         which: `"best"` or `"last"` model of the run.
         version, overwrite, top_k: as in `export_saved_model`.
         dtype_policy: export the model computing under this policy, e.g.
-            `"mixed_bfloat16"` for CPUs with native bfloat16 (see
+            `"mixed_bfloat16"` for CPUs with fast bfloat16 (see `keras_vit.bfloat16_cpu`,
             `keras_vit.with_dtype_policy`); the signatures' inputs and
             outputs stay float32.
 

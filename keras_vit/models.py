@@ -408,20 +408,32 @@ def preprocess_input(x, data_format=None):
 
 
 def bfloat16_cpu():
-    """Whether this machine's CPU computes bfloat16 natively.
+    """Whether `mixed_bfloat16` should run faster than float32 on this CPU.
 
-    True when `/proc/cpuinfo` lists `avx512_bf16` or `amx_bf16` (Intel
-    Cooper Lake, Sapphire Rapids and later; AMD Zen 4 and later): there,
-    `mixed_bfloat16` inference runs about 1.5-1.8x faster than float32
-    (BENCHMARKS.md). Elsewhere TensorFlow emulates bfloat16 and it is slower.
-    False where the file does not exist (macOS, Windows).
+    True when `/proc/cpuinfo` lists `amx_bf16` (Intel Sapphire Rapids and
+    later, with AMX enabled), or `avx512_bf16` on an AMD CPU (Zen 4 and
+    later, whose bfloat16 dot products run at twice the float32 rate):
+    there `mixed_bfloat16` inference ran 1.5-1.8x faster than float32
+    (BENCHMARKS.md). False elsewhere, Intel CPUs whose only bfloat16
+    instructions are AVX-512-BF16 included (e.g. Sapphire Rapids in a VM
+    that hides AMX): their bfloat16 dot product runs at the float32 rate,
+    and ViT-B/16 inference ran at about half the float32 speed there
+    (BENCHMARKS.md), the conversions costing more than the halved memory
+    traffic saves. Without
+    bfloat16 instructions TensorFlow emulates it, slower still. False
+    where the file does not exist (macOS, Windows).
     """
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as file:
+            vendor = ""
             for line in file:
-                if line.startswith("flags"):
+                if line.startswith("vendor_id"):
+                    vendor = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
                     flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+                    return "amx_bf16" in flags or (
+                        "avx512_bf16" in flags and vendor == "AuthenticAMD"
+                    )
     except OSError:
         pass
     return False
@@ -430,7 +442,7 @@ def bfloat16_cpu():
 def with_dtype_policy(model, policy):
     """A copy of `model` that computes under another dtype policy.
 
-    The way to run a float32-trained model fast on a CPU with native
+    The way to run a float32-trained model fast on a CPU with fast
     bfloat16 (see `bfloat16_cpu`): `with_dtype_policy(model,
     "mixed_bfloat16")`. Variables stay float32 (same values, copied), each
     layer computes in the policy's compute dtype, and the model's output

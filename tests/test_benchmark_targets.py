@@ -96,6 +96,24 @@ def test_a_missed_inference_target_is_not_met(targets, change, what):
     assert not targets.all_met(rows)
 
 
+@pytest.mark.parametrize("fast_bfloat16, verdict", [
+    (False, "n/a: no fast bfloat16 on this CPU"),  # e.g. Intel AVX-512-BF16 without AMX
+    (True, "NOT MET"),
+    (None, "NOT MET"),  # results saved before the CPU was recorded
+])
+def test_bfloat16_speed_is_checked_only_where_bfloat16_is_fast(targets, fast_bfloat16, verdict):
+    inference = _inference(**{**_passing_inference(), "keras_vit_bf16_8": 4.5 * 0.6})
+    for row in inference:
+        if row["system"] == "keras_vit_bf16" and fast_bfloat16 is not None:
+            row["bfloat16_cpu"] = fast_bfloat16
+    rows = targets.check(inference, TRAINING, AGREEMENT, TIME)
+    assert _verdicts(rows)["mixed_bfloat16 inference batch 8 vs timm's float32"] == verdict
+    assert targets.all_met(rows) is (fast_bfloat16 is False)
+    # Agreement is still checked on such a CPU.
+    disagreeing = {"rows": [dict(AGREEMENT["rows"][0], agreement=0.98)]}
+    assert not targets.all_met(targets.check(inference, TRAINING, disagreeing, TIME))
+
+
 def test_a_missed_training_or_agreement_target_is_not_met(targets):
     slow = [dict(r, img_per_s=5.8 * 1.09) if (r["system"], r["batch"]) == ("keras_vit", 16) else r
             for r in TRAINING]

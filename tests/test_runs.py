@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_vit import cli, data, runs
+from keras_vit import cli, data, models, runs
 
 PYTHON = sys.executable
 # A small, quick configuration of the digits recipe.
@@ -66,7 +66,7 @@ def test_evaluate_agrees_with_training_results(trained_run, capsys):
     assert (trained_run / "confusion.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_predict_on_image_files(trained_run, tmp_path, capsys):
+def test_predict_on_image_files(trained_run, tmp_path, capsys, monkeypatch):
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -101,8 +101,13 @@ def test_predict_on_image_files(trained_run, tmp_path, capsys):
         fast_probs = np.array([by_name[str(i)] for i in range(10)])
         assert not np.array_equal(fast_probs, probs)
         np.testing.assert_allclose(fast_probs, probs, atol=0.03)
-    assert cli.main(["predict", str(trained_run)] + paths + ["--mixed-precision"]) == 0
-    assert len(capsys.readouterr().out.strip().splitlines()) == 3
+    # On a CPU without fast bfloat16 the CLI still does as asked, with a warning.
+    for fast_cpu in (False, True):
+        monkeypatch.setattr(models, "bfloat16_cpu", lambda fast_cpu=fast_cpu: fast_cpu)
+        assert cli.main(["predict", str(trained_run)] + paths + ["--mixed-precision"]) == 0
+        captured = capsys.readouterr()
+        assert len(captured.out.strip().splitlines()) == 3
+        assert ("mixed_bfloat16 will likely run slower than float32" in captured.err) is not fast_cpu
 
 
 def test_finished_run_is_never_overwritten_silently(trained_run, capsys):
