@@ -9,13 +9,22 @@ a CPU took a fifth of a small ViT's training step (BENCHMARKS.md). No
 library offers these two as fused TensorFlow ops with gradients (oneDNN's
 fused GELU is forward-only inside a matmul), hence this module.
 
-Only training calls use them: inference keeps the plain ops, which oneDNN
-fuses into the matmuls, and exported SavedModels never need XLA. The
-results equal Keras' within float32 rounding (tests/test_tf_kernels.py
-checks values and gradients against the plain ops).
+Training calls use both. Inference calls use the LayerNorm forward kernel
+only inside keras_vit's own in-process inference graphs (`predict`,
+`evaluate` and the compiled direct call of `VisionTransformer`, which trace
+the model under `in_process_inference()`): one compiled loop instead of a
+dozen ops over the activations, ViT-B/16 inference 3-4% faster
+(BENCHMARKS.md). Everywhere else inference keeps the plain ops (GELU is
+fused into its matmul by oneDNN there), so that exported SavedModels,
+`tf.saved_model.save` and `model.export` never need XLA, which TF Serving's
+CPU builds run only behind a flag. The results equal Keras' within float32
+rounding (tests/test_tf_kernels.py checks values and gradients against the
+plain ops).
 """
 
+import contextlib
 import math
+import threading
 
 import tensorflow as tf
 
@@ -27,6 +36,30 @@ _TPU_STRATEGIES = tuple(
                     getattr(tf.distribute.experimental, "TPUStrategy", None))
     if cls is not None
 )
+
+
+_STATE = threading.local()
+
+
+@contextlib.contextmanager
+def in_process_inference():
+    """Inference calls of `TransformerBlock` traced inside this context use
+    the compiled LayerNorm (`applies_to_inference`). For graphs that run in
+    this process only, never for graphs that are exported."""
+    previous = getattr(_STATE, "in_process", False)
+    _STATE.in_process = True
+    try:
+        yield
+    finally:
+        _STATE.in_process = previous
+
+
+def applies_to_inference(training):
+    """Whether an inference call (`training` not True) takes the compiled
+    LayerNorm: only inside `in_process_inference()`, and not on TPUs."""
+    if training is True or not getattr(_STATE, "in_process", False):
+        return False
+    return not isinstance(tf.distribute.get_strategy(), _TPU_STRATEGIES)
 
 
 def applies(training):
@@ -90,6 +123,12 @@ def _layer_norm_backward(dy, x, mean, inv_std, gamma):
     )
     outer = tf.range(tf.rank(xf) - 1)
     return tf.cast(dx, x.dtype), tf.reduce_sum(dyf * normed, outer), tf.reduce_sum(dyf, outer)
+
+
+def layer_norm_inference(layer, x):
+    """`layer(x)` as `layer_norm`, forward only (no gradient kernel)."""
+    epsilon = tf.constant(layer.epsilon, tf.float32)
+    return _layer_norm_forward(x, tf.cast(layer.gamma, tf.float32), tf.cast(layer.beta, tf.float32), epsilon)[0]
 
 
 def layer_norm(layer, x):

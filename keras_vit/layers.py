@@ -276,7 +276,10 @@ class TransformerBlock(keras.layers.Layer):
     Training calls on the TensorFlow backend compute the LayerNorms and the
     GELU with XLA-compiled kernels and hand-written gradients
     (`keras_vit/_tf_kernels.py`, same values), which makes `fit` faster;
-    inference calls and exported models use the plain Keras ops.
+    the inference graphs that keras_vit models build for this process
+    (`predict`, `evaluate`, direct calls) compute the LayerNorms with the
+    compiled forward kernel; other inference calls and exported models use
+    the plain Keras ops.
 
     Sublayers: `norm1`, `attn` (`keras.layers.MultiHeadAttention`, whose
     q/k/v kernels have the Flax layout `(hidden_dim, num_heads, head_dim)`),
@@ -495,7 +498,14 @@ class TransformerBlock(keras.layers.Layer):
 
     def _norm(self, layer, x, training):
         fused = _fused_kernels(training)
-        return fused.layer_norm(layer, x) if fused else layer(x)
+        if fused:
+            return fused.layer_norm(layer, x)
+        if keras.backend.backend() == "tensorflow":
+            from keras_vit import _tf_kernels
+
+            if _tf_kernels.applies_to_inference(training):
+                return _tf_kernels.layer_norm_inference(layer, x)
+        return layer(x)
 
     def call(self, inputs, training=None, return_attention_scores=False, class_token_only=False):
         x = self._norm(self.norm1, inputs, training)

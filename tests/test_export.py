@@ -69,7 +69,12 @@ def test_layout_and_versions(exported, tmp_path):
         assert b"_XlaMustCompile" not in f.read()
     model = exported["model"]
     base = tmp_path / "models" / "vit"
+    # Also after the model's in-process inference graphs (predict above,
+    # and a direct call), which use the compiled LayerNorm, were traced.
+    model(np.zeros((1, *SIZE, 3), "float32"))
     assert export.export_saved_model(model, base) == str(base / "1")
+    with open(base / "1" / "saved_model.pb", "rb") as f:
+        assert b"_XlaMustCompile" not in f.read()
     assert export.export_saved_model(model, base) == str(base / "2")
     assert export.export_saved_model(model, base, version=7) == str(base / "7")
     assert export.export_saved_model(model, base) == str(base / "8")

@@ -1,7 +1,7 @@
 """Tests of keras_vit._tf_kernels, the XLA-compiled LayerNorm and GELU with
-hand-written gradients that `TransformerBlock` uses in training calls:
-values and gradients against Keras' own ops, and where they are (and are
-not) used."""
+hand-written gradients that `TransformerBlock` uses in training calls (and
+the LayerNorm in the model's in-process inference graphs): values and
+gradients against Keras' own ops, and where they are (and are not) used."""
 
 import keras
 import numpy as np
@@ -100,6 +100,42 @@ def test_transformer_block_training_call_takes_fused_path_with_same_values_and_g
     for got, expected, name in zip(trained_grads, grads, ["x"] + [v.path for v in block.trainable_weights]):
         scale = float(np.abs(expected).max())
         np.testing.assert_allclose(got, expected, atol=1e-5 * max(scale, 1.0), err_msg=name)
+
+
+def _graph_text(function, *args):
+    return str(function.get_concrete_function(*args).graph.as_graph_def())
+
+
+def test_in_process_inference_graphs_use_compiled_layer_norm_with_same_values(rng):
+    model = randomize(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5))
+    x = rng.uniform(-1, 1, (3,) + TINY_SHAPE).astype("float32")
+    plain = keras.Model.__call__(model, x, training=False).numpy()  # eager: Keras' ops
+    for name, got in [("predict_on_batch", model.predict_on_batch(x)),
+                      ("predict", model.predict(x, verbose=0)),
+                      ("direct call", model(x).numpy())]:
+        np.testing.assert_allclose(got, plain, rtol=1e-5, atol=1e-6, err_msg=name)
+    labels = np.eye(5, dtype="float32")[[0, 3, 4]]
+    model.compile(loss="categorical_crossentropy")
+    expected_loss = float(keras.losses.categorical_crossentropy(labels, plain).numpy().mean())
+    assert model.evaluate(x, labels, verbose=0) == pytest.approx(expected_loss, rel=1e-5)
+    # Where the compiled LayerNorm is: in predict's and evaluate's steps and
+    # in the compiled direct call, not in a graph of the model traced
+    # elsewhere (as an export traces it) nor in a training call's graph
+    # outside them (which has its own fused kernels).
+    spec = tf.TensorSpec((None,) + TINY_SHAPE, tf.float32)
+    assert "_XlaMustCompile" in _graph_text(tf.function(model.predict_step), spec)
+    assert "_XlaMustCompile" in _graph_text(
+        tf.function(model.test_step), (spec, tf.TensorSpec((None, 5), tf.float32)))
+    from keras_vit import models
+
+    assert "_XlaMustCompile" in _graph_text(models._INFERENCE_FUNCTIONS[model], spec)
+    assert "_XlaMustCompile" not in _graph_text(tf.function(lambda x: model(x, training=False)), spec)
+    assert "_XlaMustCompile" not in _graph_text(tf.function(lambda x: model(x)), spec)
+    assert not _tf_kernels.applies_to_inference(False)
+    with _tf_kernels.in_process_inference():
+        assert _tf_kernels.applies_to_inference(False) and _tf_kernels.applies_to_inference(None)
+        assert not _tf_kernels.applies_to_inference(True)
+    assert not _tf_kernels.applies_to_inference(None)
 
 
 def test_applies_only_to_training_calls():
