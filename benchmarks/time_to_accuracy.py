@@ -37,6 +37,9 @@ def machine():
     return {
         "cpus": os.cpu_count(),
         "cpu": platform.processor() or platform.machine(),
+        # The CPU model: the same recipe's time differs between the VM's
+        # machines (BENCHMARKS.md: AMD EPYC and Intel Xeon).
+        "cpu_model": _common.cpu_model(),
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
