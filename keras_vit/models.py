@@ -441,9 +441,8 @@ def bfloat16_cpu():
     that hides AMX): their bfloat16 dot product runs at the float32 rate,
     and ViT-B/16 inference ran at about half the float32 speed there
     (BENCHMARKS.md), the conversions costing more than the halved memory
-    traffic saves. Without
-    bfloat16 instructions TensorFlow emulates it, slower still. False
-    where the file does not exist (macOS, Windows).
+    traffic saves. Without bfloat16 instructions TensorFlow emulates it,
+    slower still. False where the file does not exist (macOS, Windows).
     """
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as file:
@@ -464,8 +463,8 @@ def bfloat16_cpu():
 def with_dtype_policy(model, policy):
     """A copy of `model` that computes under another dtype policy.
 
-    The way to run a float32-trained model fast on a CPU with fast
-    bfloat16 (see `bfloat16_cpu`): `with_dtype_policy(model,
+    The way to run a float32-trained model fast on a CPU whose bfloat16
+    arithmetic is fast (see `bfloat16_cpu`): `with_dtype_policy(model,
     "mixed_bfloat16")`. Variables stay float32 (same values, copied), each
     layer computes in the policy's compute dtype, and the model's output
     layers keep their own policy, so probabilities stay float32. On the
