@@ -59,7 +59,7 @@ def applies_to_inference(training):
     LayerNorm: only inside `in_process_inference()`, and not on TPUs."""
     if training is True or not getattr(_STATE, "in_process", False):
         return False
-    return not isinstance(tf.distribute.get_strategy(), _TPU_STRATEGIES)
+    return not _on_tpu()
 
 
 def applies(training):
@@ -70,7 +70,11 @@ def applies(training):
     """
     if not (isinstance(training, bool) and training):
         return False
-    return not isinstance(tf.distribute.get_strategy(), _TPU_STRATEGIES)
+    return not _on_tpu()
+
+
+def _on_tpu():
+    return isinstance(tf.distribute.get_strategy(), _TPU_STRATEGIES)
 
 
 @tf.function(jit_compile=True, reduce_retracing=True)
@@ -125,17 +129,22 @@ def _layer_norm_backward(dy, x, mean, inv_std, gamma):
     return tf.cast(dx, x.dtype), tf.reduce_sum(dyf * normed, outer), tf.reduce_sum(dyf, outer)
 
 
+def _layer_norm_arguments(layer):
+    """The layer's scale, centre and epsilon as float32 tensors."""
+    return (tf.cast(layer.gamma, tf.float32), tf.cast(layer.beta, tf.float32),
+            tf.constant(layer.epsilon, tf.float32))
+
+
 def layer_norm_inference(layer, x):
     """`layer(x)` as `layer_norm`, forward only (no gradient kernel)."""
-    epsilon = tf.constant(layer.epsilon, tf.float32)
-    return _layer_norm_forward(x, tf.cast(layer.gamma, tf.float32), tf.cast(layer.beta, tf.float32), epsilon)[0]
+    return _layer_norm_forward(x, *_layer_norm_arguments(layer))[0]
 
 
 def layer_norm(layer, x):
     """`layer(x)` for a `keras.layers.LayerNormalization` over the last axis
     with scale and centre, from its own (float32) variables; computes in
     float32 and returns `x`'s dtype, as Keras does."""
-    epsilon = tf.constant(layer.epsilon, tf.float32)
+    gamma, beta, epsilon = _layer_norm_arguments(layer)
 
     @tf.custom_gradient
     def normalise(x, gamma, beta):
@@ -146,4 +155,4 @@ def layer_norm(layer, x):
 
         return y, grad
 
-    return normalise(x, tf.cast(layer.gamma, tf.float32), tf.cast(layer.beta, tf.float32))
+    return normalise(x, gamma, beta)

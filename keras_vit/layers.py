@@ -254,14 +254,20 @@ class DropPath(keras.layers.Layer):
         return config
 
 
-def _fused_kernels(training):
-    """The fused training kernels (`keras_vit._tf_kernels`) when this call
-    should use them (a training call on the TensorFlow backend), else None."""
+def _tf_kernel_module():
+    """`keras_vit._tf_kernels` on the TensorFlow backend, else None."""
     if keras.backend.backend() != "tensorflow":
         return None
     from keras_vit import _tf_kernels
 
-    return _tf_kernels if _tf_kernels.applies(training) else None
+    return _tf_kernels
+
+
+def _fused_kernels(training):
+    """The fused training kernels (`keras_vit._tf_kernels`) when this call
+    should use them (a training call on the TensorFlow backend), else None."""
+    kernels = _tf_kernel_module()
+    return kernels if kernels and kernels.applies(training) else None
 
 
 @keras.saving.register_keras_serializable(package="keras_vit")
@@ -497,14 +503,11 @@ class TransformerBlock(keras.layers.Layer):
         return ops.reshape(y, shape)
 
     def _norm(self, layer, x, training):
-        fused = _fused_kernels(training)
-        if fused:
-            return fused.layer_norm(layer, x)
-        if keras.backend.backend() == "tensorflow":
-            from keras_vit import _tf_kernels
-
-            if _tf_kernels.applies_to_inference(training):
-                return _tf_kernels.layer_norm_inference(layer, x)
+        kernels = _tf_kernel_module()
+        if kernels and kernels.applies(training):
+            return kernels.layer_norm(layer, x)
+        if kernels and kernels.applies_to_inference(training):
+            return kernels.layer_norm_inference(layer, x)
         return layer(x)
 
     def call(self, inputs, training=None, return_attention_scores=False, class_token_only=False):

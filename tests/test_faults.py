@@ -148,8 +148,8 @@ def _mount_tmpfs(path, size):
 
 def _fill(directory):
     """Writes one file until the file system is full; returns it (None when
-    the training run beside it had already filled the disk: then not even
-    the new file's entry fits)."""
+    not even the new file's entry fits: seen once in CI, cause unknown; the
+    training run beside it writes under 1 MB, so it is not that run)."""
     filler = directory / f"filler-{uuid.uuid4().hex}"
     try:
         f = open(filler, "wb")
