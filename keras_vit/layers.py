@@ -506,6 +506,8 @@ class TransformerBlock(keras.layers.Layer):
         kernels = _tf_kernel_module()
         if kernels and kernels.applies(training):
             return kernels.layer_norm(layer, x)
+        if kernels and training is not True and kernels.onednn_layer_norm_applies(x):
+            return kernels.layer_norm_onednn(layer, x)
         if kernels and kernels.applies_to_inference(training):
             return kernels.layer_norm_inference(layer, x)
         return layer(x)

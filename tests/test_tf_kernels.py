@@ -1,7 +1,9 @@
-"""Tests of keras_vit._tf_kernels, the XLA-compiled LayerNorm and GELU with
-hand-written gradients that `TransformerBlock` uses in training calls (and
-the LayerNorm in the model's in-process inference graphs): values and
-gradients against Keras' own ops, and where they are (and are not) used."""
+"""Tests of keras_vit._tf_kernels: the XLA-compiled LayerNorm and GELU with
+hand-written gradients that `TransformerBlock` uses in training calls, and
+the LayerNorms of inference calls (the oneDNN-fused pattern for float32, the
+compiled LayerNorm for other dtypes in the model's in-process graphs):
+values and gradients against Keras' own ops, and where they are (and are
+not) used."""
 
 import keras
 import numpy as np
@@ -106,36 +108,125 @@ def _graph_text(function, *args):
     return str(function.get_concrete_function(*args).graph.as_graph_def())
 
 
-def test_in_process_inference_graphs_use_compiled_layer_norm_with_same_values(rng):
+def test_onednn_layer_norm_equals_keras_layer_with_gradients(rng):
+    norm = keras.layers.LayerNormalization(epsilon=1e-6)
+    x = rng.normal(1.0, 3.0, (2, 7, 40))
+    # Tokens of tiny variance (1e-6): with the epsilon that
+    # tf.nn.fused_batch_norm would impose (1.001e-5 instead of the layer's
+    # 1e-6) they would come out about 2.3x too small.
+    x[0, :3] = rng.normal(0.0, 1e-3, (3, 40))
+    x = tf.constant(x, tf.float32)
+    norm.build(x.shape)
+    norm.gamma.assign(rng.uniform(0.5, 1.5, 40).astype("float32"))
+    norm.beta.assign(rng.normal(0.0, 0.5, 40).astype("float32"))
+    weights = tf.constant(rng.normal(size=(2, 7, 40)), tf.float32)
+
+    def value_and_gradients(function):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = function(x)
+            loss = tf.reduce_sum(y * weights)
+        return y.numpy(), [g.numpy() for g in tape.gradient(loss, [x, norm.gamma, norm.beta])]
+
+    expected, expected_grads = value_and_gradients(norm)
+    for name, function in [("eager", lambda v: _tf_kernels.layer_norm_onednn(norm, v)),
+                           ("graph", tf.function(lambda v: _tf_kernels.layer_norm_onednn(norm, v))),
+                           ("XLA", tf.function(lambda v: _tf_kernels.layer_norm_onednn(norm, v),
+                                               jit_compile=True))]:
+        got, got_grads = value_and_gradients(function)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=2e-5, err_msg=name)
+        for g, e, what in zip(got_grads, expected_grads, ("x", "gamma", "beta")):
+            np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(e).max()),
+                                       err_msg=f"{name}: {what}")
+
+
+def _profiled_op_types(run):
+    """The TensorFlow op types that ran in `run()`, from the profiler's trace."""
+    import glob
+    import tempfile
+
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        try:
+            run()
+        finally:
+            tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        with open(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)[0], "rb") as f:
+            space.ParseFromString(f.read())
+    return {plane.event_metadata[event.metadata_id].name.rsplit(":", 1)[1]
+            for plane in space.planes for line in plane.lines for event in line.events
+            if ":" in plane.event_metadata[event.metadata_id].name}
+
+
+@pytest.mark.skipif(not _tf_kernels._onednn_enabled(), reason="TensorFlow's oneDNN optimisations are off")
+def test_onednn_layer_norm_is_fused_in_predict_and_in_the_exported_model(rng, tmp_path):
+    # The point of the pattern: TensorFlow's remapper turns it into one
+    # _MklLayerNorm kernel, in the in-process graphs (static batch size) and
+    # in the exported SavedModel (dynamic batch size) alike.
     model = randomize(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5))
     x = rng.uniform(-1, 1, (3,) + TINY_SHAPE).astype("float32")
-    plain = keras.Model.__call__(model, x, training=False).numpy()  # eager: Keras' ops
+    model.predict_on_batch(x)
+    assert "_MklLayerNorm" in _profiled_op_types(lambda: model.predict_on_batch(x))
+    path = keras_vit.export.export_saved_model(model, str(tmp_path))
+    signature = tf.saved_model.load(path).signatures["predict_images"]
+    images = tf.constant((x + 1) * 127.5)
+    signature(images)
+    assert "_MklLayerNorm" in _profiled_op_types(lambda: signature(images))
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_inference_graphs_use_fast_layer_norms_with_same_values(monkeypatch, rng, policy):
+    model = randomize(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5))
+    model = keras_vit.with_dtype_policy(model, policy)
+    x = rng.uniform(-1, 1, (3,) + TINY_SHAPE).astype("float32")
+    with monkeypatch.context() as plain_ops:
+        plain_ops.setattr(_tf_kernels, "onednn_layer_norm_applies", lambda x: False)
+        plain = keras.Model.__call__(model, x, training=False).numpy()  # eager: Keras' ops
+    rtol = 1e-5 if policy == "float32" else 2e-2
     for name, got in [("predict_on_batch", model.predict_on_batch(x)),
                       ("predict", model.predict(x, verbose=0)),
-                      ("direct call", model(x).numpy())]:
-        np.testing.assert_allclose(got, plain, rtol=1e-5, atol=1e-6, err_msg=name)
+                      ("direct call", model(x).numpy()),
+                      ("eager call", keras.Model.__call__(model, x, training=False).numpy())]:
+        np.testing.assert_allclose(got, plain, rtol=rtol, atol=rtol / 10, err_msg=name)
     labels = np.eye(5, dtype="float32")[[0, 3, 4]]
     model.compile(loss="categorical_crossentropy")
     expected_loss = float(keras.losses.categorical_crossentropy(labels, plain).numpy().mean())
-    assert model.evaluate(x, labels, verbose=0) == pytest.approx(expected_loss, rel=1e-5)
-    # Where the compiled LayerNorm is: in predict's and evaluate's steps and
-    # in the compiled direct call, not in a graph of the model traced
-    # elsewhere (as an export traces it) nor in a training call's graph
-    # outside them (which has its own fused kernels).
+    assert model.evaluate(x, labels, verbose=0) == pytest.approx(expected_loss, rel=rtol)
+    # Which LayerNorm each graph holds. float32 on this CPU: the oneDNN
+    # pattern everywhere, no XLA (the export included). Other dtypes: the
+    # compiled LayerNorm in predict's and evaluate's steps and in the
+    # compiled direct call, and Keras' plain ops in a graph of the model
+    # traced elsewhere (as an export traces it).
+    onednn = policy == "float32" and _tf_kernels._onednn_enabled()
     spec = tf.TensorSpec((None,) + TINY_SHAPE, tf.float32)
-    assert "_XlaMustCompile" in _graph_text(tf.function(model.predict_step), spec)
-    assert "_XlaMustCompile" in _graph_text(
-        tf.function(model.test_step), (spec, tf.TensorSpec((None, 5), tf.float32)))
     from keras_vit import models
 
-    assert "_XlaMustCompile" in _graph_text(models._INFERENCE_FUNCTIONS[model], spec)
-    assert "_XlaMustCompile" not in _graph_text(tf.function(lambda x: model(x, training=False)), spec)
-    assert "_XlaMustCompile" not in _graph_text(tf.function(lambda x: model(x)), spec)
+    in_process = [_graph_text(tf.function(model.predict_step), spec),
+                  _graph_text(tf.function(model.test_step), (spec, tf.TensorSpec((None, 5), tf.float32))),
+                  _graph_text(models._INFERENCE_FUNCTIONS[model], spec)]
+    elsewhere = [_graph_text(tf.function(lambda x: model(x, training=False)), spec),
+                 _graph_text(tf.function(lambda x: model(x)), spec)]
+    for text in in_process:
+        assert ("_XlaMustCompile" in text) == (not onednn)
+        assert ("FusedBatchNormV3" in text) == onednn
+    for text in elsewhere:
+        assert "_XlaMustCompile" not in text
+        assert ("FusedBatchNormV3" in text) == onednn
     assert not _tf_kernels.applies_to_inference(False)
     with _tf_kernels.in_process_inference():
         assert _tf_kernels.applies_to_inference(False) and _tf_kernels.applies_to_inference(None)
         assert not _tf_kernels.applies_to_inference(True)
     assert not _tf_kernels.applies_to_inference(None)
+
+
+def test_onednn_layer_norm_applies_to_float32_only():
+    assert not _tf_kernels.onednn_layer_norm_applies(tf.zeros((2, 3), tf.bfloat16))
+    assert not _tf_kernels.onednn_layer_norm_applies(tf.zeros((2, 3), tf.float16))
+    assert _tf_kernels.onednn_layer_norm_applies(tf.zeros((2, 3))) == (
+        _tf_kernels._onednn_enabled() and not tf.config.list_logical_devices("GPU"))
 
 
 def test_applies_only_to_training_calls():
