@@ -1,28 +1,33 @@
-"""Fused training kernels for `TransformerBlock` on the TensorFlow backend.
+"""Fused kernels for `TransformerBlock` on the TensorFlow backend.
 
-Layer normalisation and the exact (erf) GELU, each with a hand-written
-gradient, the forward and backward passes compiled by XLA into one loop
-apiece. TensorFlow differentiates Keras' `ops.layer_normalization` and
-`ops.gelu` op by op: about a dozen passes over the activations each in
-the backward pass (reductions, squares, `Erfc`, `Exp`, products), which on
-a CPU took a fifth of a small ViT's training step (BENCHMARKS.md). No
-library offers these two as fused TensorFlow ops with gradients (oneDNN's
-fused GELU is forward-only inside a matmul), hence this module.
+Training calls: layer normalisation and the exact (erf) GELU, each with a
+hand-written gradient, the forward and backward passes compiled by XLA
+into one loop apiece. TensorFlow differentiates Keras'
+`ops.layer_normalization` and `ops.gelu` op by op: about a dozen passes
+over the activations each in the backward pass (reductions, squares,
+`Erfc`, `Exp`, products), which on a CPU took a fifth of a small ViT's
+training step (BENCHMARKS.md). No library offers these two as fused
+TensorFlow ops with gradients (oneDNN's fused GELU is forward-only inside
+a matmul), hence this module.
 
-Training calls use both. Inference calls use the LayerNorm forward kernel
-only inside keras_vit's own in-process inference graphs (`predict`,
-`evaluate` and the compiled direct call of `VisionTransformer`, which trace
-the model under `in_process_inference()`): one compiled loop instead of a
-dozen ops over the activations, ViT-B/16 inference 3-4% faster
-(BENCHMARKS.md). Everywhere else inference keeps the plain ops (GELU is
-fused into its matmul by oneDNN there), so that exported SavedModels,
-`tf.saved_model.save` and `model.export` never need XLA, which TF Serving's
-CPU builds run only behind a flag. The results equal Keras' within float32
-rounding (tests/test_tf_kernels.py checks values and gradients against the
-plain ops).
+Inference calls: in float32 on a CPU with TensorFlow's oneDNN
+optimisations, the LayerNorms are written as the op pattern that
+TensorFlow's graph remapper fuses into one oneDNN LayerNorm kernel
+(`layer_norm_onednn`), in every graph: `predict`, `evaluate`, direct
+calls and exported SavedModels alike, which need no XLA. Otherwise (mixed
+precision, GPUs) the LayerNorm forward kernel compiled by XLA is used only
+inside keras_vit's own in-process inference graphs (`predict`, `evaluate`
+and the compiled direct call of `VisionTransformer`, which trace the model
+under `in_process_inference()`), and every other graph keeps the plain
+ops, so that exported models never need XLA, which TF Serving's CPU builds
+run only behind a flag. GELU is fused into its matmul by oneDNN in
+inference graphs. The results equal Keras' within float32 rounding
+(tests/test_tf_kernels.py checks values and gradients against the plain
+ops).
 """
 
 import contextlib
+import functools
 import math
 import threading
 
@@ -153,7 +158,10 @@ def onednn_layer_norm_applies(x):
     )
 
 
+@functools.lru_cache(maxsize=None)
 def _onednn_enabled():
+    """Whether this TensorFlow runs its oneDNN graph optimisations
+    (`TF_ENABLE_ONEDNN_OPTS`, on by default in x86 Linux builds)."""
     try:
         from tensorflow.python.util import _pywrap_util_port
 

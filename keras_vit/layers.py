@@ -281,11 +281,13 @@ class TransformerBlock(keras.layers.Layer):
     GELU, matching the original ViT weights as used by timm and Hugging Face.
     Training calls on the TensorFlow backend compute the LayerNorms and the
     GELU with XLA-compiled kernels and hand-written gradients
-    (`keras_vit/_tf_kernels.py`, same values), which makes `fit` faster;
-    the inference graphs that keras_vit models build for this process
-    (`predict`, `evaluate`, direct calls) compute the LayerNorms with the
-    compiled forward kernel; other inference calls and exported models use
-    the plain Keras ops.
+    (`keras_vit/_tf_kernels.py`, same values), which makes `fit` faster.
+    Inference calls in float32 on a CPU compute the LayerNorms as the op
+    pattern that TensorFlow fuses into one oneDNN kernel (exported models
+    included, no XLA needed); under mixed precision the inference graphs
+    that keras_vit models build for this process (`predict`, `evaluate`,
+    direct calls) use the compiled forward kernel, and other inference
+    calls and exported models the plain Keras ops.
 
     Sublayers: `norm1`, `attn` (`keras.layers.MultiHeadAttention`, whose
     q/k/v kernels have the Flax layout `(hidden_dim, num_heads, head_dim)`),

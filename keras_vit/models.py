@@ -33,12 +33,14 @@ class VisionTransformer(keras.Model):
     symbolic inputs (building a bigger model), with other arguments, under
     a distribution strategy, or inside a graph take Keras' own path.
 
-    The graphs of `predict`, `evaluate` and of that compiled call run in
-    this process only; there the Transformer blocks' LayerNorms use an
-    XLA-compiled kernel (`keras_vit._tf_kernels`, same values within
-    float32 rounding; ViT-B/16 inference 3-4% faster). Graphs traced
-    elsewhere (a SavedModel export, your own `tf.function`) keep the plain
-    ops, so exported models never need XLA.
+    In float32 on a CPU, the Transformer blocks' LayerNorms run as one
+    fused oneDNN kernel in every graph, exported SavedModels included
+    (`keras_vit._tf_kernels.layer_norm_onednn`). Under mixed precision the
+    graphs of `predict`, `evaluate` and of that compiled call, which run in
+    this process only, use an XLA-compiled LayerNorm instead, and graphs
+    traced elsewhere (a SavedModel export, your own `tf.function`) keep the
+    plain ops, so exported models never need XLA. Same values within
+    float32 rounding.
     """
 
     def predict_step(self, data):

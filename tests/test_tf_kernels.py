@@ -5,6 +5,10 @@ compiled LayerNorm for other dtypes in the model's in-process graphs):
 values and gradients against Keras' own ops, and where they are (and are
 not) used."""
 
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -255,3 +259,26 @@ def test_fit_with_fused_kernels_matches_plain_ops_step_by_step(monkeypatch, rng)
     for got, expected in zip(fused_weights, plain_weights):
         np.testing.assert_allclose(got, expected, atol=1e-5)
     assert fused_loss[1] < fused_loss[0]
+
+
+def test_exported_layer_norm_pattern_runs_where_onednn_is_off(rng, tmp_path):
+    # A SavedModel exported with the oneDNN pattern, served by a TensorFlow
+    # without oneDNN's optimisations (another build, or
+    # TF_ENABLE_ONEDNN_OPTS=0): FusedBatchNormV3 then runs unfused, with
+    # the same results.
+    model = randomize(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5))
+    path = keras_vit.export.export_saved_model(model, str(tmp_path / "export"))
+    images = rng.uniform(0, 255, (3,) + TINY_SHAPE).astype("float32")
+    np.save(tmp_path / "images.npy", images)
+    expected = tf.saved_model.load(path).signatures["predict_images"](tf.constant(images))["probabilities"]
+    script = (
+        "import sys, numpy as np, tensorflow as tf\n"
+        "from tensorflow.python.util import _pywrap_util_port\n"
+        "assert not _pywrap_util_port.IsMklEnabled()\n"
+        "x = np.load(sys.argv[2])\n"
+        "out = tf.saved_model.load(sys.argv[1]).signatures['predict_images'](tf.constant(x))\n"
+        "np.save(sys.argv[3], out['probabilities'].numpy())\n"
+    )
+    subprocess.run([sys.executable, "-c", script, path, str(tmp_path / "images.npy"), str(tmp_path / "out.npy")],
+                   check=True, env={**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0"}, capture_output=True)
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected.numpy(), rtol=1e-5, atol=1e-6)
