@@ -48,25 +48,33 @@ def test_gelu_equals_keras_gelu_with_gradients(rng, dtype, rtol):
         [0.5, 1.0], atol=1e-6)
 
 
+def _random_layer_norm(rng, x, policy="float32"):
+    """A built `LayerNormalization(epsilon=1e-6)` with random scale and
+    offset, `x` as a tensor of its compute dtype, and random loss weights."""
+    norm = keras.layers.LayerNormalization(epsilon=1e-6, dtype=policy)
+    x = tf.constant(x, norm.compute_dtype)
+    norm.build(x.shape)
+    norm.gamma.assign(rng.uniform(0.5, 1.5, x.shape[-1]).astype("float32"))
+    norm.beta.assign(rng.normal(0.0, 0.5, x.shape[-1]).astype("float32"))
+    return norm, x, tf.constant(rng.normal(size=x.shape), tf.float32)
+
+
+def _norm_value_and_gradients(norm, x, weights, function):
+    """`function(x)` and the float32 gradients of a weighted sum of it with
+    respect to `x` and the layer's scale and offset."""
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = function(x)
+        loss = tf.reduce_sum(tf.cast(y, tf.float32) * weights)
+    grads = tape.gradient(loss, [x, norm.gamma, norm.beta])
+    return y, [np.asarray(tf.cast(g, tf.float32)) for g in grads]
+
+
 @pytest.mark.parametrize("policy, rtol", [("float32", 1e-5), ("mixed_bfloat16", 2e-2)])
 def test_layer_norm_equals_keras_layer_with_gradients(rng, policy, rtol):
-    norm = keras.layers.LayerNormalization(epsilon=1e-6, dtype=policy)
-    x = tf.constant(rng.normal(1.0, 3.0, (2, 7, 40)), norm.compute_dtype)
-    norm.build(x.shape)
-    norm.gamma.assign(rng.uniform(0.5, 1.5, 40).astype("float32"))
-    norm.beta.assign(rng.normal(0.0, 0.5, 40).astype("float32"))
-    weights = tf.constant(rng.normal(size=(2, 7, 40)), tf.float32)
-
-    def value_and_gradients(function):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = function(x)
-            loss = tf.reduce_sum(tf.cast(y, tf.float32) * weights)
-        grads = tape.gradient(loss, [x, norm.gamma, norm.beta])
-        return y, [np.asarray(tf.cast(g, tf.float32)) for g in grads]
-
-    got, got_grads = value_and_gradients(lambda v: _tf_kernels.layer_norm(norm, v))
-    expected, expected_grads = value_and_gradients(norm)
+    norm, x, weights = _random_layer_norm(rng, rng.normal(1.0, 3.0, (2, 7, 40)), policy)
+    got, got_grads = _norm_value_and_gradients(norm, x, weights, lambda v: _tf_kernels.layer_norm(norm, v))
+    expected, expected_grads = _norm_value_and_gradients(norm, x, weights, norm)
     assert got.dtype == expected.dtype == norm.compute_dtype
     np.testing.assert_allclose(np.asarray(tf.cast(got, tf.float32)),
                                np.asarray(tf.cast(expected, tf.float32)), rtol=rtol, atol=rtol)
@@ -113,32 +121,19 @@ def _graph_text(function, *args):
 
 
 def test_onednn_layer_norm_equals_keras_layer_with_gradients(rng):
-    norm = keras.layers.LayerNormalization(epsilon=1e-6)
     x = rng.normal(1.0, 3.0, (2, 7, 40))
     # Tokens of tiny variance (1e-6): with the epsilon that
     # tf.nn.fused_batch_norm would impose (1.001e-5 instead of the layer's
     # 1e-6) they would come out about 2.3x too small.
     x[0, :3] = rng.normal(0.0, 1e-3, (3, 40))
-    x = tf.constant(x, tf.float32)
-    norm.build(x.shape)
-    norm.gamma.assign(rng.uniform(0.5, 1.5, 40).astype("float32"))
-    norm.beta.assign(rng.normal(0.0, 0.5, 40).astype("float32"))
-    weights = tf.constant(rng.normal(size=(2, 7, 40)), tf.float32)
-
-    def value_and_gradients(function):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = function(x)
-            loss = tf.reduce_sum(y * weights)
-        return y.numpy(), [g.numpy() for g in tape.gradient(loss, [x, norm.gamma, norm.beta])]
-
-    expected, expected_grads = value_and_gradients(norm)
+    norm, x, weights = _random_layer_norm(rng, x)
+    expected, expected_grads = _norm_value_and_gradients(norm, x, weights, norm)
     for name, function in [("eager", lambda v: _tf_kernels.layer_norm_onednn(norm, v)),
                            ("graph", tf.function(lambda v: _tf_kernels.layer_norm_onednn(norm, v))),
                            ("XLA", tf.function(lambda v: _tf_kernels.layer_norm_onednn(norm, v),
                                                jit_compile=True))]:
-        got, got_grads = value_and_gradients(function)
-        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=2e-5, err_msg=name)
+        got, got_grads = _norm_value_and_gradients(norm, x, weights, function)
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5, atol=2e-5, err_msg=name)
         for g, e, what in zip(got_grads, expected_grads, ("x", "gamma", "beta")):
             np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(e).max()),
                                        err_msg=f"{name}: {what}")
