@@ -105,7 +105,7 @@ def main(argv=None):
     tf.config.threading.set_inter_op_parallelism_threads(1)
     if args.mode == "train":
         batch = args.batch or training.CASES[args.case]["batches"][0]
-        run, _ = training._keras_vit(args.case, batch, steps=None, bf16=False)
+        run, _ = training._keras_vit(args.case, batch, bf16=False)
         what = f"model.fit step, {args.case}, batch {batch}, float32"
     else:
         batch = args.batch or 8

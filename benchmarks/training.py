@@ -43,7 +43,7 @@ CASES = {
 SYSTEMS = ("keras_vit", "keras_vit_bf16", "timm")
 
 
-def _keras_vit(case, batch, steps, bf16):
+def _keras_vit(case, batch, bf16):
     import keras
     import numpy as np
     import tensorflow as tf
@@ -80,7 +80,7 @@ def _keras_vit(case, batch, steps, bf16):
                  "keras": keras.__version__}
 
 
-def _timm(case, batch, steps):
+def _timm(case, batch):
     import numpy as np
     import timm
     import torch
@@ -112,9 +112,9 @@ def _timm(case, batch, steps):
 
 def worker(system, case, batch, steps, repeats, warmup):
     if system == "timm":
-        run, versions = _timm(case, batch, steps)
+        run, versions = _timm(case, batch)
     else:
-        run, versions = _keras_vit(case, batch, steps, bf16=system == "keras_vit_bf16")
+        run, versions = _keras_vit(case, batch, bf16=system == "keras_vit_bf16")
     # Timestamps after every step of one continuous run: warm-up steps
     # first, then `repeats` rounds of `steps` steps.
     stamps = run(warmup + repeats * steps)
