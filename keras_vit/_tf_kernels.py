@@ -145,13 +145,14 @@ def layer_norm_inference(layer, x):
     return _layer_norm_forward(x, *_layer_norm_arguments(layer))[0]
 
 
-def onednn_layer_norm_applies(x):
-    """Whether an inference call takes `layer_norm_onednn`: float32
-    activations, TensorFlow's oneDNN optimisations on, no GPU visible (the
-    pattern is only known fast, and its epsilon only checked, on CPUs) and
-    not on a TPU."""
+def onednn_layer_norm_applies(training, x):
+    """Whether a call takes `layer_norm_onednn`: an inference call
+    (`training` not True) on float32 activations, TensorFlow's oneDNN
+    optimisations on, no GPU visible (the pattern is only known fast, and
+    its epsilon only checked, on CPUs) and not on a TPU."""
     return (
-        x.dtype == tf.float32
+        training is not True
+        and x.dtype == tf.float32
         and _onednn_enabled()
         and not tf.config.list_logical_devices("GPU")
         and not _on_tpu()

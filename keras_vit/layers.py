@@ -506,11 +506,13 @@ class TransformerBlock(keras.layers.Layer):
 
     def _norm(self, layer, x, training):
         kernels = _tf_kernel_module()
-        if kernels and kernels.applies(training):
+        if kernels is None:
+            return layer(x)
+        if kernels.applies(training):
             return kernels.layer_norm(layer, x)
-        if kernels and training is not True and kernels.onednn_layer_norm_applies(x):
+        if kernels.onednn_layer_norm_applies(training, x):
             return kernels.layer_norm_onednn(layer, x)
-        if kernels and kernels.applies_to_inference(training):
+        if kernels.applies_to_inference(training):
             return kernels.layer_norm_inference(layer, x)
         return layer(x)
 

@@ -182,7 +182,7 @@ def test_inference_graphs_use_fast_layer_norms_with_same_values(monkeypatch, rng
     model = keras_vit.with_dtype_policy(model, policy)
     x = rng.uniform(-1, 1, (3,) + TINY_SHAPE).astype("float32")
     with monkeypatch.context() as plain_ops:
-        plain_ops.setattr(_tf_kernels, "onednn_layer_norm_applies", lambda x: False)
+        plain_ops.setattr(_tf_kernels, "onednn_layer_norm_applies", lambda training, x: False)
         plain = keras.Model.__call__(model, x, training=False).numpy()  # eager: Keras' ops
     rtol = 1e-5 if policy == "float32" else 2e-2
     for name, got in [("predict_on_batch", model.predict_on_batch(x)),
@@ -221,11 +221,13 @@ def test_inference_graphs_use_fast_layer_norms_with_same_values(monkeypatch, rng
     assert not _tf_kernels.applies_to_inference(None)
 
 
-def test_onednn_layer_norm_applies_to_float32_only():
-    assert not _tf_kernels.onednn_layer_norm_applies(tf.zeros((2, 3), tf.bfloat16))
-    assert not _tf_kernels.onednn_layer_norm_applies(tf.zeros((2, 3), tf.float16))
-    assert _tf_kernels.onednn_layer_norm_applies(tf.zeros((2, 3))) == (
-        _tf_kernels._onednn_enabled() and not tf.config.list_logical_devices("GPU"))
+def test_onednn_layer_norm_applies_to_float32_inference_only():
+    for training in (None, False):
+        assert not _tf_kernels.onednn_layer_norm_applies(training, tf.zeros((2, 3), tf.bfloat16))
+        assert not _tf_kernels.onednn_layer_norm_applies(training, tf.zeros((2, 3), tf.float16))
+        assert _tf_kernels.onednn_layer_norm_applies(training, tf.zeros((2, 3))) == (
+            _tf_kernels._onednn_enabled() and not tf.config.list_logical_devices("GPU"))
+    assert not _tf_kernels.onednn_layer_norm_applies(True, tf.zeros((2, 3)))
 
 
 def test_applies_only_to_training_calls():
