@@ -82,10 +82,21 @@ def _on_tpu():
     return isinstance(tf.distribute.get_strategy(), _TPU_STRATEGIES)
 
 
+def _normal_cdf(xf):
+    # Phi(x) = (1 + erf(x / sqrt(2))) / 2, the form PyTorch's GELU uses. XLA
+    # computes `erf` as one rational polynomial, where Keras' form
+    # `erfc(-x / sqrt(2)) / 2` costs an `exp` and more per element: with
+    # erf the forward kernel is about 1.55x and the backward 1.3x faster
+    # (BENCHMARKS.md). x * Phi(x) then has an absolute error of at most
+    # about 1.3e-7 * |x| for x < 0 (PyTorch's: 3e-7 * |x|) and within one
+    # float32 rounding of the result for x > 0.
+    return 0.5 * (1.0 + tf.math.erf(xf * _SQRT_HALF))
+
+
 @tf.function(jit_compile=True, reduce_retracing=True)
 def _gelu_forward(x):
     xf = tf.cast(x, tf.float32)
-    return tf.cast(0.5 * xf * tf.math.erfc(-xf * _SQRT_HALF), x.dtype)
+    return tf.cast(xf * _normal_cdf(xf), x.dtype)
 
 
 @tf.function(jit_compile=True, reduce_retracing=True)
@@ -93,7 +104,7 @@ def _gelu_backward(dy, x):
     # d/dx [x * Phi(x)] = Phi(x) + x * phi(x); recomputed from x rather than
     # stored, so training keeps one activation per MLP, as before.
     xf = tf.cast(x, tf.float32)
-    cdf = 0.5 * tf.math.erfc(-xf * _SQRT_HALF)
+    cdf = _normal_cdf(xf)
     pdf = tf.exp(-0.5 * xf * xf) * _INV_SQRT_2PI
     return tf.cast(tf.cast(dy, tf.float32) * (cdf + xf * pdf), x.dtype)
 
