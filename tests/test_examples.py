@@ -125,8 +125,26 @@ def test_attention_maps_example(tmp_path, capsys):
                                  "patch_embedding.png")) in out
 
 
-def test_train_from_scratch_example(capsys):
+def test_train_from_scratch_example(capsys, monkeypatch):
+    from keras_vit import runs, training
+
+    asked = []
+    augmentation = training.augmentation
+
+    def recording(**kwargs):
+        asked.append(kwargs)
+        return augmentation(**kwargs)
+
+    monkeypatch.setattr(training, "augmentation", recording)
     accuracy = _run_example("train_from_scratch", ["--epochs", "1", "--steps", "30"])
     out = capsys.readouterr().out
     assert re.search(rf"Fashion-MNIST test accuracy {accuracy:.4f} after 1 epochs \(\d+ s\)", out)
     assert accuracy > 0.4  # 30 steps of 128 images: far above chance (0.1)
+    # "What keras-vit train --data fashion_mnist does, spelled out": the
+    # recipe's augmentation, random erasing included.
+    recipe = runs.TrainConfig(data="fashion_mnist").resolved()
+    assert len(asked) == 1
+    assert {key: asked[0].get(key, 0.0) for key in ("flip", "crop_scale", "random_erasing", "rand_augment",
+                                                    "mixup", "cutmix")} == {
+        "flip": recipe.flip, "crop_scale": recipe.crop_scale, "random_erasing": recipe.random_erasing,
+        "rand_augment": recipe.rand_augment, "mixup": recipe.mixup, "cutmix": recipe.cutmix}
