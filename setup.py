@@ -23,6 +23,7 @@ EXTRAS = {
     # 0.29.1 is the pair timm imports with.
     "test": [
         "pytest>=7",
+        "pytest-xdist>=3",
         "hypothesis>=6",
         "torch==2.14.1",
         "torchvision==0.29.1",

@@ -1,7 +1,7 @@
 """The local server under abuse (issue 8), as a real `keras-vit serve`
 process on 127.0.0.1: a burst of 200 concurrent requests, slow clients, and
 a soak of a few thousand mixed good and bad requests with the server's
-memory measured before and after. The figures are printed (`pytest -s`)
+memory measured before and after. The figures are printed (`pytest -n 0 -s`)
 and recorded in the README."""
 
 import base64
