@@ -54,14 +54,25 @@ def main(argv=None):
     parser.add_argument("--json", metavar="PATH", help="also save the result as JSON")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="more keras-vit train options")
     args = parser.parse_args(argv)
+    for option in ("--keep", "--json"):
+        # Everything after the data set's name goes to `keras-vit train`,
+        # which does not know these options.
+        if any(arg == option or arg.startswith(option + "=") for arg in args.extra):
+            parser.error(f"{option} must come before the data set's name, received it after "
+                         f"{args.data!r}: {' '.join(args.extra)}")
     target_accuracy, target_seconds = TARGETS[args.data]
     with tempfile.TemporaryDirectory() as tmp:
         output = pathlib.Path(args.keep) if args.keep else pathlib.Path(tmp) / args.data
         command = [sys.executable, "-m", "keras_vit.cli", "train", "--data", args.data,
                    "--output", str(output), "--verbose", "2"] + args.extra
         started = time.time()
-        subprocess.run(command, check=True)
+        returncode = subprocess.run(command).returncode
         wall = time.time() - started
+        if returncode != 0:
+            # keras-vit train has printed its own error above.
+            print(f"{args.data}: keras-vit train failed with exit status {returncode} after "
+                  f"{wall:.0f} s; nothing recorded", file=sys.stderr)
+            return 2
         results = json.loads((output / "results.json").read_text())
     accuracy = results["test_accuracy"]
     verdict = "PASS" if accuracy >= target_accuracy and wall <= target_seconds else "FAIL"

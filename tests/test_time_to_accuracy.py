@@ -1,0 +1,49 @@
+"""benchmarks/time_to_accuracy.py: its command line and what it does when
+training fails (the recipes themselves take minutes to half an hour and run
+with nothing else running, so they are not trained here)."""
+
+import importlib.util
+import pathlib
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def script():
+    saved = list(sys.path)
+    spec = importlib.util.spec_from_file_location("benchmark_time_to_accuracy",
+                                                  ROOT / "benchmarks" / "time_to_accuracy.py")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = saved  # the script puts benchmarks/ first on sys.path
+    return module
+
+
+@pytest.mark.parametrize("misplaced", [["--keep", "runs/x"], ["--keep=runs/x"], ["--json", "r.json"]])
+def test_own_options_after_the_data_set_are_refused_by_name(script, misplaced, capsys, monkeypatch):
+    # Everything after the name goes to `keras-vit train`, which would fail
+    # with its own usage error half a minute later.
+    monkeypatch.setattr(script.subprocess, "run", lambda *a, **k: pytest.fail("train was started"))
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(["fashion_mnist", "--epochs", "2"] + misplaced)
+    assert exit_info.value.code == 2
+    option = misplaced[0].split("=")[0]
+    assert f"{option} must come before the data set's name" in capsys.readouterr().err
+
+
+def test_a_failed_training_run_is_reported_in_one_line_and_not_recorded(script, tmp_path, capsys,
+                                                                        monkeypatch):
+    results = tmp_path / "results.jsonl"
+    results.write_text('{"kept": true}\n')
+    monkeypatch.setattr(script, "HERE", tmp_path)  # where results.jsonl is appended
+    # A real `keras-vit train` that stops on a bad value (exit status 2).
+    assert script.main(["--json", str(tmp_path / "r.json"), "digits", "--epochs", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "keras-vit train failed with exit status 2" in err and "nothing recorded" in err
+    assert results.read_text() == '{"kept": true}\n'
+    assert not (tmp_path / "r.json").exists()
