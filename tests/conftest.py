@@ -68,6 +68,24 @@ def assert_weights_equal(model_a, model_b):
         )
 
 
+def load_benchmark_script(name):
+    """Imports `benchmarks/<name>.py` as a module, leaving `sys.path` as it was
+    (the scripts put `benchmarks/` first on it)."""
+    import importlib.util
+    import pathlib
+    import sys
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    saved = list(sys.path)
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = saved
+    return module
+
+
 def run_layer_test(layer_cls, init_kwargs, input_data, expected_output_shape, tmp_path):
     """The one test every layer goes through (after keras-hub's run_layer_test).
 

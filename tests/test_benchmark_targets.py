@@ -5,26 +5,16 @@ running, so they are not run here; these tests feed `check` results in
 the format the scripts save and compare every verdict with the issue's
 thresholds."""
 
-import importlib.util
 import json
-import pathlib
-import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from tests.conftest import load_benchmark_script
 
 
 @pytest.fixture(scope="module")
 def targets():
-    saved = list(sys.path)
-    spec = importlib.util.spec_from_file_location("benchmark_targets", ROOT / "benchmarks" / "targets.py")
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path[:] = saved  # the script puts benchmarks/ first on sys.path
-    return module
+    return load_benchmark_script("targets")
 
 
 def _inference(**img_per_s):

@@ -2,26 +2,14 @@
 training fails (the recipes themselves take minutes to half an hour and run
 with nothing else running, so they are not trained here)."""
 
-import importlib.util
-import pathlib
-import sys
-
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from tests.conftest import load_benchmark_script
 
 
 @pytest.fixture(scope="module")
 def script():
-    saved = list(sys.path)
-    spec = importlib.util.spec_from_file_location("benchmark_time_to_accuracy",
-                                                  ROOT / "benchmarks" / "time_to_accuracy.py")
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path[:] = saved  # the script puts benchmarks/ first on sys.path
-    return module
+    return load_benchmark_script("time_to_accuracy")
 
 
 @pytest.mark.parametrize("misplaced", [["--keep", "runs/x"], ["--keep=runs/x"], ["--json", "r.json"]])
