@@ -75,6 +75,8 @@ def _parser():
     train.add_argument("--drop-path-rate", type=float, help="stochastic depth")
     _bool_flag(train, "flip", "random horizontal flips")
     train.add_argument("--crop-scale", type=float, help="random resized crop keeping >= this fraction")
+    train.add_argument("--translate", type=float, default=0.0,
+                       help="random translation by up to this fraction of each side, zeros filled in (0: off)")
     train.add_argument("--rand-augment", type=float, default=0.0, help="RandAugment strength in [0, 1]")
     train.add_argument("--mixup", type=float, default=0.0, help="MixUp alpha (0: off)")
     train.add_argument("--cutmix", type=float, default=0.0, help="CutMix factor (0: off)")

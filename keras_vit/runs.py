@@ -105,6 +105,7 @@ class TrainConfig:
     drop_path_rate: float = None
     flip: bool = None
     crop_scale: float = None
+    translate: float = 0.0
     rand_augment: float = 0.0
     mixup: float = 0.0
     cutmix: float = 0.0
@@ -471,7 +472,7 @@ def _train(config):
     strategy = distribute.get_strategy(config.strategy)
 
     augment = training.augmentation(
-        flip=config.flip, crop_scale=config.crop_scale,
+        flip=config.flip, crop_scale=config.crop_scale, translate=config.translate,
         rand_augment=config.rand_augment, mixup=config.mixup, cutmix=config.cutmix,
         random_erasing=config.random_erasing, seed=config.seed,
     )
@@ -494,7 +495,11 @@ def _train(config):
         previous = output / "config.json"
         if resuming and previous.is_file():
             ignored = ("verbose", "overwrite")
+            # A setting missing from a config.json written by an earlier
+            # keras_vit (`translate`, or any added later) had its default.
+            defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
             before = {k: v for k, v in json.loads(previous.read_text()).items() if k not in ignored}
+            before = {**{k: v for k, v in defaults.items() if k not in ignored}, **before}
             now = {k: v for k, v in json.loads(json.dumps(payload)).items() if k not in ignored}
             if before != now:
                 changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))

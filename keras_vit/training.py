@@ -223,7 +223,7 @@ def mixed_precision_policy():
 
 
 def augmentation(flip=True, crop_scale=None, rand_augment=0.0, mixup=0.0, cutmix=0.0,
-                 seed=None, random_erasing=0.0):
+                 seed=None, random_erasing=0.0, translate=0.0):
     """Builds the training augmentation, a function for `tf.data` `map`.
 
     It takes a batch `(images, one_hot_labels)` with images in [0, 255] and
@@ -232,6 +232,11 @@ def augmentation(flip=True, crop_scale=None, rand_augment=0.0, mixup=0.0, cutmix
     Every layer keeps the input size.
 
     Args:
+        translate: random translation by up to this fraction of the height
+            and of the width (`keras.layers.RandomTranslation`), by whole
+            pixels (nearest-neighbour sampling: no blur), the uncovered
+            border filled with zeros, as torchvision's
+            `RandomAffine(degrees=0, translate=(t, t))`; 0: off.
         flip: random horizontal flips.
         crop_scale: random resized crop, keeping at least this fraction of
             each side (e.g. 0.8), by zooming in and translating; `None`: off.
@@ -250,6 +255,13 @@ def augmentation(flip=True, crop_scale=None, rand_augment=0.0, mixup=0.0, cutmix
         A function `(images, labels) -> (images, labels)`.
     """
     image_layers = []
+    if translate:
+        if not 0.0 < translate < 1.0:
+            raise ValueError(f"translate must be in [0, 1), received translate={translate!r}.")
+        image_layers.append(keras.layers.RandomTranslation(
+            translate, translate, fill_mode="constant", fill_value=0.0, interpolation="nearest",
+            seed=seed,
+        ))
     if crop_scale is not None:
         if not 0.0 < crop_scale <= 1.0:
             raise ValueError(f"crop_scale must be in (0, 1], received crop_scale={crop_scale!r}.")

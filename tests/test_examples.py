@@ -149,5 +149,5 @@ def test_train_from_scratch_example(capsys, monkeypatch):
     assert len(asked) == 1
     given = inspect.signature(augmentation).bind(**asked[0])
     given.apply_defaults()  # what the example leaves out is the function's default
-    keys = ("flip", "crop_scale", "random_erasing", "rand_augment", "mixup", "cutmix")
+    keys = ("flip", "crop_scale", "translate", "random_erasing", "rand_augment", "mixup", "cutmix")
     assert {key: given.arguments[key] for key in keys} == {key: getattr(recipe, key) for key in keys}

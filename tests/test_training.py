@@ -118,6 +118,37 @@ def test_random_erasing_replaces_one_rectangle_per_image():
     assert 0 < sum(erased) / (8 * 16) < 0.5  # about a quarter of the images
 
 
+def _shifted(image, dy, dx):
+    """`image` moved down by `dy` and right by `dx` pixels, zeros filled in."""
+    out = np.zeros_like(image)
+    h, w = image.shape[:2]
+    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        image[max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return out
+
+
+def test_translate_moves_each_image_by_whole_pixels_within_the_fraction():
+    rng = np.random.default_rng(0)
+    images = rng.uniform(1, 255, (32, 20, 20, 3)).astype("float32")  # no zeros of its own
+    labels = tf.one_hot(np.arange(32) % 3, 3)
+    out, out_labels = training.augmentation(flip=False, translate=0.2, seed=4)(tf.constant(images), labels)
+    out = out.numpy()
+    np.testing.assert_array_equal(out_labels, labels)
+    shifts = []
+    for image, moved in zip(images, out):
+        # 0.2 of 20 pixels: at most 4 either way; every output is the input
+        # moved by whole pixels (no interpolated values), zeros filled in.
+        found = [(dy, dx) for dy in range(-6, 7) for dx in range(-6, 7)
+                 if np.array_equal(_shifted(image, dy, dx), moved)]
+        assert len(found) == 1, "not a whole-pixel translation of the input"
+        shifts.append(found[0])
+    assert max(max(abs(dy), abs(dx)) for dy, dx in shifts) <= 4
+    assert len(set(shifts)) > 4  # drawn per image, in both directions
+    assert {np.sign(dy) for dy, _ in shifts} >= {-1, 1} and {np.sign(dx) for _, dx in shifts} >= {-1, 1}
+    unchanged, _ = training.augmentation(flip=False, translate=0.0)(tf.constant(images), labels)
+    np.testing.assert_array_equal(unchanged, images)
+
+
 def test_augmentation_argument_errors():
     with pytest.raises(ValueError, match=r"random_erasing=1.5"):
         training.augmentation(random_erasing=1.5)
@@ -125,6 +156,9 @@ def test_augmentation_argument_errors():
         training.augmentation(crop_scale=1.5)
     with pytest.raises(ValueError, match=r"rand_augment=2"):
         training.augmentation(rand_augment=2)
+    for translate in (1.0, -0.1):
+        with pytest.raises(ValueError, match=rf"translate={translate}"):
+            training.augmentation(translate=translate)
 
 
 def test_freeze_backbone_trains_only_the_head():
