@@ -498,8 +498,8 @@ def _train(config):
             # A setting missing from a config.json written by an earlier
             # keras_vit (`translate`, or any added later) had its default.
             defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-            before = {k: v for k, v in json.loads(previous.read_text()).items() if k not in ignored}
-            before = {**{k: v for k, v in defaults.items() if k not in ignored}, **before}
+            saved = {**defaults, **json.loads(previous.read_text())}
+            before = {k: v for k, v in saved.items() if k not in ignored}
             now = {k: v for k, v in json.loads(json.dumps(payload)).items() if k not in ignored}
             if before != now:
                 changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
