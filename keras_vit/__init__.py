@@ -27,6 +27,7 @@ from keras_vit import (  # noqa: E402
 from keras_vit.layers import (  # noqa: E402
     ClassTokenPooling,
     DropPath,
+    HorizontalFlip,
     PatchEncoder,
     Patches,
     PatchTokenAveragePooling,
@@ -47,6 +48,7 @@ from keras_vit.models import (  # noqa: E402
     bfloat16_cpu,
     preprocess_input,
     with_dtype_policy,
+    with_flip_tta,
 )
 from keras_vit.version import __version__  # noqa: E402
 from keras_vit.weights import (  # noqa: E402
@@ -61,6 +63,7 @@ __all__ = [
     "CheckpointError",
     "ClassTokenPooling",
     "DropPath",
+    "HorizontalFlip",
     "PatchEncoder",
     "PatchTokenAveragePooling",
     "Patches",
@@ -95,4 +98,5 @@ __all__ = [
     "variants",
     "weights",
     "with_dtype_policy",
+    "with_flip_tta",
 ]

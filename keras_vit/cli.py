@@ -33,6 +33,12 @@ def _run_arguments(parser):
                         help="the run's final model (default) or its best-validation checkpoint")
 
 
+def _tta_argument(parser, default_help):
+    parser.add_argument("--tta", choices=("none", "flip"),
+                        help="test-time augmentation: 'flip' averages the probabilities of each image and "
+                             f"its mirror image (twice the compute), 'none' the image alone; default: {default_help}")
+
+
 _MIXED_HELP = ("compute in 16 bits: mixed_bfloat16 on a CPU (faster where keras_vit.bfloat16_cpu() is True: "
                "AMX, or AVX-512-BF16 on AMD; slower elsewhere), "
                "mixed_float16 on a GPU")
@@ -82,6 +88,7 @@ def _parser():
     train.add_argument("--cutmix", type=float, default=0.0, help="CutMix factor (0: off)")
     train.add_argument("--random-erasing", type=float,
                        help="probability of erasing a random rectangle of each image (default: the recipe's)")
+    _tta_argument(train, "the recipe's (fashion_mnist: flip; others: none); the final test evaluation only")
     _bool_flag(train, "mixed-precision",
                "mixed_bfloat16 on CPU/TPU, mixed_float16 with loss scaling on GPU", default=False)
     train.add_argument("--jit-compile", choices=("auto", "true", "false"), default="auto",
@@ -100,6 +107,7 @@ def _parser():
                               description="Evaluate a run's best model on its data set's test split; "
                                           "writes evaluation.json and confusion.png into the run.")
     _run_arguments(evaluate)
+    _tta_argument(evaluate, "the run's own (as its test accuracy was measured)")
 
     predict = sub.add_parser(
         "predict", help="classify image files with a run's model or a server",
@@ -117,6 +125,7 @@ def _parser():
     predict.add_argument("--model-name", help="the served model's name (with --server)")
     predict.add_argument("--timeout", type=float, default=30.0, help="seconds per request (with --server)")
     _bool_flag(predict, "mixed-precision", _MIXED_HELP, default=False)
+    _tta_argument(predict, "the run's own (not with --server: the served model decides)")
 
     export = sub.add_parser(
         "export", help="write a run's model as a TF Serving SavedModel version",
@@ -131,6 +140,7 @@ def _parser():
     export.add_argument("--overwrite", action="store_true", help="replace an existing --version")
     export.add_argument("--top-k", type=int, help="classes in the top_k_* outputs (default: 5)")
     _bool_flag(export, "mixed-precision", _MIXED_HELP + " (inputs and outputs stay float32)", default=False)
+    _tta_argument(export, "the run's own")
 
     serve = sub.add_parser(
         "serve", help="serve exported versions over TF Serving's REST API (development)",
@@ -212,7 +222,9 @@ def _train(args):
           f"image_size={config.image_size} epochs={config.epochs} batch={config.batch_size}",
           flush=True)
     results = runs.train(config).results
-    print(f"test accuracy {results['test_accuracy']:.4f} (best-validation checkpoint "
+    tta = "" if results["tta"] == "none" else \
+        f" with {results['tta']} TTA ({results['test_accuracy_without_tta']:.4f} without)"
+    print(f"test accuracy {results['test_accuracy']:.4f}{tta} (best-validation checkpoint "
           f"{results['best_checkpoint_test_accuracy']:.4f}), test loss {results['test_loss']:.4f}, "
           f"{results['epochs']} epochs, wall time {results['wall_time_s']:.1f} s "
           f"({'resumed' if results['resumed'] else 'fresh run'}), run in {config.output}")
@@ -222,8 +234,9 @@ def _evaluate(args):
     from keras_vit import runs
 
     started = time.time()
-    result = runs.evaluate(args.run, which=args.model)
-    print(f"test accuracy {result['accuracy']:.4f}, test loss {result['loss']:.4f} on "
+    result = runs.evaluate(args.run, which=args.model, tta=args.tta)
+    tta = "" if result["tta"] == "none" else f" with {result['tta']} TTA"
+    print(f"test accuracy {result['accuracy']:.4f}{tta}, test loss {result['loss']:.4f} on "
           f"{result['num_examples']} images; confusion matrix {result['confusion_png']} "
           f"({time.time() - started:.1f} s)")
 
@@ -248,6 +261,9 @@ def _print_ranked(path, ranked):
 
 def _predict(args):
     if args.server:
+        if args.tta is not None:
+            raise ValueError("--tta applies to a run's model; with --server the exported model decides "
+                             "(keras-vit export --tta).")
         if not args.model_name:
             raise ValueError("--server needs --model-name (the served model's name).")
         from keras_vit import serving
@@ -265,7 +281,7 @@ def _predict(args):
 
     run, images = args.inputs[0], args.inputs[1:]
     predictions = runs.predict(run, images, top_k=args.top_k, which=args.model,
-                               dtype_policy=_inference_policy(args.mixed_precision))
+                               dtype_policy=_inference_policy(args.mixed_precision), tta=args.tta)
     for path, ranked in zip(images, predictions):
         _print_ranked(path, ranked)
 
@@ -275,7 +291,7 @@ def _export(args):
 
     path = export.export_run(args.run, args.output, version=args.export_version, overwrite=args.overwrite,
                              top_k=args.top_k, which=args.model,
-                             dtype_policy=_inference_policy(args.mixed_precision))
+                             dtype_policy=_inference_policy(args.mixed_precision), tta=args.tta)
     print(f"exported {args.run} ({args.model} model) to {path}")
 
 

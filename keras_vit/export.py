@@ -95,7 +95,7 @@ def _next_version(base, version, overwrite):
     return version
 
 
-def _probabilities(model):
+def _probabilities(model, tta):
     # A model built with classifier_activation=None outputs logits: the
     # export adds the softmax.
     last = next((layer for layer in model.layers if layer.name == "predictions"), None)
@@ -103,15 +103,27 @@ def _probabilities(model):
     outputs_logits = activation is None or getattr(activation, "__name__", "") == "linear"
 
     def probabilities(images):
+        if tta == "flip":
+            # The images and their mirror images in one call of the model
+            # (one batch of 2n is faster than two of n), then the mean of
+            # the two probabilities, as `keras_vit.with_flip_tta`.
+            images = tf.concat([images, tf.reverse(images, axis=[2])], axis=0)
         outputs = tf.cast(model(images, training=False), tf.float32)
-        return tf.nn.softmax(outputs, axis=-1) if outputs_logits else outputs
+        probs = tf.nn.softmax(outputs, axis=-1) if outputs_logits else outputs
+        if tta == "flip":
+            probs = tf.reduce_mean(tf.stack(tf.split(probs, 2, axis=0)), axis=0)
+        return probs
 
     return probabilities
 
 
-def build_archive(model, class_names=None, top_k=None, max_image_pixels=vit_data.MAX_IMAGE_PIXELS):
+def build_archive(model, class_names=None, top_k=None, max_image_pixels=vit_data.MAX_IMAGE_PIXELS,
+                  tta="none"):
     """The `keras.export.ExportArchive` with the three signatures (see the
     module docstring), ready for `write_out`."""
+    from keras_vit import models
+
+    models.check_tta(tta)
     if isinstance(max_image_pixels, bool) or not isinstance(max_image_pixels, int) \
             or max_image_pixels < 1:
         raise ValueError(
@@ -124,7 +136,7 @@ def build_archive(model, class_names=None, top_k=None, max_image_pixels=vit_data
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= classes:
         raise ValueError(f"top_k must be an integer in [1, {classes}], received top_k={top_k!r}.")
     features = keras.Model(model.inputs, model.get_layer("head").input, name=f"{model.name}_features")
-    probabilities = _probabilities(model)
+    probabilities = _probabilities(model, tta)
     height, width = image_size
 
     def decode(image_bytes):
@@ -171,7 +183,7 @@ def build_archive(model, class_names=None, top_k=None, max_image_pixels=vit_data
 
 
 def export_saved_model(model, base_dir, class_names=None, version=None, overwrite=False,
-                       top_k=None, max_image_pixels=vit_data.MAX_IMAGE_PIXELS):
+                       top_k=None, max_image_pixels=vit_data.MAX_IMAGE_PIXELS, tta="none"):
     """Writes `model` as a TF Serving SavedModel version under `base_dir`.
 
     Args:
@@ -189,12 +201,16 @@ def export_saved_model(model, base_dir, class_names=None, version=None, overwrit
         max_image_pixels: images whose header declares more pixels are
             refused before decoding (decompression bombs); the default is
             Pillow's limit, `keras_vit.data.MAX_IMAGE_PIXELS`.
+        tta: `"flip"`: the probabilities (and top-k) are the mean over each
+            image and its mirror image, as `keras_vit.with_flip_tta`, for
+            twice the compute; `"none"` (default): the image alone. The
+            `embeddings` signature is always the image's own.
 
     Returns:
         The path of the version directory, e.g. `export/vit/1`.
     """
     archive = build_archive(model, class_names=class_names, top_k=top_k,
-                            max_image_pixels=max_image_pixels)
+                            max_image_pixels=max_image_pixels, tta=tta)
     base = pathlib.Path(base_dir)
     if base.exists() and not base.is_dir():
         raise NotADirectoryError(f"{base} exists and is not a directory.")
@@ -216,7 +232,7 @@ def export_saved_model(model, base_dir, class_names=None, version=None, overwrit
 
 
 def export_run(run_dir, base_dir=None, version=None, overwrite=False, top_k=None, which="last",
-               dtype_policy=None):
+               dtype_policy=None, tta=None):
     """Exports a training run's model (`keras-vit export RUN`) with the
     class names the run recorded.
 
@@ -229,6 +245,8 @@ def export_run(run_dir, base_dir=None, version=None, overwrite=False, top_k=None
             `"mixed_bfloat16"` for CPUs with fast bfloat16 (see `keras_vit.bfloat16_cpu`,
             `keras_vit.with_dtype_policy`); the signatures' inputs and
             outputs stay float32.
+        tta: as in `export_saved_model`; `None`: the run's own setting (the
+            one its test accuracy was measured with).
 
     Returns:
         The path of the version directory.
@@ -236,6 +254,7 @@ def export_run(run_dir, base_dir=None, version=None, overwrite=False, top_k=None
     from keras_vit import runs
 
     config = runs.read_run(run_dir)
+    tta = runs._run_tta(config, tta)
     model = runs.load_run_model(run_dir, which)
     if dtype_policy is not None:
         from keras_vit import models
@@ -244,4 +263,4 @@ def export_run(run_dir, base_dir=None, version=None, overwrite=False, top_k=None
     if base_dir is None:
         base_dir = pathlib.Path("export") / pathlib.Path(run_dir).resolve().name
     return export_saved_model(model, base_dir, class_names=config["class_names"], version=version,
-                              overwrite=overwrite, top_k=top_k)
+                              overwrite=overwrite, top_k=top_k, tta=tta)

@@ -602,3 +602,33 @@ class PatchTokenAveragePooling(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], input_shape[-1])
+
+
+@keras.saving.register_keras_serializable(package="keras_vit")
+class HorizontalFlip(keras.layers.Layer):
+    """Mirrors images left to right, always (the test-time flip).
+
+    Keras' `RandomFlip("horizontal")` flips at random and only in training;
+    test-time augmentation needs the mirror image of every input, at
+    inference, and a layer (not a `Lambda`) so that the model saves and
+    loads in safe mode. Input shape: `(batch, height, width, channels)`.
+
+    Example:
+
+    >>> images = np.arange(6, dtype="float32").reshape(1, 1, 3, 2)
+    >>> keras_vit.layers.HorizontalFlip()(images).numpy()[0, 0]
+    array([[4., 5.],
+           [2., 3.],
+           [0., 1.]], dtype=float32)
+    """
+
+    def call(self, images):
+        if len(images.shape) != 4:
+            raise ValueError(
+                f"HorizontalFlip expects images of shape (batch, height, width, channels), "
+                f"received shape {tuple(images.shape)}."
+            )
+        return ops.flip(images, axis=2)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape

@@ -55,11 +55,16 @@ RECIPES = {
         image_size=28, patch_size=4, hidden_dim=64, num_layers=6, num_heads=4, mlp_dim=128,
         epochs=24, batch_size=128, learning_rate=3e-3, weight_decay=0.05, flip=True,
         crop_scale=None, drop_path_rate=0.0, warmup_epochs=2.0, random_erasing=0.4,
+        # Test-time flips: the mean of the probabilities of each test image
+        # and its mirror image (`models.with_flip_tta`). On 13 trained
+        # models of this recipe and its variants, 0.15-0.70 points more
+        # test accuracy than the same model without (BENCHMARKS.md).
+        tta="flip",
     ),
 }
 _DEFAULTS = dict(
     image_size=224, epochs=10, batch_size=32, learning_rate=1e-3, weight_decay=0.05, flip=True,
-    crop_scale=None, drop_path_rate=0.1, warmup_epochs=5.0, random_erasing=0.0,
+    crop_scale=None, drop_path_rate=0.1, warmup_epochs=5.0, random_erasing=0.0, tta="none",
 )
 DEFAULT_VARIANT = "Ti/16"
 _ARCHITECTURE = ("patch_size", "hidden_dim", "num_layers", "num_heads", "mlp_dim")
@@ -110,6 +115,7 @@ class TrainConfig:
     mixup: float = 0.0
     cutmix: float = 0.0
     random_erasing: float = None
+    tta: str = None
     mixed_precision: bool = False
     jit_compile: str = "auto"
     strategy: str = "auto"
@@ -150,6 +156,7 @@ class TrainConfig:
             raise ValueError(f"learning_rate must be positive, received learning_rate={config.learning_rate}.")
         if config.weights is not None and not os.path.isfile(config.weights):
             raise ValueError(f"weights={config.weights!r}: no such checkpoint file.")
+        models.check_tta(config.tta)
         if config.strategy not in distribute.STRATEGIES:
             raise ValueError(
                 f"strategy must be one of {', '.join(distribute.STRATEGIES)}; "
@@ -494,7 +501,8 @@ def _train(config):
     if chief:
         previous = output / "config.json"
         if resuming and previous.is_file():
-            ignored = ("verbose", "overwrite")
+            # tta changes only the final evaluation, not the training.
+            ignored = ("verbose", "overwrite", "tta")
             # A setting missing from a config.json written by an earlier
             # keras_vit (`translate`, or any added later) had its default.
             defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
@@ -572,36 +580,75 @@ def _train(config):
     # best-validation checkpoint is reported beside it; on a small
     # validation set (180 digits) it is a noisy pick, often an earlier and
     # worse model.
-    test = model.evaluate(ds_test, verbose=0, return_dict=True)
+    # With test-time augmentation (`tta`), the result is the augmented
+    # model's; the plain model's accuracy is reported beside it.
+    plain = model.evaluate(ds_test, verbose=0, return_dict=True)
+    with strategy.scope():
+        test = _evaluate_with_tta(model, ds_test, config) if config.tta != "none" else plain
     best = load_run_model(output, "best") if chief else model
-    best_test = best.evaluate(ds_test, verbose=0, return_dict=True) if chief else test
+    best_test = _evaluate_with_tta(best, ds_test, config) if chief else test
     results = {
         "test_accuracy": float(test["accuracy"]),
         "test_loss": float(test["loss"]),
         "best_checkpoint_test_accuracy": float(best_test["accuracy"]),
+        "tta": config.tta,
+    }
+    if config.tta != "none":
+        results["test_accuracy_without_tta"] = float(plain["accuracy"])
+        results["test_loss_without_tta"] = float(plain["loss"])
+    results.update({
         "epochs": len(read_log(log_path)) if chief else config.epochs,
         "wall_time_s": round(time.time() - started, 1),
         "resumed": resuming,
         "num_params": int(model.count_params()),
         "num_replicas": int(strategy.num_replicas_in_sync),
-    }
+    })
     if chief:
         _write_json_atomic(output / "results.json", results)
         shutil.rmtree(backup_dir, ignore_errors=True)
     return TrainResult(model=model, results=results, history=history.history, info=info)
 
 
-def evaluate(run_dir, which="last", batch_size=256):
+def _evaluate_with_tta(model, ds_test, config):
+    """`model.evaluate` on the test split through the run's `tta` (the
+    training loss and accuracy, compiled on the augmented model)."""
+    if config.tta == "none":
+        return model.evaluate(ds_test, verbose=0, return_dict=True)
+    augmented = models.with_tta(model, config.tta)
+    augmented.compile(
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+    return augmented.evaluate(ds_test, verbose=0, return_dict=True)
+
+
+def _run_tta(config, tta):
+    """The `tta` asked for, else the run's own (`"none"` for runs saved
+    before the setting existed)."""
+    return models.check_tta((config.get("tta") or "none") if tta is None else tta)
+
+
+def evaluate(run_dir, which="last", batch_size=256, tta=None):
     """Evaluates a run's model on its data set's test split.
 
     Writes `evaluation.json` and `confusion.png` (the confusion matrix) in
     the run directory.
 
+    Args:
+        run_dir: the run directory.
+        which: `"last"` or `"best"` model of the run.
+        batch_size: images per batch.
+        tta: test-time augmentation, `"none"` or `"flip"` (the mean over each
+            image and its mirror image); `None`: the run's own setting, as
+            in its `results.json`.
+
     Returns:
-        A dict with `accuracy`, `loss`, `confusion_matrix` and paths.
+        A dict with `accuracy`, `loss`, `confusion_matrix`, `tta` and paths.
     """
     config = read_run(run_dir)
+    tta = _run_tta(config, tta)
     model = load_run_model(run_dir, which)
+    augmented = models.with_tta(model, tta)
     (ds_test, info) = vit_data.load(
         config["data"], image_size=config["image_size"], batch_size=batch_size,
         validation_split=config["validation_split"],
@@ -612,7 +659,7 @@ def evaluate(run_dir, which="last", batch_size=256):
     # collected probabilities, as model.evaluate would compute it.
     onehots, probabilities = [], []
     for images, onehot in ds_test:
-        probabilities.append(keras.ops.convert_to_numpy(model.predict_on_batch(images)))
+        probabilities.append(keras.ops.convert_to_numpy(augmented.predict_on_batch(images)))
         onehots.append(onehot.numpy())
     onehots, probabilities = np.concatenate(onehots), np.concatenate(probabilities)
     labels, predictions = np.argmax(onehots, axis=-1), np.argmax(probabilities, axis=-1)
@@ -630,6 +677,7 @@ def evaluate(run_dir, which="last", batch_size=256):
         "confusion_matrix": matrix.tolist(),
         "confusion_png": str(png),
         "model": which,
+        "tta": tta,
     }
     _write_json_atomic(run_dir / "evaluation.json", result)
     return result
@@ -663,7 +711,7 @@ def plot_confusion_matrix(matrix, class_names, png_path, title="Confusion matrix
     return png_path
 
 
-def predict(run_dir, paths, top_k=3, which="last", dtype_policy=None):
+def predict(run_dir, paths, top_k=3, which="last", dtype_policy=None, tta=None):
     """Classifies image files with a run's model.
 
     Args:
@@ -673,6 +721,8 @@ def predict(run_dir, paths, top_k=3, which="last", dtype_policy=None):
         which: `"last"` or `"best"` model of the run.
         dtype_policy: compute under this policy instead of the saved one,
             e.g. `"mixed_bfloat16"` (see `keras_vit.with_dtype_policy`).
+        tta: test-time augmentation, `"none"` or `"flip"`; `None`: the run's
+            own setting.
 
     Returns:
         A list, per image, of `(class_name, probability)` pairs, best first.
@@ -681,9 +731,11 @@ def predict(run_dir, paths, top_k=3, which="last", dtype_policy=None):
     names = config["class_names"]
     if not isinstance(top_k, int) or not 1 <= top_k <= len(names):
         raise ValueError(f"top_k must be in [1, {len(names)}], received top_k={top_k!r}.")
+    tta = _run_tta(config, tta)
     model = load_run_model(run_dir, which)
     if dtype_policy is not None:
         model = models.with_dtype_policy(model, dtype_policy)
+    model = models.with_tta(model, tta)
     images = vit_data.load_images(paths, (config["image_size"], config["image_size"]))
     probabilities = model.predict(images, verbose=0)
     results = []

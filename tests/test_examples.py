@@ -139,10 +139,11 @@ def test_train_from_scratch_example(capsys, monkeypatch):
     monkeypatch.setattr(training, "augmentation", recording)
     # The docstring's quick look. 50 steps: with the recipe's random erasing
     # 30 steps reached 0.3976, 50 steps 0.4548 (the same 25 s in all).
-    accuracy = _run_example("train_from_scratch", ["--epochs", "1", "--steps", "50"])
+    accuracy, plain = _run_example("train_from_scratch", ["--epochs", "1", "--steps", "50"])
     out = capsys.readouterr().out
-    assert re.search(rf"Fashion-MNIST test accuracy {accuracy:.4f} after 1 epochs \(\d+ s\)", out)
-    assert accuracy > 0.4  # 50 steps of 128 images: far above chance (0.1)
+    assert re.search(rf"Fashion-MNIST test accuracy {accuracy:.4f} with flip TTA \({plain:.4f} without\) "
+                     rf"after 1 epochs \(\d+ s\)", out)
+    assert accuracy > 0.4 and plain > 0.4  # 50 steps of 128 images: far above chance (0.1)
     # "What keras-vit train --data fashion_mnist does, spelled out": the
     # recipe's augmentation, random erasing included.
     recipe = runs.TrainConfig(data="fashion_mnist").resolved()
@@ -151,3 +152,4 @@ def test_train_from_scratch_example(capsys, monkeypatch):
     given.apply_defaults()  # what the example leaves out is the function's default
     keys = ("flip", "crop_scale", "translate", "random_erasing", "rand_augment", "mixup", "cutmix")
     assert {key: given.arguments[key] for key in keys} == {key: getattr(recipe, key) for key in keys}
+    assert recipe.tta == "flip"  # and the test accuracy is measured as the recipe measures it

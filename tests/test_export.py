@@ -250,6 +250,12 @@ def test_logits_model_exports_probabilities(tmp_path):
     np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=1e-6)
     assert out["top_k_labels"].shape == (2, 2)
     assert [b.decode() for b in out["top_k_labels"].numpy()[:, 0]] == [str(i) for i in logits.argmax(-1)]
+    # With flip TTA: the mean of the two images' probabilities (softmax first).
+    path = export.export_saved_model(model, tmp_path / "vit", top_k=2, tta="flip")
+    out = tf.saved_model.load(path).signatures["predict_images"](images=tf.constant(images))
+    mirrored = model.predict(images[:, :, ::-1], verbose=0)
+    softmax = lambda z: np.exp(z) / np.exp(z).sum(-1, keepdims=True)  # noqa: E731
+    np.testing.assert_allclose(out["probabilities"].numpy(), (expected + softmax(mirrored)) / 2, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -260,6 +266,7 @@ def test_logits_model_exports_probabilities(tmp_path):
         (dict(top_k=7), ValueError, r"top_k must be an integer in \[1, 6\], received top_k=7"),
         (dict(version=0), ValueError, "version must be a positive integer, received version=0"),
         (dict(version="2"), ValueError, "version must be a positive integer, received version='2'"),
+        (dict(tta="hflip"), ValueError, "tta must be one of 'none', 'flip'; received tta='hflip'"),
     ],
 )
 def test_bad_arguments(exported, tmp_path, kwargs, error, message):

@@ -325,7 +325,23 @@ def test_pooling_layers(rng, tmp_path):
     run_layer_test(layers.PatchTokenAveragePooling, {}, tokens, (2, 4), tmp_path)
 
 
+def test_horizontal_flip_mirrors_the_width_axis_only(rng, tmp_path):
+    images = rng.normal(size=(2, 3, 5, 3)).astype("float32")
+    _, output = run_layer_test(layers.HorizontalFlip, {}, images, (2, 3, 5, 3), tmp_path)
+    np.testing.assert_array_equal(output, images[:, :, ::-1, :])
+    # Not an identity, not the height axis, and the same at training time
+    # (unlike keras.layers.RandomFlip, which flips at random in training only).
+    assert not np.array_equal(output, images)
+    assert not np.array_equal(output, images[:, ::-1])
+    np.testing.assert_array_equal(layers.HorizontalFlip()(images, training=True), output)
+
+
+def test_horizontal_flip_rejects_non_images():
+    with pytest.raises(ValueError, match=r"\(batch, height, width, channels\), received shape \(2, 5\)"):
+        layers.HorizontalFlip()(np.zeros((2, 5), "float32"))
+
+
 def test_layers_exported_at_top_level():
-    for name in ("Patches", "PatchEncoder", "TransformerBlock"):
+    for name in ("Patches", "PatchEncoder", "TransformerBlock", "HorizontalFlip"):
         assert getattr(keras_vit, name) is getattr(layers, name)
         assert name in keras_vit.__all__

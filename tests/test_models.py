@@ -295,6 +295,60 @@ def test_with_dtype_policy_rejects_bad_policies(policy):
         models.with_dtype_policy("model.keras", "mixed_bfloat16")
 
 
+def test_with_flip_tta_averages_each_image_and_its_mirror_image(rng, tmp_path):
+    model = randomize(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5))
+    images = rng.uniform(0, 255, (4,) + TINY_SHAPE).astype("float32")
+    mirrored = images[:, :, ::-1]  # left-right: the width axis
+    plain = model.predict(images, verbose=0)
+    expected = (plain + model.predict(mirrored, verbose=0)) / 2
+    tta = keras_vit.with_flip_tta(model)
+    assert tta.name == f"{model.name}_flip_tta"
+    out = tta.predict(images, verbose=0)
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    assert np.abs(out - plain).max() > 1e-3  # the random model is not flip-invariant
+    # The average is the same for an image and its mirror image.
+    np.testing.assert_allclose(tta.predict(mirrored, verbose=0), out, atol=1e-6)
+    np.testing.assert_allclose(tta(images), out, atol=1e-6)
+    # Shared weights: changing the model changes the wrapper.
+    assert len(tta.weights) == len(model.weights)
+    model.get_layer("head").kernel.assign(np.zeros(model.get_layer("head").kernel.shape))
+    new = tta.predict(images, verbose=0)
+    np.testing.assert_allclose(new, (model.predict(images, verbose=0) + model.predict(mirrored, verbose=0)) / 2,
+                               atol=1e-6)
+    # A .keras file holds the wrapper, loaded in safe mode without custom objects.
+    tta.save(tmp_path / "tta.keras")
+    loaded = keras.saving.load_model(tmp_path / "tta.keras")
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), new, atol=1e-6)
+
+
+def test_with_flip_tta_evaluates_and_keeps_float32_outputs_under_mixed_precision(rng):
+    model = randomize(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5))
+    fast = keras_vit.with_flip_tta(models.with_dtype_policy(model, "mixed_bfloat16"))
+    images = rng.uniform(0, 255, (6,) + TINY_SHAPE).astype("float32")
+    assert fast(images).dtype == "float32"
+    assert fast.get_layer("mirror").compute_dtype == "float32"
+    tta = keras_vit.with_flip_tta(model)
+    tta.compile(loss="categorical_crossentropy", metrics=["accuracy"])
+    labels = np.eye(5, dtype="float32")[[0, 1, 2, 3, 4, 0]]
+    probabilities = tta.predict(images, verbose=0)
+    accuracy = tta.evaluate(images, labels, verbose=0, return_dict=True)["accuracy"]
+    assert accuracy == pytest.approx(np.mean(probabilities.argmax(-1) == labels.argmax(-1)))
+
+
+def test_with_flip_tta_rejects_what_it_cannot_wrap():
+    with pytest.raises(TypeError, match="keras.Model, received str"):
+        keras_vit.with_flip_tta("model.keras")
+    tokens = keras.Input((5, 8))
+    with pytest.raises(ValueError, match=r"image input .* input shape \(None, 5, 8\)"):
+        keras_vit.with_flip_tta(keras.Model(tokens, keras.layers.Dense(2)(tokens)))
+    images = keras.Input(TINY_SHAPE)
+    two = keras.Model(images, [keras.layers.Flatten()(images)] * 2)
+    with pytest.raises(ValueError, match="1 inputs and 2 outputs"):
+        keras_vit.with_flip_tta(two)
+    with pytest.raises(ValueError, match="tta must be one of 'none', 'flip'; received tta='hflip'"):
+        models.with_tta(two, "hflip")
+
+
 def test_bfloat16_cpu_reads_cpu_flags(monkeypatch, tmp_path):
     # (vendor, flags, expected): AMD's AVX-512-BF16 runs bfloat16 dot
     # products at twice the float32 rate, Intel's without AMX at the same

@@ -133,6 +133,10 @@ def test_unfinished_run_with_other_settings_is_refused(trained_run):
     # those count as their defaults, so only the epochs differ.
     older = json.loads(written)
     assert older.pop("translate") == 0.0
+    # The test-time augmentation changes only the final evaluation: a run
+    # may resume with another.
+    assert older["tta"] == "none"
+    older["tta"] = "flip"
     config_path.write_text(json.dumps(older))
     try:
         with pytest.raises(runs.RunError, match=r"unfinished run with other settings \(epochs\)"):
@@ -143,6 +147,95 @@ def test_unfinished_run_with_other_settings_is_refused(trained_run):
         shutil.rmtree(backup)
         config_path.write_text(written)
     assert _log(trained_run) == before
+
+
+def _test_split(image_size):
+    (ds_test, _) = data.load("digits", image_size=image_size, batch_size=512, splits=("test",))
+    images, onehots = zip(*((x.numpy(), y.numpy()) for x, y in ds_test))
+    return np.concatenate(images), np.concatenate(onehots).argmax(-1)
+
+
+def test_flip_tta_run_reports_both_accuracies_and_evaluate_predict_export_follow_it(tmp_path, capsys):
+    import tensorflow as tf
+
+    from keras_vit import export
+
+    run = tmp_path / "tta"
+    assert cli.main(["train", "--epochs", "3", "--output", str(run), "--tta", "flip"] + QUICK) == 0
+    out = capsys.readouterr().out
+    results = json.loads((run / "results.json").read_text())
+    assert results["tta"] == "flip"
+    # The same numbers by hand: the final model on the test split and on
+    # its mirror images.
+    model = runs.load_run_model(run)
+    images, labels = _test_split(32)
+    plain = model.predict(images, verbose=0)
+    averaged = (plain + model.predict(images[:, :, ::-1], verbose=0)) / 2
+    plain_accuracy = np.mean(plain.argmax(-1) == labels)
+    tta_accuracy = np.mean(averaged.argmax(-1) == labels)
+    assert results["test_accuracy"] == pytest.approx(tta_accuracy, abs=1e-6)
+    assert results["test_accuracy_without_tta"] == pytest.approx(plain_accuracy, abs=1e-6)
+    # The losses tell the two apart even where the accuracies happen to agree
+    # (the run's loss: label smoothing 0.1).
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=0.1)
+    onehots = np.eye(10, dtype="float32")[labels]
+    plain_loss, tta_loss = float(loss(onehots, plain)), float(loss(onehots, averaged))
+    assert abs(plain_loss - tta_loss) > 1e-3
+    assert results["test_loss"] == pytest.approx(tta_loss, rel=1e-4)
+    assert results["test_loss_without_tta"] == pytest.approx(plain_loss, rel=1e-4)
+    assert f"test accuracy {tta_accuracy:.4f} with flip TTA ({plain_accuracy:.4f} without)" in out
+
+    # evaluate and predict use the run's setting unless told otherwise.
+    def confusion(probabilities):
+        matrix = np.zeros((10, 10), dtype=int)
+        np.add.at(matrix, (labels, probabilities.argmax(-1)), 1)
+        return matrix.tolist()
+
+    assert confusion(plain) != confusion(averaged)  # digits are not mirror-symmetric
+    assert cli.main(["evaluate", str(run)]) == 0
+    assert f"test accuracy {tta_accuracy:.4f} with flip TTA" in capsys.readouterr().out
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    assert evaluation["tta"] == "flip" and evaluation["confusion_matrix"] == confusion(averaged)
+    assert evaluation["loss"] == pytest.approx(tta_loss, rel=1e-4)
+    assert runs.evaluate(run, tta="none")["confusion_matrix"] == confusion(plain)
+    paths = []
+    pixels = images[:2].astype("uint8")  # what the PNG files hold
+    for i in range(2):
+        paths.append(tmp_path / f"image{i}.png")
+        Image.fromarray(pixels[i]).save(paths[i])
+    pixels = pixels.astype("float32")
+    plain_files = model.predict(pixels, verbose=0)
+    averaged_files = (plain_files + model.predict(pixels[:, :, ::-1], verbose=0)) / 2
+    assert np.abs(plain_files - averaged_files).max() > 1e-3
+    for tta, expected in ((None, averaged_files), ("none", plain_files)):  # None: the run's own, flip
+        ranked = runs.predict(run, paths, top_k=1, tta=tta)
+        for i, [(name, probability)] in enumerate(ranked):
+            assert name == str(expected[i].argmax())
+            assert probability == pytest.approx(expected[i].max(), abs=1e-5)
+
+    # The exported model averages the same way (one call on both images).
+    version = export.export_run(run, tmp_path / "export")
+    exported = tf.saved_model.load(version).signatures["predict_images"]
+    np.testing.assert_allclose(exported(images=tf.constant(images[:5]))["probabilities"].numpy(),
+                               averaged[:5], atol=1e-5)
+    version = export.export_run(run, tmp_path / "export", tta="none")
+    exported = tf.saved_model.load(version).signatures["predict_images"]
+    np.testing.assert_allclose(exported(images=tf.constant(images[:5]))["probabilities"].numpy(),
+                               plain[:5], atol=1e-5)
+
+    # A run written before the setting existed had no test-time augmentation.
+    config = json.loads((run / "config.json").read_text())
+    del config["tta"]
+    (run / "config.json").write_text(json.dumps(config))
+    assert runs.evaluate(run)["confusion_matrix"] == confusion(plain)
+
+
+def test_recipes_choose_their_test_time_augmentation():
+    assert runs.TrainConfig(data="fashion_mnist").resolved().tta == "flip"  # clothes look the same mirrored
+    assert runs.TrainConfig(data="digits").resolved().tta == "none"  # digits do not
+    assert runs.TrainConfig(data="fashion_mnist", tta="none").resolved().tta == "none"
+    with pytest.raises(ValueError, match="tta must be one of 'none', 'flip'; received tta='mirror'"):
+        runs.TrainConfig(tta="mirror").resolved()
 
 
 @pytest.mark.parametrize(
@@ -157,6 +250,8 @@ def test_unfinished_run_with_other_settings_is_refused(trained_run):
         (["train", "--weights", "nope.npz"], r"weights='nope.npz': no such checkpoint file"),
         (["train", "--variant", "Q/16"], r"Unknown variant 'Q/16'"),
         (["evaluate", "/nonexistent/run"], r"/nonexistent/run is not a training run"),
+        (["predict", "--server", "http://localhost:1", "--model-name", "vit", "x.png", "--tta", "flip"],
+         r"--tta applies to a run's model; with --server the exported model decides"),
     ],
 )
 def test_cli_errors_are_one_line_with_exit_code_2(argv, match, capsys, tmp_path, monkeypatch):
