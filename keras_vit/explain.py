@@ -404,7 +404,8 @@ def explain_run(run_dir, paths, png_path, layer=None, head=None, head_fusion="me
     Without `layer`, the attention rollout through all blocks; with `layer`
     (and optionally `head`), that block's class-token attention. Writes a
     PNG with a row per image (image | heat map | overlay), titled with the
-    predicted class.
+    class the model predicts for the image as shown (without the run's
+    test-time flips, if it has them: the attention is the image's own).
 
     Returns:
         `(png_path, masks, predictions)`, predictions as `(class, probability)`.
