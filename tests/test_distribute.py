@@ -47,12 +47,14 @@ import json, sys
 from keras_vit import runs
 config = runs.TrainConfig(data="digits", epochs=3, output=sys.argv[1] if len(sys.argv) > 1 else {output!r},
                           hidden_dim=32, num_heads=2, mlp_dim=64, num_layers=2, batch_size=64,
-                          learning_rate=3e-3, warmup_epochs=0.5, strategy={strategy!r}, verbose=2)
+                          learning_rate=3e-3, warmup_epochs=0.5, strategy={strategy!r}, verbose=2,
+                          tta="flip")
 run = runs.train(config)
 weights = run.model.get_weights()
 print("RESULT " + json.dumps(dict(
     replicas=run.results["num_replicas"], loss=run.history["loss"],
     accuracy=run.results["test_accuracy"],
+    without_tta=run.results["test_accuracy_without_tta"],
     checksum=float(sum(float(abs(w).sum()) for w in weights)),
     first=[float(x) for x in weights[0].ravel()[:8]])))
 """
@@ -75,8 +77,15 @@ def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
     result = _result(_run(script))
     assert result["replicas"] == 2
     assert result["loss"][-1] < result["loss"][0]
-    assert result["accuracy"] > 0.2  # twice chance after 3 short epochs
+    assert result["without_tta"] > 0.2  # twice chance after 3 short epochs
     assert (tmp_path / "run" / "best.keras").is_file()
+    # The test-time flips, evaluated under the strategy, give what evaluate
+    # gives in this process without one.
+    from keras_vit import runs
+
+    run = tmp_path / "run"
+    assert runs.evaluate(run)["accuracy"] == pytest.approx(result["accuracy"], abs=1e-6)
+    assert runs.evaluate(run, tta="none")["accuracy"] == pytest.approx(result["without_tta"], abs=1e-6)
 
 
 def _free_ports(n):
@@ -118,6 +127,9 @@ def test_two_workers_multi_worker_mirrored_strategy(tmp_path):
     assert chief["checksum"] == pytest.approx(worker["checksum"], rel=1e-6)
     assert chief["loss"] == pytest.approx(worker["loss"], rel=1e-6)
     assert chief["loss"][-1] < chief["loss"][0]
+    # The final evaluation, test-time flips included, runs on both workers.
+    assert chief["accuracy"] == pytest.approx(worker["accuracy"], abs=1e-6)
+    assert chief["without_tta"] == pytest.approx(worker["without_tta"], abs=1e-6)
     # Only the chief writes the run's files; the log has its 3 epochs once.
     assert sorted(p.name for p in output.iterdir()) == [
         "best.keras", "config.json", "curves.png", "last.keras", "log.csv", "logs", "results.json",
