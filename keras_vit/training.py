@@ -15,6 +15,8 @@ keras-cv 0.9 itself no longer runs its MixUp on Keras 3.15 inputs.
 import keras
 import tensorflow as tf
 
+from keras_vit._validation import check_rate
+
 
 # Variables that are not decayed, matched against variable names.
 NO_WEIGHT_DECAY = ("bias", "gamma", "beta", "class_token", "position_embedding")
@@ -232,14 +234,14 @@ def augmentation(flip=True, crop_scale=None, rand_augment=0.0, mixup=0.0, cutmix
     Every layer keeps the input size.
 
     Args:
+        flip: random horizontal flips.
+        crop_scale: random resized crop, keeping at least this fraction of
+            each side (e.g. 0.8), by zooming in and translating; `None`: off.
         translate: random translation by up to this fraction of the height
             and of the width (`keras.layers.RandomTranslation`), by whole
             pixels (nearest-neighbour sampling: no blur), the uncovered
             border filled with zeros, as torchvision's
             `RandomAffine(degrees=0, translate=(t, t))`; 0: off.
-        flip: random horizontal flips.
-        crop_scale: random resized crop, keeping at least this fraction of
-            each side (e.g. 0.8), by zooming in and translating; `None`: off.
         rand_augment: RandAugment strength in [0, 1] (0: off), two ops per
             image.
         random_erasing: probability in [0, 1] that an image gets a random
@@ -255,9 +257,7 @@ def augmentation(flip=True, crop_scale=None, rand_augment=0.0, mixup=0.0, cutmix
         A function `(images, labels) -> (images, labels)`.
     """
     image_layers = []
-    if translate:
-        if not 0.0 < translate < 1.0:
-            raise ValueError(f"translate must be in [0, 1), received translate={translate!r}.")
+    if check_rate("translate", translate):
         image_layers.append(keras.layers.RandomTranslation(
             translate, translate, fill_mode="constant", fill_value=0.0, interpolation="nearest",
             seed=seed,
