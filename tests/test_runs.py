@@ -238,6 +238,18 @@ def test_recipes_choose_their_test_time_augmentation():
         runs.TrainConfig(tta="mirror").resolved()
 
 
+
+def test_cli_offers_exactly_the_librarys_tta_modes():
+    # cli.py spells the choices out so that parsing imports no Keras; this
+    # keeps them the same as keras_vit.models.TTA_MODES.
+    from keras_vit import models
+
+    sub = next(a for a in cli._parser()._actions if a.dest == "command")
+    found = {name: next(a.choices for a in parser._actions if a.dest == "tta")
+             for name, parser in sub.choices.items() if any(a.dest == "tta" for a in parser._actions)}
+    assert sorted(found) == ["evaluate", "export", "predict", "train"]
+    assert all(tuple(choices) == models.TTA_MODES for choices in found.values()), found
+
 @pytest.mark.parametrize(
     "argv, match",
     [
