@@ -108,6 +108,23 @@ def is_chief(strategy=None):
     return task.get("type") == "worker" and int(task.get("index", 0)) == 0
 
 
+def worker_values(strategy, *values):
+    """`values` (ints) as each worker of `strategy` has them, in task order.
+
+    Returns a list with one tuple of the values per worker. Under
+    MultiWorkerMirroredStrategy every worker must call this at the same point
+    (it is a collective all-gather); under any other strategy there is one
+    process and the result is `[values]`. `keras_vit.runs.train` uses it to
+    check, before training, that every worker resumes from the same backup.
+    """
+    values = tuple(int(v) for v in values)
+    if not _is_multi_worker(strategy):
+        return [values]
+    gathered = strategy.gather(strategy.run(lambda: tf.constant([values], tf.int64)), axis=0)
+    per_worker = max(1, strategy.num_replicas_in_sync // max(1, _tf_config_workers()))
+    return [tuple(int(v) for v in row) for row in gathered.numpy()[::per_worker]]
+
+
 def _is_multi_worker(strategy):
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
         strategy.extended._in_multi_worker_mode()

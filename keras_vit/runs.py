@@ -256,10 +256,16 @@ class _AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     a complete file of the epoch it states. The backup is kept at the end of
     training (the run removes it once its results are written), so a kill
     during the final evaluation does not restart the run.
+
+    `restore_dir` (default: `backup_dir`) is where a resumed run reads its
+    backup: under MultiWorkerMirroredStrategy every worker restores the
+    chief's, as Keras 2's `BackupAndRestore` did, while the other workers
+    write theirs to a scratch folder.
     """
 
-    def __init__(self, backup_dir):
+    def __init__(self, backup_dir, restore_dir=None):
         super().__init__(backup_dir, delete_checkpoint=False)
+        self.restore_dir = restore_dir or backup_dir
 
     def on_epoch_end(self, epoch, logs=None):
         if _finite(logs):
@@ -277,12 +283,12 @@ class _AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
                 old.unlink()
 
     def _load_model(self):
-        metadata = read_backup(self.backup_dir)
+        metadata = read_backup(self.restore_dir)
         if metadata is None:
             return
         if self.model.optimizer is not None and not self.model.optimizer.built:
             self.model.optimizer.build(self.model.trainable_variables)
-        self.model.load_weights(str(pathlib.Path(self.backup_dir) / metadata["weights"]))
+        self.model.load_weights(str(pathlib.Path(self.restore_dir) / metadata["weights"]))
         self.model._initial_epoch = metadata["epoch"]
 
 
@@ -498,28 +504,31 @@ def _train(config):
     if not isinstance(config.data, (str, os.PathLike)):
         payload["data"] = "<NumPy arrays>"  # evaluate needs a source it can read again
     payload["data"] = str(payload["data"])
+    # The chief checks the run directory; under MultiWorkerMirroredStrategy
+    # every worker then learns whether it may go on and that all of them
+    # resume from the same epoch (a worker restarting at epoch 0 beside a
+    # resuming chief would mix their gradients, then fail).
+    problem = None
     if chief:
-        previous = output / "config.json"
-        if resuming and previous.is_file():
-            # tta changes only the final evaluation, not the training.
-            ignored = ("verbose", "overwrite", "tta")
-            # A setting missing from a config.json written by an earlier
-            # keras_vit (`translate`, or any added later) had its default.
-            defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-            saved = {**defaults, **json.loads(previous.read_text())}
-            before = {k: v for k, v in saved.items() if k not in ignored}
-            now = {k: v for k, v in json.loads(json.dumps(payload)).items() if k not in ignored}
-            if before != now:
-                changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
-                raise RunError(
-                    f"{output} holds an unfinished run with other settings ({', '.join(changed)}): "
-                    "rerun it with the same command, or pick another --output."
-                )
-        if not resuming and (output / "results.json").is_file() and not config.overwrite:
-            raise RunError(
-                f"{output} already holds a finished run: pass --overwrite (overwrite=True) "
-                "to train it again, or pick another --output."
-            )
+        try:
+            _check_run_directory(output, config, payload, resuming)
+        except RunError as error:
+            problem = error
+    states = distribute.worker_values(strategy, backup["epoch"] if resuming else -1, problem is not None)
+    if problem is not None:
+        raise problem
+    if any(failed for _, failed in states):
+        raise RunError(f"the chief worker refused {output} (see its error): fix that, then start "
+                       "every worker again.")
+    if len({epoch for epoch, _ in states}) > 1:
+        found = ", ".join(f"worker {i}: " + (f"epoch {epoch}" if epoch >= 0 else "none")
+                          for i, (epoch, _) in enumerate(states))
+        raise RunError(
+            f"the workers found different backups in {backup_dir} ({found}): resuming a "
+            "multi-worker run needs its --output on a file system that every worker shares; "
+            "rerun with such an --output, or pick another --output to start again."
+        )
+    if chief:
         if not resuming:
             for stale in ("log.csv", "results.json", "evaluation.json"):
                 (output / stale).unlink(missing_ok=True)
@@ -561,10 +570,17 @@ def _train(config):
             keras.callbacks.TensorBoard(str(output / "logs")),
             LearningCurves(log_path, output / "curves.png"),
         ]
-    callbacks.append(_AtomicBackupAndRestore(str(backup_dir if chief else write_dir / "backup")))
-    # shuffle=False: the tf.data pipeline shuffles itself.
-    history = model.fit(ds_train, validation_data=ds_val, epochs=config.epochs,
-                        callbacks=callbacks, verbose=config.verbose, shuffle=False)
+    # Every worker resumes from the chief's backup (the run directory must
+    # then be on a file system they share, as for Keras 2's BackupAndRestore).
+    callbacks.append(_AtomicBackupAndRestore(str(backup_dir if chief else write_dir / "backup"),
+                                             restore_dir=str(backup_dir)))
+    try:
+        # shuffle=False: the tf.data pipeline shuffles itself.
+        history = model.fit(ds_train, validation_data=ds_val, epochs=config.epochs,
+                            callbacks=callbacks, verbose=config.verbose, shuffle=False)
+    finally:
+        if not chief:  # the scratch copies go, as in Keras' multi-worker guide
+            shutil.rmtree(write_dir, ignore_errors=True)
 
     if stop_on_nan.failed_at is not None:
         epoch, batch = stop_on_nan.failed_at
@@ -607,6 +623,33 @@ def _train(config):
         _write_json_atomic(output / "results.json", results)
         shutil.rmtree(backup_dir, ignore_errors=True)
     return TrainResult(model=model, results=results, history=history.history, info=info)
+
+
+def _check_run_directory(output, config, payload, resuming):
+    """Raises `RunError` when `output` holds a run this one must not touch:
+    an unfinished run with other settings, or (without `overwrite`) a
+    finished one."""
+    previous = output / "config.json"
+    if resuming and previous.is_file():
+        # tta changes only the final evaluation, not the training.
+        ignored = ("verbose", "overwrite", "tta")
+        # A setting missing from a config.json written by an earlier
+        # keras_vit (`translate`, or any added later) had its default.
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+        saved = {**defaults, **json.loads(previous.read_text())}
+        before = {k: v for k, v in saved.items() if k not in ignored}
+        now = {k: v for k, v in json.loads(json.dumps(payload)).items() if k not in ignored}
+        if before != now:
+            changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+            raise RunError(
+                f"{output} holds an unfinished run with other settings ({', '.join(changed)}): "
+                "rerun it with the same command, or pick another --output."
+            )
+    if not resuming and (output / "results.json").is_file() and not config.overwrite:
+        raise RunError(
+            f"{output} already holds a finished run: pass --overwrite (overwrite=True) "
+            "to train it again, or pick another --output."
+        )
 
 
 def _evaluate_with_tta(model, ds_test, config):

@@ -1,5 +1,6 @@
 """Tests of keras_vit.distribute: strategy choice, MirroredStrategy over two
-logical CPUs, and two worker processes under MultiWorkerMirroredStrategy."""
+logical CPUs, and two worker processes under MultiWorkerMirroredStrategy
+(training, resuming a preempted run, refusing a run directory)."""
 
 import json
 import os
@@ -98,29 +99,34 @@ def _free_ports(n):
     return ports
 
 
-@pytest.mark.slow
-def test_two_workers_multi_worker_mirrored_strategy(tmp_path):
-    # Fails without distribute.patch_keras_multi_worker (keras-team/keras#20585).
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    output = tmp_path / "run"
-    script = _TRAIN_SCRIPT.format(output=str(output), strategy="multi_worker")
+def _run_workers(script, args_per_worker, env=None, timeout=420):
+    """Runs `script` as worker 0 and 1 of a two-worker TF_CONFIG cluster on
+    this machine; returns their `CompletedProcess`es."""
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
     processes = []
-    for index in range(2):
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
-               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
-        processes.append(subprocess.Popen([PYTHON, "-c", script], stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, text=True, env=env))
+    for index, args in enumerate(args_per_worker):
+        worker_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {}),
+                      "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        processes.append(subprocess.Popen([PYTHON, "-c", script] + args, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True, env=worker_env))
     outputs = []
     try:
         for process in processes:
-            stdout, stderr = process.communicate(timeout=420)
+            stdout, stderr = process.communicate(timeout=timeout)
             outputs.append(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
     finally:
         for process in processes:
             if process.poll() is None:
                 process.kill()
-    chief, worker = (_result(o) for o in outputs)
+    return outputs
+
+
+@pytest.mark.slow
+def test_two_workers_multi_worker_mirrored_strategy(tmp_path):
+    # Fails without distribute.patch_keras_multi_worker (keras-team/keras#20585).
+    output = tmp_path / "run"
+    script = _TRAIN_SCRIPT.format(output=str(output), strategy="multi_worker")
+    chief, worker = (_result(o) for o in _run_workers(script, [[], []]))
     assert chief["replicas"] == worker["replicas"] == 2
     # Synchronous training: identical weights on both workers.
     assert chief["first"] == worker["first"]
@@ -136,6 +142,94 @@ def test_two_workers_multi_worker_mirrored_strategy(tmp_path):
     ]
     assert len((output / "log.csv").read_text().strip().splitlines()) == 1 + 3
 
+
+
+# Both workers die right after the backup of epoch DIE_AFTER_EPOCH, as a
+# preempted cluster does; TMPDIR is where worker 1 keeps its scratch copies.
+_RESUMABLE_SCRIPT = """
+import json, os, sys
+from keras_vit import runs
+die = int(os.environ.get("DIE_AFTER_EPOCH", "0"))
+save = runs._AtomicBackupAndRestore.on_epoch_end
+def on_epoch_end(self, epoch, logs=None):
+    save(self, epoch, logs)
+    if epoch + 1 == die:
+        os._exit(3)
+runs._AtomicBackupAndRestore.on_epoch_end = on_epoch_end
+config = runs.TrainConfig(data="digits", epochs=3, output=sys.argv[1], hidden_dim=32, num_heads=2,
+                          mlp_dim=64, num_layers=2, batch_size=64, learning_rate=3e-3,
+                          warmup_epochs=0.5, strategy="multi_worker", verbose=2)
+try:
+    run = runs.train(config)
+except runs.RunError as error:
+    print("ERROR " + str(error))
+    sys.exit(2)
+weights = run.model.get_weights()
+print("RESULT " + json.dumps(dict(epochs=len(run.history["loss"]), resumed=run.results["resumed"],
+                                  checksum=float(sum(float(abs(w).sum()) for w in weights)))))
+"""
+
+
+def _error(completed):
+    assert completed.returncode == 2, completed.stderr[-3000:]
+    return next(l for l in completed.stdout.splitlines() if l.startswith("ERROR "))[len("ERROR "):]
+
+
+@pytest.mark.slow
+def test_a_preempted_multi_worker_run_resumes_on_every_worker_from_the_chiefs_backup(tmp_path):
+    from keras_vit import runs
+
+    output, scratch = tmp_path / "run", tmp_path / "scratch"
+    scratch.mkdir()
+    killed = _run_workers(_RESUMABLE_SCRIPT, [[str(output)]] * 2,
+                          env={"DIE_AFTER_EPOCH": "2", "TMPDIR": str(scratch)})
+    assert [c.returncode for c in killed] == [3, 3], killed[0].stderr[-3000:]
+    assert runs.read_backup(output / "backup")["epoch"] == 2
+    assert len(runs.read_log(output / "log.csv")) == 2
+
+    # A worker that cannot see the chief's backup (its --output elsewhere,
+    # as on a file system the workers do not share) is refused before any
+    # training, on both workers, and the run is left as it was.
+    elsewhere = tmp_path / "elsewhere"
+    refused = _run_workers(_RESUMABLE_SCRIPT, [[str(output)], [str(elsewhere)]])
+    for completed, own in zip(refused, [output, elsewhere]):  # each names the folder it read
+        assert _error(completed) == (
+            f"the workers found different backups in {own / 'backup'} (worker 0: epoch 2, "
+            "worker 1: none): resuming a multi-worker run needs its --output on a file system that "
+            "every worker shares; rerun with such an --output, or pick another --output to start again."
+        )
+    assert runs.read_backup(output / "backup")["epoch"] == 2
+    assert len(runs.read_log(output / "log.csv")) == 2
+
+    # Rerun as it was: both workers restore the chief's backup and train the
+    # last epoch only, in step (the same weights at the end).
+    resumed_scratch = tmp_path / "scratch2"
+    resumed_scratch.mkdir()
+    chief, worker = (_result(c) for c in _run_workers(_RESUMABLE_SCRIPT, [[str(output)]] * 2,
+                                                     env={"TMPDIR": str(resumed_scratch)}))
+    assert chief["resumed"] and worker["resumed"]
+    assert chief["epochs"] == worker["epochs"] == 1
+    assert chief["checksum"] == pytest.approx(worker["checksum"], rel=1e-6)
+    assert [int(row["epoch"]) for row in runs.read_log(output / "log.csv")] == [0, 1, 2]
+    assert json.loads((output / "results.json").read_text())["resumed"] is True
+    assert not (output / "backup").exists()
+    # Worker 1's scratch copies (checkpoints, backup) are removed when it
+    # ends; only a killed process leaves its own behind.
+    assert list(resumed_scratch.glob("keras_vit_worker_*")) == []
+    assert len(list(scratch.glob("keras_vit_worker_*"))) == 1
+
+
+@pytest.mark.slow
+def test_workers_stop_with_the_chief_when_it_refuses_the_run_directory(tmp_path):
+    output = tmp_path / "run"
+    completed = _run_workers(_RESUMABLE_SCRIPT, [[str(output)]] * 2)
+    assert [_result(c)["epochs"] for c in completed] == [3, 3]
+    # A finished run is not trained again without overwrite: the chief says
+    # why, the other worker stops with it instead of waiting for it.
+    chief, worker = _run_workers(_RESUMABLE_SCRIPT, [[str(output)]] * 2, timeout=180)
+    assert _error(chief).startswith(f"{output} already holds a finished run")
+    assert _error(worker) == (f"the chief worker refused {output} (see its error): fix that, then "
+                              "start every worker again.")
 
 @pytest.mark.slow
 def test_fused_adamw_under_mirrored_strategy_matches_keras_adamw():

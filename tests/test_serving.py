@@ -7,7 +7,6 @@ serving, new versions picked up without a restart, `keras-vit serve` and
 import base64
 import io
 import json
-import os
 import socket
 import subprocess
 import sys
