@@ -10,6 +10,10 @@ own TF_CONFIG (the worker list is the same everywhere; "index" differs):
     TF_CONFIG='{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}' \\
         keras-vit train --strategy multi_worker --output runs/digits
 
+If the workers are stopped (a preempted cluster), start the same commands
+again: every worker resumes from the chief's backup in OUTPUT/backup, so
+the run directory must be on a file system that all workers share.
+
 This example starts both workers here, as subprocesses of itself, with the
 small digits ViT; `--batch-size` is the global batch (32 per worker here).
 Only worker 0 (the chief) writes the run directory. It prints:
