@@ -108,6 +108,13 @@ def is_chief(strategy=None):
     return task.get("type") == "worker" and int(task.get("index", 0)) == 0
 
 
+def task():
+    """This process's task in `TF_CONFIG` as `(type, index)`: `("worker", 0)`
+    where there is none (a single process)."""
+    task = _tf_config().get("task", {})
+    return task.get("type", "worker"), int(task.get("index", 0))
+
+
 def worker_values(strategy, *values):
     """`values` (ints) as each worker of `strategy` has them, in task order.
 

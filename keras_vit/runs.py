@@ -514,15 +514,18 @@ def _train(config):
             _check_run_directory(output, config, payload, resuming)
         except RunError as error:
             problem = error
-    states = distribute.worker_values(strategy, backup["epoch"] if resuming else -1, problem is not None)
+    task_type, task_index = distribute.task()
+    states = distribute.worker_values(strategy, backup["epoch"] if resuming else -1, problem is not None,
+                                      task_type == "chief", task_index)
     if problem is not None:
         raise problem
-    if any(failed for _, failed in states):
+    if any(failed for _, failed, _, _ in states):
         raise RunError(f"the chief worker refused {output} (see its error): fix that, then start "
                        "every worker again.")
-    if len({epoch for epoch, _ in states}) > 1:
-        found = ", ".join(f"worker {i}: " + (f"epoch {epoch}" if epoch >= 0 else "none")
-                          for i, (epoch, _) in enumerate(states))
+    if len({epoch for epoch, _, _, _ in states}) > 1:
+        found = ", ".join(("chief" if is_chief_task else f"worker {index}") + ": "
+                          + (f"epoch {epoch}" if epoch >= 0 else "none")
+                          for epoch, _, is_chief_task, index in states)
         raise RunError(
             f"the workers found different backups in {backup_dir} ({found}): resuming a "
             "multi-worker run needs its --output on a file system that every worker shares; "

@@ -99,14 +99,19 @@ def _free_ports(n):
     return ports
 
 
-def _run_workers(script, args_per_worker, env=None, timeout=420):
+def _run_workers(script, args_per_worker, env=None, timeout=420, chief_task=False):
     """Runs `script` as worker 0 and 1 of a two-worker TF_CONFIG cluster on
-    this machine; returns their `CompletedProcess`es."""
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+    this machine (with `chief_task`, as the `chief` and worker 0); returns
+    their `CompletedProcess`es."""
+    addresses = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    if chief_task:
+        cluster, tasks = {"chief": addresses[:1], "worker": addresses[1:]}, [("chief", 0), ("worker", 0)]
+    else:
+        cluster, tasks = {"worker": addresses}, [("worker", 0), ("worker", 1)]
     processes = []
-    for index, args in enumerate(args_per_worker):
+    for (task_type, index), args in zip(tasks, args_per_worker):
         worker_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {}),
-                      "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+                      "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": task_type, "index": index}})}
         processes.append(subprocess.Popen([PYTHON, "-c", script] + args, stdout=subprocess.PIPE,
                                           stderr=subprocess.PIPE, text=True, env=worker_env))
     outputs = []
@@ -218,6 +223,22 @@ def test_a_preempted_multi_worker_run_resumes_on_every_worker_from_the_chiefs_ba
     assert list(resumed_scratch.glob("keras_vit_worker_*")) == []
     assert len(list(scratch.glob("keras_vit_worker_*"))) == 1
 
+
+@pytest.mark.slow
+def test_a_chief_task_and_a_worker_that_see_different_backups_are_both_refused(tmp_path):
+    # TF_CONFIG with a separate `chief` task: the message names each by its
+    # task. The chief's folder holds a complete backup (what read_backup
+    # checks); the check comes before any weights are read.
+    output, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    (output / "backup").mkdir(parents=True)
+    (output / "backup" / "epoch-2.weights.h5").write_bytes(b"")
+    (output / "backup" / "training_metadata.json").write_text(
+        json.dumps({"epoch": 2, "batch": 0, "weights": "epoch-2.weights.h5"}))
+    refused = _run_workers(_RESUMABLE_SCRIPT, [[str(output)], [str(elsewhere)]], chief_task=True, timeout=180)
+    for completed, own in zip(refused, [output, elsewhere]):
+        assert _error(completed).startswith(
+            f"the workers found different backups in {own / 'backup'} (chief: epoch 2, worker 0: none): ")
+    assert (output / "backup" / "training_metadata.json").is_file()
 
 @pytest.mark.slow
 def test_workers_stop_with_the_chief_when_it_refuses_the_run_directory(tmp_path):
