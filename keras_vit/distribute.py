@@ -100,19 +100,21 @@ def is_chief(strategy=None):
     worker 0 when there is none) writes; every process is chief otherwise.
     """
     config = _tf_config()
-    task = config.get("task", {})
-    if not task or _tf_config_workers() <= 1:
+    if not config.get("task") or _tf_config_workers() <= 1:
         return True
+    task_type, index = task()
     if "chief" in config.get("cluster", {}):
-        return task.get("type") == "chief"
-    return task.get("type") == "worker" and int(task.get("index", 0)) == 0
+        return task_type == "chief"
+    return task_type == "worker" and index == 0
 
 
 def task():
     """This process's task in `TF_CONFIG` as `(type, index)`: `("worker", 0)`
     where there is none (a single process)."""
     task = _tf_config().get("task", {})
-    return task.get("type", "worker"), int(task.get("index", 0))
+    if not task:
+        return "worker", 0
+    return task.get("type"), int(task.get("index", 0))
 
 
 def worker_values(strategy, *values):
