@@ -46,6 +46,8 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=find_packages(include=["keras_vit", "keras_vit.*"]),
+    # ImageNet-1k and ImageNet-21k class names (keras_vit.imagenet).
+    package_data={"keras_vit": ["_data/*.txt"]},
     python_requires=">=3.10",
     install_requires=[
         "keras>=3.5",
@@ -64,6 +66,10 @@ setup(
         "aiohttp>=3.9",
         "requests>=2.31",
         "pillow>=9",
+        # Named weights: one download per cache file across processes
+        # (the lock library huggingface_hub uses), and hf:// handles.
+        "filelock>=3.12",
+        "huggingface_hub>=0.23",
     ],
     entry_points={"console_scripts": ["keras-vit=keras_vit.cli:main"]},
     extras_require=EXTRAS,

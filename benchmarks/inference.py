@@ -9,9 +9,9 @@ numbers):
     python benchmarks/inference.py --rounds 1         # one run per system (default 3, interleaved)
 
 Systems (random weights: speed does not depend on their values):
-    keras_vit            keras_vit.ViTB16(), float32, model.predict_on_batch (the user path)
+    keras_vit            keras_vit.ViTB16(weights=None), float32, model.predict_on_batch (the user path)
     keras_vit_call       the same model called directly, model(x, training=False)
-    keras_vit_bf16       keras_vit.with_dtype_policy(ViTB16(), "mixed_bfloat16"), predict_on_batch
+    keras_vit_bf16       keras_vit.with_dtype_policy(ViTB16(weights=None), "mixed_bfloat16"), predict_on_batch
     keras_vit_savedmodel keras_vit.export's SavedModel, `predict_images` signature
     timm                 timm vit_base_patch16_224, eval(), torch.inference_mode(), eager
     keras_hub            keras_hub.models.ViTImageClassifier (ViT-B/16 sizes), predict_on_batch
@@ -66,7 +66,7 @@ def _keras_vit(system, batch):
 
     import keras_vit
 
-    model = keras_vit.ViTB16()
+    model = keras_vit.ViTB16(weights=None)
     if system == "keras_vit_bf16":
         # The documented way: a float32 model (e.g. loaded from a file)
         # copied to compute in bfloat16.

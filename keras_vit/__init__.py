@@ -1,8 +1,11 @@
 """keras_vit: Vision Transformers for Keras 3 and TensorFlow.
 
-Build any standard ViT in one call (`keras_vit.ViTB16()`,
-`keras_vit.ViT("S/32")`), load original checkpoints into it (`weights=`), and
-use its layers (`Patches`, `PatchEncoder`, `TransformerBlock`) on their own;
+Build any standard ViT in one call, with ImageNet weights downloaded once
+(`keras_vit.ViTB16()`; `keras_vit.list_weights()` for every named checkpoint,
+`keras_vit.decode_predictions` for the class names) or random
+(`keras_vit.ViT("S/32")`), load checkpoint files or Hugging Face Hub
+repositories into it (`weights=`, `keras_vit.from_pretrained`), and use its
+layers (`Patches`, `PatchEncoder`, `TransformerBlock`) on their own;
 train (`runs`, `training`, `data`, `distribute`) and export for TF Serving
 (`export`, `serving`).
 """
@@ -14,10 +17,13 @@ _require_tensorflow()
 from keras_vit import (  # noqa: E402
     data,
     distribute,
+    download,
     explain,
     export,
+    imagenet,
     layers,
     models,
+    pretrained,
     runs,
     serving,
     training,
@@ -50,6 +56,8 @@ from keras_vit.models import (  # noqa: E402
     with_dtype_policy,
     with_flip_tta,
 )
+from keras_vit.imagenet import decode_predictions  # noqa: E402
+from keras_vit.pretrained import list_weights  # noqa: E402
 from keras_vit.version import __version__  # noqa: E402
 from keras_vit.weights import (  # noqa: E402
     CheckpointError,
@@ -82,14 +90,19 @@ __all__ = [
     "__version__",
     "bfloat16_cpu",
     "data",
+    "decode_predictions",
     "distribute",
+    "download",
     "explain",
     "export",
+    "imagenet",
     "layers",
+    "list_weights",
     "load_model",
     "load_weights",
     "models",
     "preprocess_input",
+    "pretrained",
     "resample_position_embedding",
     "runs",
     "save_npz",

@@ -49,7 +49,7 @@ def _parser():
         prog="keras-vit", description="Train, evaluate and use Vision Transformers (keras_vit)."
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,predict,export,serve,explain,inspect}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,predict,export,serve,explain,inspect,weights}")
 
     train = sub.add_parser(
         "train", help="train a ViT (default: the digits data set)",
@@ -176,6 +176,22 @@ def _parser():
     explain.add_argument("--discard-ratio", type=float, default=0.9,
                          help="fraction of the lowest attentions rollout drops (default 0.9)")
 
+    weights = sub.add_parser(
+        "weights", help="list or download the named pretrained checkpoints",
+        description="The original ViT and AugReg checkpoints by tag (as timm names them), from Google's "
+                    "vit_models bucket (KERAS_VIT_WEIGHTS_BASE_URL: a mirror) into Keras' cache "
+                    "($KERAS_HOME/models).",
+    )
+    weights_sub = weights.add_subparsers(dest="weights_command", metavar="{list,download}", required=True)
+    weights_list = weights_sub.add_parser("list", help="print the table of named checkpoints")
+    weights_list.add_argument("--variant", help="one size, e.g. 'B/16' (default: all)")
+    weights_download = weights_sub.add_parser(
+        "download", help="download a named checkpoint into the cache (e.g. before going offline)")
+    weights_download.add_argument("tag", help="'imagenet', 'imagenet21k' or a tag of 'keras-vit weights list'")
+    weights_download.add_argument("--variant", required=True, help="the size, e.g. 'B/16'")
+    weights_download.add_argument("--image-size", type=int,
+                                  help="the resolution, where the tag has several (224, 384)")
+
     inspect = sub.add_parser(
         "inspect", help="pictures of a run's learned embeddings (PNG)",
         description="Write position_embedding.png (cosine similarity of the position embeddings, as "
@@ -207,6 +223,17 @@ def _inspect(args):
         raise ValueError(f"--components must be >= 1, received {args.components}.")
     for name, path in explain.inspect_run(args.run, args.output, which=args.model, count=args.components).items():
         print(f"{name}: {path}")
+
+
+def _weights(args):
+    from keras_vit import pretrained
+
+    if args.weights_command == "list":
+        pretrained.list_weights(args.variant)
+        return
+    entry = pretrained.resolve(pretrained.standard_variant(args.variant), args.tag, args.image_size)
+    path = pretrained.fetch(entry)
+    print(f"{entry.timm_name}: {path}")
 
 
 def _train(args):
@@ -328,7 +355,7 @@ def main(argv=None):
         return 2
     try:
         {"train": _train, "evaluate": _evaluate, "predict": _predict, "export": _export,
-         "serve": _serve, "explain": _explain, "inspect": _inspect}[args.command](args)
+         "serve": _serve, "explain": _explain, "inspect": _inspect, "weights": _weights}[args.command](args)
     except (ValueError, TypeError, OSError, RuntimeError) as error:
         message = " ".join(str(error).split())
         print(f"keras-vit {args.command}: error: {message}", file=sys.stderr)

@@ -1,5 +1,8 @@
 """Functional-API ViT models with the keras.applications builder signature."""
 
+import dataclasses
+import os
+import re
 import weakref
 
 import keras
@@ -42,6 +45,46 @@ class VisionTransformer(keras.Model):
     plain ops, so exported models never need XLA. Same values within
     float32 rounding.
     """
+
+    @property
+    def class_names(self):
+        """The name of each output class, or `None` when the model has none.
+
+        Set by named pretrained weights (ImageNet's names), `from_pretrained`
+        (the repository's labels) and training runs (the data set's
+        classes); kept in the model's config, so `.keras` files keep it.
+        `keras-vit predict` prints these names and an export puts them into
+        its `top_k_labels`.
+        """
+        return getattr(self, "_class_names", None)
+
+    @class_names.setter
+    def class_names(self, names):
+        if names is not None:
+            if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+                raise TypeError(f"class_names must be a list of strings or None, received {names!r}.")
+            names = tuple(names)
+            classes = self.output_shape[-1] if isinstance(self.output_shape, tuple) else None
+            if classes is not None and len(names) != classes:
+                raise ValueError(
+                    f"class_names has {len(names)} names but model {self.name!r} has {classes} outputs."
+                )
+        # A tuple, not a list: Keras would track a list attribute.
+        self._class_names = names
+
+    def get_config(self):
+        config = super().get_config()
+        if self.class_names is not None:
+            config["class_names"] = list(self.class_names)
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        names = config.pop("class_names", None)
+        model = super().from_config(config, custom_objects=custom_objects)
+        model.class_names = names
+        return model
 
     def predict_step(self, data):
         from keras_vit import _tf_kernels
@@ -100,17 +143,34 @@ _BUILDER_DOC = """Instantiates the {title} Vision Transformer.
 
     The model expects pixels mapped to [-1, 1] as the original checkpoints
     were trained: call `keras_vit.preprocess_input` on images in [0, 255]
-    first. No weights are downloaded: `weights` is `None` (random
-    initialisation, as in the original: zero class token and head, N(0, 0.02)
-    position embedding) or the path of a checkpoint: a Google `.npz` (ViT
-    paper, AugReg, big_vision), a timm or Hugging Face `.safetensors`, or a
-    keras_vit `.weights.h5`. A checkpoint of another resolution has its
-    position embedding resampled to this model's grid; a head with another
-    number of classes is left freshly initialised, with a warning.
+    first (or build with `include_preprocessing=True`).
+
+    `weights` names pretrained weights as keras.applications does:
+    `"imagenet"` (the recommended ImageNet-1k fine-tuned checkpoint of the
+    size; {default_weights}), `"imagenet21k"` (the ImageNet-21k pre-trained
+    one, 21,843 classes, the start for fine-tuning), or any tag of
+    `keras_vit.list_weights()` (timm's names: `"augreg_in21k_ft_in1k"`,
+    `"orig_in21k"`, ...). They are downloaded once from Google's `vit_models`
+    bucket into Keras' cache (`$KERAS_HOME/models`); `KERAS_VIT_WEIGHTS_BASE_URL`
+    points at a mirror. `"hf://ORG/NAME"` reads a timm or transformers ViT
+    repository's `model.safetensors` through huggingface_hub. A path loads a
+    checkpoint file: a Google `.npz` (ViT paper, AugReg, big_vision), a timm
+    or Hugging Face `.safetensors`, or a keras_vit `.weights.h5`. `None`:
+    random initialisation, as in the original (zero class token and head,
+    N(0, 0.02) position embedding).
+
+    A checkpoint of another resolution has its position embedding resampled
+    to this model's grid; a head with another number of classes is left
+    freshly initialised, with a warning (the fine-tuning case). With named
+    weights, `input_shape` defaults to the checkpoint's resolution (where a
+    tag has files at 224 and 384, the one nearest `input_shape` is taken),
+    `classes` to its classes, and a model that keeps its head knows
+    ImageNet's class names (`model.class_names`, `keras_vit.decode_predictions`).
 
     Args:
 {variant_arg}        include_top: whether to include the classification head.
-        weights: `None` or the path of a checkpoint file.
+        weights: a named checkpoint (`"imagenet"`, `"imagenet21k"`, a tag),
+            `"hf://ORG/NAME"`, the path of a checkpoint file, or `None`.
         input_tensor: optional Keras tensor (output of `keras.Input()`) to use
             as the image input.
         input_shape: `(height, width, channels)`, default `(224, 224, 3)`;
@@ -125,7 +185,8 @@ _BUILDER_DOC = """Instantiates the {title} Vision Transformer.
             faster. Its output and `encoder_norm`'s are then
             `(batch, 1, hidden_dim)`; for every token's features build the
             model with `include_top=False, pooling=None`.
-        classes: number of classes of the head (with `include_top=True`).
+        classes: number of classes of the head (with `include_top=True`);
+            default: the named checkpoint's, else 1000.
         classifier_activation: activation of the head's output (`"softmax"`,
             `None` for logits, ...); the output is float32 under mixed
             precision.
@@ -134,7 +195,9 @@ _BUILDER_DOC = """Instantiates the {title} Vision Transformer.
         drop_path_rate: stochastic depth rate of the last block, increasing
             linearly from 0 over the blocks (as in timm and DeiT).
         representation_size: width of the tanh "pre-logits" layer that
-            ImageNet-21k checkpoints have before the head; `None` for none.
+            the original ImageNet-21k checkpoints have before the head;
+            `None` for none (a named checkpoint whose head is kept brings its
+            own).
         name: model name.
         include_preprocessing: if True, the model takes pixels in [0, 255]
             and applies `preprocess_input` itself (a `Rescaling` layer named
@@ -158,7 +221,7 @@ def ViT(
     input_tensor=None,
     input_shape=None,
     pooling=None,
-    classes=1000,
+    classes=None,
     classifier_activation="softmax",
     dropout_rate=0.0,
     attention_dropout_rate=0.0,
@@ -181,6 +244,13 @@ def ViT(
         num_heads=num_heads,
         mlp_dim=mlp_dim,
     )
+    source = _weights_source(variant, config, weights, input_tensor, input_shape)
+    if input_shape is None and input_tensor is None and source.image_size is not None:
+        input_shape = (source.image_size, source.image_size, 3)
+    if classes is None:
+        classes = source.classes or 1000
+    if representation_size is None and include_top is True and classes == source.classes:
+        representation_size = source.representation_size
     check_choice("pooling", pooling, _POOLINGS)
     if not isinstance(include_preprocessing, bool):
         raise TypeError(
@@ -203,13 +273,6 @@ def ViT(
     dropout_rate = check_rate("dropout_rate", dropout_rate)
     attention_dropout_rate = check_rate("attention_dropout_rate", attention_dropout_rate)
     drop_path_rate = check_rate("drop_path_rate", drop_path_rate)
-    if weights is not None and not isinstance(weights, (str, bytes)) and not hasattr(
-        weights, "__fspath__"
-    ):
-        raise TypeError(
-            "weights must be None or the path of a checkpoint file, received "
-            f"weights={weights!r}."
-        )
 
     images = _image_input(input_tensor, input_shape, config.patch_size)
     height, width = images.shape[1], images.shape[2]
@@ -261,15 +324,97 @@ def ViT(
 
     inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else images
     model = VisionTransformer(inputs, x, name=name or _default_name(variant, config))
-    if weights is not None:
+    source.load(model)
+    return model
+
+
+@dataclasses.dataclass
+class _WeightsSource:
+    """What `weights=` names, and what it implies for the model's defaults."""
+
+    weights: object = None
+    named: object = None  # a pretrained.PretrainedWeights
+    hub_config: dict = None
+    image_size: int = None
+    classes: int = None
+    representation_size: int = None
+    class_names: tuple = None
+
+    def load(self, model):
         from keras_vit import weights as vit_weights
 
-        vit_weights.load_weights(model, weights)
-    return model
+        if self.weights is None:
+            return
+        if self.named is not None:
+            from keras_vit import pretrained
+
+            path = pretrained.fetch(self.named)
+            try:
+                vit_weights.load_weights(model, path)
+            except vit_weights.CheckpointError as error:
+                # The cache must not keep a file that does not load.
+                path.unlink(missing_ok=True)
+                raise vit_weights.CheckpointError(
+                    f"{error} The file came from {self.named.url} and was removed from the cache "
+                    f"({path}); the next call downloads it again."
+                ) from error
+        elif self.hub_config is not None:
+            from keras_vit import hub
+
+            vit_weights.load_weights(model, hub.checkpoint_file(self.weights))
+        else:
+            vit_weights.load_weights(model, self.weights)
+        names = self.class_names
+        if names is not None and model.output_shape[-1] == len(names) and \
+                vit_weights._find_layer(model, "head") is not None:
+            model.class_names = names
+
+
+def _weights_source(variant, config, weights, input_tensor, input_shape):
+    if weights is None:
+        return _WeightsSource()
+    if not isinstance(weights, (str, bytes)) and not hasattr(weights, "__fspath__"):
+        raise TypeError(
+            "weights must be None, a named checkpoint ('imagenet', 'imagenet21k', a tag of "
+            "keras_vit.list_weights()), 'hf://ORG/NAME' or the path of a checkpoint file, "
+            f"received weights={weights!r}."
+        )
+    from keras_vit import pretrained
+
+    if isinstance(weights, str) and weights.startswith("hf://"):
+        from keras_vit import hub
+
+        found = hub.read_config(weights)
+        names = found.get("class_names")
+        return _WeightsSource(weights, hub_config=found, image_size=found.get("image_size"),
+                              classes=found.get("classes") or None,
+                              representation_size=found.get("representation_size"),
+                              class_names=tuple(names) if names else None)
+    if isinstance(weights, str) and not os.path.exists(weights) and (
+        pretrained.is_name(weights) or re.fullmatch(r"[A-Za-z0-9_]+", weights)
+    ):
+        if variant is None or any(
+            getattr(config, key) != getattr(variants.get_config(variant), key) for key in _ARCHITECTURE_ARGS
+        ):
+            raise ValueError(
+                f"weights={weights!r} names a published checkpoint, which needs a standard variant "
+                f"('B/16', ...) with its own sizes; received variant={variant!r}."
+            )
+        image_size = None
+        shape = input_shape if input_shape is not None else (
+            tuple(input_tensor.shape[1:]) if input_tensor is not None else None)
+        if shape is not None and len(shape) == 3 and isinstance(shape[0], int):
+            image_size = shape[0]
+        named = pretrained.resolve(pretrained.standard_variant(variant), weights, image_size)
+        return _WeightsSource(weights, named=named, image_size=named.image_size, classes=named.classes,
+                              representation_size=named.representation_size,
+                              class_names=named.class_names)
+    return _WeightsSource(weights)
 
 
 ViT.__doc__ = _BUILDER_DOC.format(
     title="a",
+    default_weights="the default of the standard builders such as `ViTB16`; `ViT` itself defaults to `None`",
     variant_arg=(
         "        variant: a variant string `\"<size>/<patch_size>\"` (`\"B/16\"`, `\"Ti/4\"`,\n"
         "            ...; see `keras_vit.variants`), or `None` to give every size below.\n"
@@ -341,13 +486,17 @@ def _default_name(variant, config):
 
 
 def _make_builder(variant):
+    from keras_vit import pretrained
+
+    default_weights = "imagenet" if pretrained.default_tag(variant) else None
+
     def builder(
         include_top=True,
-        weights=None,
+        weights=default_weights,
         input_tensor=None,
         input_shape=None,
         pooling=None,
-        classes=1000,
+        classes=None,
         classifier_activation="softmax",
         dropout_rate=0.0,
         attention_dropout_rate=0.0,
@@ -378,9 +527,13 @@ def _make_builder(variant):
     builder.__module__ = __name__
     builder.__doc__ = _BUILDER_DOC.format(
         title=f"ViT-{variant}",
+        default_weights=(
+            f"the default here: `{pretrained.resolve(variant, 'imagenet').timm_name}`"
+            if default_weights else f"ViT-{variant} has none, so `weights` defaults to `None`"
+        ),
         variant_arg="",
         extra_args="",
-        example=f"{function_name}(include_top=False, pooling=\"token\")",
+        example=f"{function_name}(include_top=False, pooling=\"token\", weights=None)",
         example_output=f"(None, {variants.SIZES[variant.split('/')[0]]['hidden_dim']})",
     ) if variant != "Test/4" else (
         "Instantiates the few-thousand-parameter ViT used by the tests "

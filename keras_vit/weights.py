@@ -19,6 +19,7 @@ import keras
 import numpy as np
 
 from keras_vit import layers as vit_layers
+from keras_vit import variants
 from keras_vit._validation import check_choice
 
 _INTERPOLATIONS = ("bilinear", "bicubic")
@@ -377,6 +378,48 @@ def read_checkpoint(path, num_heads):
             "'embeddings.patch_embeddings.projection.weight')."
         )
     raise CheckpointError(f"{path} is a Keras '.weights.h5' file, not a .npz/.safetensors.")
+
+
+def check_checkpoint(path, variant, classes, image_size):
+    """Checks that `path` holds a `variant` ViT with a `classes`-class head.
+
+    Used on a downloaded named checkpoint before it enters the cache: a file
+    that reads but is not the checkpoint the table promises (another size, an
+    error page saved as a file) never lands there.
+
+    Args:
+        path: the checkpoint file.
+        variant: the variant string, e.g. `"B/16"`.
+        classes: the classes its head must have (0: no head).
+        image_size: the resolution its position embedding must fit.
+
+    Raises:
+        CheckpointError: naming the array and both shapes.
+    """
+    config = variants.get_config(variant)
+    arrays = read_checkpoint(path, num_heads=config.num_heads)
+    d, p = config.hidden_dim, config.patch_size
+    tokens = (image_size // p) ** 2 + 1
+    last = f"Transformer/encoderblock_{config.num_layers - 1}/MlpBlock_3/Dense_0/kernel"
+    expected = {
+        "embedding/kernel": (p, p, 3, d),
+        "Transformer/posembed_input/pos_embedding": (1, tokens, d),
+        last: (d, config.mlp_dim),
+        "Transformer/encoder_norm/scale": (d,),
+    }
+    for name, shape in expected.items():
+        found = arrays.get(name)
+        if found is None or tuple(found.shape) != shape:
+            raise CheckpointError(
+                f"{path} is not a ViT-{variant} checkpoint at {image_size}x{image_size}: {name!r} "
+                f"is {'missing' if found is None else tuple(found.shape)}, expected {shape}."
+            )
+    if f"Transformer/encoderblock_{config.num_layers}/LayerNorm_0/scale" in arrays:
+        raise CheckpointError(f"{path} has more than the {config.num_layers} blocks of ViT-{variant}.")
+    head = arrays.get("head/kernel")
+    found = 0 if head is None else int(head.shape[-1])
+    if found != classes:
+        raise CheckpointError(f"{path} has a head of {found} classes, expected {classes}.")
 
 
 # ---------------------------------------------------------------------------

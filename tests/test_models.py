@@ -20,7 +20,7 @@ _LARGE = {"L/16", "L/32", "H/14"}
     [pytest.param(v, marks=pytest.mark.slow) if v in _LARGE else v for v in sorted(REFERENCE_PARAMS)],
 )
 def test_builder_param_count_equals_reference(variant):
-    model = models.BUILDERS[variant]()
+    model = models.BUILDERS[variant](weights=None)
     try:
         assert model.count_params() == REFERENCE_PARAMS[variant]
         assert model.output_shape == (None, 1000)
@@ -32,7 +32,7 @@ def test_builder_param_count_equals_reference(variant):
 
 
 def test_vit_b16_count_params():
-    assert keras_vit.ViTB16().count_params() == 86_567_656
+    assert keras_vit.ViTB16(weights=None).count_params() == 86_567_656
 
 
 def test_builders_are_the_table():
@@ -42,14 +42,14 @@ def test_builders_are_the_table():
 
 
 def test_headless_b16_has_85798656_params():
-    model = keras_vit.ViTB16(include_top=False)
+    model = keras_vit.ViTB16(include_top=False, weights=None)
     assert model.count_params() == 85_798_656
     assert model.output_shape == (None, 197, 768)
 
 
 def test_ti16_token_features(rng):
     images = rng.uniform(-1, 1, (2, 224, 224, 3)).astype("float32")
-    features = keras_vit.ViTTi16(include_top=False, pooling=None)(images)
+    features = keras_vit.ViTTi16(include_top=False, pooling=None, weights=None)(images)
     assert tuple(features.shape) == (2, 197, 192)
     # The final LayerNorm is applied: every token is normalised.
     np.testing.assert_allclose(np.mean(features, axis=-1), 0.0, atol=1e-4)

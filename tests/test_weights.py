@@ -41,7 +41,7 @@ def _as_numpy(variable):
 
 
 def test_npz_has_google_names_and_shapes():
-    model = keras_vit.ViTB16()
+    model = keras_vit.ViTB16(weights=None)
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
