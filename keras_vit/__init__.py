@@ -20,6 +20,7 @@ from keras_vit import (  # noqa: E402
     download,
     explain,
     export,
+    hub,
     imagenet,
     layers,
     models,
@@ -56,6 +57,7 @@ from keras_vit.models import (  # noqa: E402
     with_dtype_policy,
     with_flip_tta,
 )
+from keras_vit.hub import from_pretrained  # noqa: E402
 from keras_vit.imagenet import decode_predictions  # noqa: E402
 from keras_vit.pretrained import list_weights  # noqa: E402
 from keras_vit.version import __version__  # noqa: E402
@@ -95,6 +97,8 @@ __all__ = [
     "download",
     "explain",
     "export",
+    "from_pretrained",
+    "hub",
     "imagenet",
     "layers",
     "list_weights",

@@ -9,6 +9,9 @@
     keras-vit predict --server http://localhost:8501 --model-name vit photo.jpg
     keras-vit explain runs/fmnist photo.png --output attention.png   # attention rollout heat map
     keras-vit inspect runs/fmnist --output inspect/                  # learned embeddings as PNGs
+    keras-vit predict --variant B/16 --weights imagenet photo.jpg   # ImageNet classes, no run needed
+    keras-vit train --data photos/ --variant B/16 --weights imagenet21k --image-size 384   # fine-tune
+    keras-vit weights list                                            # the named checkpoints
 
 Bad arguments end the command with exit code 2 and a one-line error.
 """
@@ -37,6 +40,13 @@ def _tta_argument(parser, default_help):
     parser.add_argument("--tta", choices=("none", "flip"),
                         help="test-time augmentation: 'flip' averages the probabilities of each image and "
                              f"its mirror image (twice the compute), 'none' the image alone; default: {default_help}")
+
+
+def _pretrained_arguments(parser):
+    parser.add_argument("--weights", help="instead of a run: pretrained weights, 'imagenet', 'imagenet21k', a tag "
+                                          "of 'keras-vit weights list', hf://ORG/NAME or a checkpoint file")
+    parser.add_argument("--variant", help="the model size of --weights, e.g. 'B/16' (not for hf://)")
+    parser.add_argument("--image-size", type=int, help="input resolution with --weights (default: the checkpoint's)")
 
 
 _MIXED_HELP = ("compute in 16 bits: mixed_bfloat16 on a CPU (faster where keras_vit.bfloat16_cpu() is True: "
@@ -110,14 +120,18 @@ def _parser():
     _tta_argument(evaluate, "the run's own (as its test accuracy was measured)")
 
     predict = sub.add_parser(
-        "predict", help="classify image files with a run's model or a server",
+        "predict", help="classify image files with a run's model, pretrained weights or a server",
         usage="keras-vit predict [-h] [--top-k K] [--model {best,last}] RUN IMAGE [IMAGE ...]\n"
+              "       keras-vit predict [-h] [--top-k K] --variant B/16 --weights imagenet IMAGE [IMAGE ...]\n"
               "       keras-vit predict [-h] [--top-k K] --server URL --model-name NAME IMAGE [IMAGE ...]",
-        description="Print the top-k classes of each image, from a run's model (RUN IMAGE ...) "
-                    "or from a TF Serving REST server (--server URL --model-name NAME IMAGE ...).",
+        description="Print the top-k classes of each image, from a run's model (RUN IMAGE ...), "
+                    "from pretrained weights (--weights imagenet --variant B/16 IMAGE ...: ImageNet's "
+                    "class names) or from a TF Serving REST server (--server URL --model-name NAME IMAGE ...).",
     )
     predict.add_argument("inputs", nargs="+", metavar="RUN IMAGE",
-                         help="the run directory (without --server), then JPEG, PNG, GIF, BMP or WebP files")
+                         help="the run directory (without --server or --weights), then JPEG, PNG, GIF, BMP "
+                              "or WebP files")
+    _pretrained_arguments(predict)
     predict.add_argument("--top-k", type=int, default=3)
     predict.add_argument("--model", choices=("best", "last"), default="last",
                          help="the run's final model (default) or its best-validation checkpoint")
@@ -133,8 +147,11 @@ def _parser():
                     "signatures serving_default (image_bytes), predict_images (float pixels) and "
                     "embeddings, with decoding, resizing and class names inside the graph.",
     )
-    _run_arguments(export)
-    export.add_argument("--output", help="model base directory (default: export/<run name>)")
+    export.add_argument("run", nargs="?", help="run directory written by 'keras-vit train' (or --weights)")
+    export.add_argument("--model", choices=("best", "last"), default="last",
+                        help="the run's final model (default) or its best-validation checkpoint")
+    _pretrained_arguments(export)
+    export.add_argument("--output", help="model base directory (default: export/<run name or model name>)")
     export.add_argument("--version", type=int, dest="export_version", metavar="N",
                         help="version number (default: the next free one)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing --version")
@@ -302,8 +319,18 @@ def _predict(args):
         for path, prediction in zip(args.inputs, predictions):
             _print_ranked(path, list(zip(prediction.labels, prediction.scores))[:args.top_k])
         return
+    if args.weights:
+        from keras_vit import pretrained, runs
+
+        model = pretrained.classifier(args.weights, args.variant, args.image_size)
+        predictions = runs.classify(model, args.inputs, top_k=args.top_k,
+                                    dtype_policy=_inference_policy(args.mixed_precision), tta=args.tta or "none")
+        for path, ranked in zip(args.inputs, predictions):
+            _print_ranked(path, ranked)
+        return
+    _refuse_without_weights(args)
     if len(args.inputs) < 2:
-        raise ValueError("predict needs a run directory and at least one image (or --server URL).")
+        raise ValueError("predict needs a run directory and at least one image (or --weights, or --server URL).")
     from keras_vit import runs
 
     run, images = args.inputs[0], args.inputs[1:]
@@ -313,9 +340,33 @@ def _predict(args):
         _print_ranked(path, ranked)
 
 
+def _refuse_without_weights(args):
+    for name in ("variant", "image_size"):
+        if getattr(args, name) is not None:
+            raise ValueError(f"--{name.replace('_', '-')} applies to --weights; a run's model has its own.")
+
+
 def _export(args):
     from keras_vit import export
 
+    if args.weights:
+        if args.run:
+            raise ValueError(f"give a run directory or --weights, not both (received {args.run!r} and "
+                             f"--weights {args.weights}).")
+        from keras_vit import models, pretrained
+
+        model = pretrained.classifier(args.weights, args.variant, args.image_size)
+        policy = _inference_policy(args.mixed_precision)
+        if policy is not None:
+            model = models.with_dtype_policy(model, policy)
+        path = export.export_saved_model(model, args.output or f"export/{model.name}",
+                                         version=args.export_version, overwrite=args.overwrite,
+                                         top_k=args.top_k, tta=args.tta or "none")
+        print(f"exported {model.name} ({args.weights}) to {path}")
+        return
+    _refuse_without_weights(args)
+    if not args.run:
+        raise ValueError("export needs a run directory or --weights (e.g. --variant B/16 --weights imagenet).")
     path = export.export_run(args.run, args.output, version=args.export_version, overwrite=args.overwrite,
                              top_k=args.top_k, which=args.model,
                              dtype_policy=_inference_policy(args.mixed_precision), tta=args.tta)

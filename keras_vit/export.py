@@ -130,6 +130,8 @@ def build_archive(model, class_names=None, top_k=None, max_image_pixels=vit_data
             f"max_image_pixels must be a positive integer, received max_image_pixels={max_image_pixels!r}."
         )
     image_size, classes = _check_model(model)
+    if class_names is None:
+        class_names = getattr(model, "class_names", None)
     class_names = _check_class_names(class_names, classes)
     if top_k is None:
         top_k = min(DEFAULT_TOP_K, classes)
@@ -191,8 +193,10 @@ def export_saved_model(model, base_dir, class_names=None, version=None, overwrit
             outputs are float32).
         base_dir: the model's base directory (TF Serving's `--model_base_path`);
             created if needed.
-        class_names: one name per class (default: "0", "1", ...); they are
-            stored in the SavedModel and returned as `top_k_labels`.
+        class_names: one name per class (default: the model's own
+            `class_names`, which named weights and training runs set, else
+            "0", "1", ...); they are stored in the SavedModel and returned
+            as `top_k_labels`.
         version: the integer version to write; default: one more than the
             highest existing version (1 for an empty directory).
         overwrite: replace an existing `version`.

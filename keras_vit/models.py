@@ -361,7 +361,9 @@ class _WeightsSource:
         elif self.hub_config is not None:
             from keras_vit import hub
 
-            vit_weights.load_weights(model, hub.checkpoint_file(self.weights))
+            # Resampled as the checkpoint's own library would (see hub.from_pretrained).
+            vit_weights.load_weights(model, hub.checkpoint_file(self.weights), interpolation="bicubic",
+                                     antialias=self.hub_config["library"] == "timm")
         else:
             vit_weights.load_weights(model, self.weights)
         names = self.class_names
@@ -668,6 +670,8 @@ def with_dtype_policy(model, policy):
         if id(layer) not in outputs:
             layer.dtype_policy = policy
     copy.set_weights(model.get_weights())
+    if isinstance(copy, VisionTransformer):
+        copy.class_names = getattr(model, "class_names", None)
     return copy
 
 

@@ -265,6 +265,39 @@ def fetch(entry, progress=True):
                                  hint=hint, progress=progress)
 
 
+def classifier(weights, variant=None, image_size=None):
+    """A classifier that takes pixels in [0, 255], from pretrained weights.
+
+    What `keras-vit predict --weights` and `keras-vit export --weights` use:
+    the model of `variant` with `include_preprocessing=True`, loaded from
+    `weights` (a named checkpoint, an `hf://` handle or a file); an `hf://`
+    handle needs no `variant` (`keras_vit.from_pretrained`).
+
+    Args:
+        weights: `"imagenet"`, a tag, `"hf://ORG/NAME"` or a checkpoint file.
+        variant: the size, e.g. `"B/16"`.
+        image_size: the input resolution; default: the checkpoint's.
+
+    Returns:
+        A `keras.Model` with its `class_names` where the checkpoint has them.
+    """
+    kwargs = {"include_preprocessing": True}
+    if image_size is not None:
+        kwargs["input_shape"] = (image_size, image_size, 3)
+    if variant is None:
+        if isinstance(weights, str) and weights.startswith("hf://"):
+            from keras_vit import hub
+
+            return hub.from_pretrained(weights, **kwargs)
+        raise ValueError(
+            f"weights={weights!r} needs the model size it is for, e.g. variant='B/16' (--variant B/16); "
+            "only an hf:// handle carries its own."
+        )
+    from keras_vit import models
+
+    return models.ViT(variant, weights=weights, **kwargs)
+
+
 def list_weights(variant=None, print_table=True):
     """The named checkpoints, printed as a table (as `keras-vit weights list`).
 

@@ -154,8 +154,7 @@ class TrainConfig:
                 raise ValueError(f"{key} must be a positive int, received {key}={getattr(config, key)!r}.")
         if config.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, received learning_rate={config.learning_rate}.")
-        if config.weights is not None and not os.path.isfile(config.weights):
-            raise ValueError(f"weights={config.weights!r}: no such checkpoint file.")
+        _check_start_weights(config)
         models.check_tta(config.tta)
         if config.strategy not in distribute.STRATEGIES:
             raise ValueError(
@@ -163,6 +162,33 @@ class TrainConfig:
                 f"received strategy={config.strategy!r}."
             )
         return config
+
+
+def _check_start_weights(config):
+    """Refuses, before any work, weights the run could not start from."""
+    from keras_vit import pretrained
+
+    weights = config.weights
+    if weights is None or os.path.isfile(weights) or str(weights).startswith("hf://"):
+        return
+    if not pretrained.is_name(weights):
+        raise ValueError(
+            f"weights={weights!r} is neither a checkpoint file nor a named checkpoint "
+            f"({', '.join(pretrained.tags())}) nor 'hf://ORG/NAME'."
+        )
+    if config.variant is None:
+        raise ValueError(
+            f"weights={weights!r} names a published checkpoint: give the size it is for, "
+            "e.g. variant='B/16' (--variant B/16)."
+        )
+    standard = variants.get_config(config.variant)
+    changed = [key for key in _ARCHITECTURE if getattr(config, key) != getattr(standard, key)]
+    if changed:
+        raise ValueError(
+            f"weights={weights!r} is a ViT-{config.variant} checkpoint; the run changes its "
+            f"{', '.join(changed)}."
+        )
+    pretrained.resolve(pretrained.standard_variant(config.variant), weights, config.image_size)
 
 
 def _write_json_atomic(path, payload):
@@ -420,11 +446,11 @@ def _build_model(config, num_classes):
         drop_path_rate=config.drop_path_rate,
     )
     sizes = {key: getattr(config, key) for key in _ARCHITECTURE}
-    model = models.ViT(config.variant, **kwargs, **sizes)
-    if config.weights:
-        from keras_vit import weights as vit_weights
-
-        vit_weights.load_weights(model, config.weights)
+    # A checkpoint file, a named checkpoint (downloaded once, the resolution's
+    # file where the tag has several) or an hf:// handle: the position
+    # embedding is resampled to image_size, a head of other classes is left
+    # fresh (fine-tuning).
+    model = models.ViT(config.variant, **kwargs, **sizes, weights=config.weights)
     if config.freeze_backbone:
         training.freeze_backbone(model)
     return model
@@ -543,6 +569,8 @@ def _train(config):
 
     with strategy.scope():
         model = _build_model(config, info.num_classes)
+        # The data set's classes, kept in last.keras and best.keras.
+        model.class_names = [str(name) for name in info.class_names]
         training.compile(
             model, steps=total_steps, learning_rate=config.learning_rate,
             weight_decay=config.weight_decay, warmup_steps=warmup,
@@ -774,18 +802,45 @@ def predict(run_dir, paths, top_k=3, which="last", dtype_policy=None, tta=None):
         A list, per image, of `(class_name, probability)` pairs, best first.
     """
     config = read_run(run_dir)
-    names = config["class_names"]
-    if not isinstance(top_k, int) or not 1 <= top_k <= len(names):
-        raise ValueError(f"top_k must be in [1, {len(names)}], received top_k={top_k!r}.")
+    _check_top_k(top_k, len(config["class_names"]))
     tta = _run_tta(config, tta)
     model = load_run_model(run_dir, which)
+    return classify(model, paths, top_k=top_k, class_names=config["class_names"],
+                    dtype_policy=dtype_policy, tta=tta)
+
+
+def _check_top_k(top_k, classes):
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= classes:
+        raise ValueError(f"top_k must be in [1, {classes}], received top_k={top_k!r}.")
+
+
+def classify(model, paths, top_k=3, class_names=None, dtype_policy=None, tta="none"):
+    """Classifies image files with a model that takes pixels in [0, 255].
+
+    Args:
+        model: a keras_vit classifier built with `include_preprocessing=True`
+            (a run's model, or e.g. `keras_vit.ViTB16(include_preprocessing=True)`).
+        paths: image files; each is resized to the model's input.
+        top_k: classes per image.
+        class_names: one name per class; default: `model.class_names`, else
+            the class indices.
+        dtype_policy: compute under this policy, e.g. `"mixed_bfloat16"`.
+        tta: `"none"` or `"flip"` (see `keras_vit.with_flip_tta`).
+
+    Returns:
+        A list, per image, of `(class_name, probability)` pairs, best first.
+    """
+    classes = int(model.output_shape[-1])
+    if class_names is None:
+        class_names = getattr(model, "class_names", None) or [str(i) for i in range(classes)]
+    _check_top_k(top_k, classes)
     if dtype_policy is not None:
         model = models.with_dtype_policy(model, dtype_policy)
     model = models.with_tta(model, tta)
-    images = vit_data.load_images(paths, (config["image_size"], config["image_size"]))
+    images = vit_data.load_images(paths, tuple(model.input_shape[1:3]))
     probabilities = model.predict(images, verbose=0)
     results = []
     for row in probabilities:
         top = np.argsort(row)[::-1][:top_k]
-        results.append([(names[i], float(row[i])) for i in top])
+        results.append([(class_names[i], float(row[i])) for i in top])
     return results

@@ -325,3 +325,58 @@ def test_cli_weights_list_and_download(mirror, reference, tmp_path, capsys):
     assert error.startswith("keras-vit weights: error: downloading ") and "HTTP 404" in error
     assert error.count("\n") == 1
 
+
+
+@pytest.fixture
+def photo(tmp_path):
+    from PIL import Image
+    from skimage import data
+
+    path = tmp_path / "chelsea.png"
+    Image.fromarray(data.chelsea()).save(path)
+    return path
+
+
+def test_cli_predict_with_named_weights_prints_imagenet_names(mirror, photo, capsys):
+    assert cli.main(["predict", "--variant", "Ti/16", "--weights", "imagenet", "--top-k", "2", str(photo)]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    model = keras_vit.ViTTi16(include_preprocessing=True)
+    probabilities = model.predict(keras_vit.data.load_images([str(photo)], (224, 224)), verbose=0)[0]
+    top = np.argsort(probabilities)[::-1][:2]
+    names = keras_vit.imagenet.class_names()
+    assert line == f"{photo}: " + ", ".join(f"{names[i]} {probabilities[i]:.4f}" for i in top)
+    assert mirror.requests == [TI16.file]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["predict", "--weights", "imagenet", "x.png"], "needs the model size it is for"),
+    (["predict", "--variant", "Ti/16", "runs/x", "x.png"], "--variant applies to --weights"),
+    (["export", "runs/x", "--variant", "Ti/16", "--weights", "imagenet"], "a run directory or --weights, not both"),
+    (["export"], "export needs a run directory or --weights"),
+    (["train", "--weights", "imagenet21k"], "give the size it is for, e.g. variant='B/16'"),
+    (["train", "--weights", "imagenet21k", "--variant", "Ti/16", "--hidden-dim", "96"],
+     "is a ViT-Ti/16 checkpoint; the run changes its hidden_dim"),
+    (["train", "--weights", "augreg_in1k", "--variant", "Ti/16"], "not for ViT-Ti/16"),
+    (["train", "--weights", "nosuchfile.npz"], "neither a checkpoint file nor a named checkpoint"),
+])
+def test_cli_refuses_bad_weights_arguments_in_one_line(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(argv) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1
+
+
+def test_cli_export_named_weights_carries_imagenet_labels(mirror, photo, tmp_path, capsys):
+    import tensorflow as tf
+
+    assert cli.main(["export", "--variant", "Ti/16", "--weights", "imagenet", "--top-k", "3",
+                     "--output", str(tmp_path / "export" / "vit")]) == 0
+    assert f"to {tmp_path / 'export' / 'vit' / '1'}" in capsys.readouterr().out
+    loaded = tf.saved_model.load(str(tmp_path / "export" / "vit" / "1"))
+    outputs = loaded.signatures["serving_default"](image_bytes=tf.constant([photo.read_bytes()]))
+    labels = [label.decode() for label in outputs["top_k_labels"].numpy()[0]]
+    indices = outputs["top_k_indices"].numpy()[0]
+    assert labels == [keras_vit.imagenet.class_names()[i] for i in indices]
+    model = keras_vit.ViTTi16(include_preprocessing=True)
+    expected = model.predict(keras_vit.data.load_images([str(photo)], (224, 224)), verbose=0)[0]
+    assert list(indices) == list(np.argsort(expected)[::-1][:3])
