@@ -141,3 +141,33 @@ def run_layer_test(layer_cls, init_kwargs, input_data, expected_output_shape, tm
         assert np.all(np.isfinite(mixed_output))
         np.testing.assert_allclose(mixed_output, keras.ops.convert_to_numpy(output), atol=atol, rtol=0.05)
     return layer, output
+
+
+@pytest.fixture(scope="session")
+def ti16_bucket(tmp_path_factory):
+    """ViT-Ti/16's "imagenet" (1000 classes) and "imagenet21k" (21843
+    classes) checkpoints, written from random weights under their real
+    bucket paths: what the loopback mirror serves to examples and CLI tests."""
+    from keras_vit import pretrained
+
+    files = {}
+    folder = tmp_path_factory.mktemp("bucket")
+    for alias in ("imagenet", "imagenet21k"):
+        entry = pretrained.resolve("Ti/16", alias)
+        model = randomize(keras_vit.ViTTi16(weights=None, classes=entry.classes), seed=len(files))
+        files[entry.file] = keras_vit.save_npz(model, folder / f"{alias}.npz").read_bytes()
+        del model
+        keras.backend.clear_session()
+    return files
+
+
+@pytest.fixture
+def ti16_mirror(ti16_bucket, tmp_path, monkeypatch):
+    """A loopback mirror of the bucket holding `ti16_bucket`, with Keras'
+    cache in tmp_path: named Ti/16 weights download from it, nothing else."""
+    from tests.weights_mirror import Mirror
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    with Mirror(ti16_bucket) as server:
+        monkeypatch.setenv("KERAS_VIT_WEIGHTS_BASE_URL", server.url)
+        yield server

@@ -2,6 +2,7 @@
 Python blocks run as written."""
 
 import inspect
+import json
 import pathlib
 import re
 import runpy
@@ -96,6 +97,40 @@ def test_fine_tune_example(tmp_path, capsys):
     # What was learned on 3-9 carries over: >= 90% in 8 epochs, more than from random weights.
     assert results["fine-tuned"] >= 0.9 and results["fine-tuned"] > results["scratch"]
     assert sorted(p.name for p in (tmp_path / "photos").iterdir()) == ["one", "two", "zero"]
+
+
+@pytest.mark.slow
+def test_fine_tune_example_from_named_weights(tmp_path, capsys, ti16_mirror):
+    results = _run_example("fine_tune", ["--work", str(tmp_path / "work"), "--weights", "imagenet21k",
+                                         "--variant", "Ti/16", "--image-size", "32", "--epochs", "2"])
+    out = capsys.readouterr().out
+    assert "pre-trained on digits" not in out and "wrote 537 images of 3 classes into" in out
+    assert f"fine-tuned (new head, 2 epochs): test accuracy {results['fine-tuned']:.2f}" in out
+    in21k = keras_vit_pretrained().resolve("Ti/16", "imagenet21k")
+    assert ti16_mirror.requests == [in21k.file]  # downloaded once, for the fine-tuned run only
+    config = json.loads((tmp_path / "work" / "runs" / "fine-tuned" / "config.json").read_text())
+    assert (config["weights"], config["variant"], config["image_size"]) == ("imagenet21k", "Ti/16", 32)
+    assert config["class_names"] == ["one", "two", "zero"]
+
+
+@pytest.mark.slow
+def test_classify_photos_example(capsys, ti16_mirror):
+    names, decoded = _run_example("classify_photos", ["--variant", "Ti/16", "--top", "2"])
+    out = capsys.readouterr().out
+    assert "ViT-Ti/16 (vit_tiny_patch16_224.augreg_in21k_ft_in1k): 5,717,416 parameters, 1000 classes" in out
+    assert names[:3] == ["astronaut", "chelsea", "coffee"]
+    width = max(len(name) for name in names)
+    for name, row in zip(names, decoded):
+        line = f"{name:<{width}} " + ", ".join(f"{w} {label} ({score:.2f})" for w, label, score in row)
+        assert line in out.splitlines()
+        assert all(re.fullmatch(r"n\d{8}", wnid) for wnid, _, _ in row) and row[0][2] >= row[1][2]
+    assert ti16_mirror.requests == [keras_vit_pretrained().resolve("Ti/16", "imagenet").file]
+
+
+def keras_vit_pretrained():
+    from keras_vit import pretrained
+
+    return pretrained
 
 
 @pytest.mark.slow
