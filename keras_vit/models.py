@@ -352,6 +352,8 @@ class _WeightsSource:
             try:
                 vit_weights.load_weights(model, path)
             except vit_weights.CheckpointError as error:
+                if pretrained.intact(self.named):
+                    raise  # the file is right; the model does not take it
                 # The cache must not keep a file that does not load.
                 path.unlink(missing_ok=True)
                 raise vit_weights.CheckpointError(
@@ -367,8 +369,8 @@ class _WeightsSource:
         else:
             vit_weights.load_weights(model, self.weights)
         names = self.class_names
-        if names is not None and model.output_shape[-1] == len(names) and \
-                vit_weights._find_layer(model, "head") is not None:
+        has_head = any(layer.name == "head" for layer in model.layers)
+        if names is not None and has_head and model.output_shape[-1] == len(names):
             model.class_names = names
 
 
@@ -395,12 +397,18 @@ def _weights_source(variant, config, weights, input_tensor, input_shape):
     if isinstance(weights, str) and not os.path.exists(weights) and (
         pretrained.is_name(weights) or re.fullmatch(r"[A-Za-z0-9_]+", weights)
     ):
-        if variant is None or any(
-            getattr(config, key) != getattr(variants.get_config(variant), key) for key in _ARCHITECTURE_ARGS
-        ):
+        if variant is None:
             raise ValueError(
                 f"weights={weights!r} names a published checkpoint, which needs a standard variant "
-                f"('B/16', ...) with its own sizes; received variant={variant!r}."
+                "('B/16', ...); received variant=None."
+            )
+        standard = variants.get_config(variant)
+        changed = [f"{key}={getattr(config, key)} (ViT-{variant}: {getattr(standard, key)})"
+                   for key in _ARCHITECTURE_ARGS if getattr(config, key) != getattr(standard, key)]
+        if changed:
+            raise ValueError(
+                f"weights={weights!r} names a ViT-{variant} checkpoint, which needs that variant's own "
+                f"sizes; received {', '.join(changed)}."
             )
         image_size = None
         shape = input_shape if input_shape is not None else (

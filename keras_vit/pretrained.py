@@ -298,6 +298,17 @@ def classifier(weights, variant=None, image_size=None):
     return models.ViT(variant, weights=weights, **kwargs)
 
 
+def intact(entry):
+    """Whether `entry`'s cached file reads as the checkpoint the table promises."""
+    from keras_vit import weights as vit_weights
+
+    try:
+        vit_weights.check_checkpoint(entry.cache_path, entry.variant, entry.classes, entry.image_size)
+    except vit_weights.CheckpointError:
+        return False
+    return True
+
+
 def list_weights(variant=None, print_table=True):
     """The named checkpoints, printed as a table (as `keras-vit weights list`).
 

@@ -59,6 +59,23 @@ def randomize(model, seed=0):
     return model
 
 
+def randomize_torch(module, seed):
+    """A PyTorch reference model with every parameter drawn at random
+    (LayerNorm scales in [0.5, 1.5]), in eval mode: the parity tests'
+    reference weights."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in module.named_parameters():
+            if parameter.ndim == 1 and ("norm" in name and name.endswith("weight")):
+                values = torch.rand(parameter.shape, generator=generator) + 0.5
+            else:
+                values = torch.randn(parameter.shape, generator=generator) * 0.05
+            parameter.copy_(values)
+    return module.eval()
+
+
 def assert_weights_equal(model_a, model_b):
     assert len(model_a.weights) == len(model_b.weights)
     for a, b in zip(model_a.weights, model_b.weights):

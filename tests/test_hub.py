@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 import keras_vit
+from tests.conftest import randomize_torch
 from keras_vit import hub
 
 torch = pytest.importorskip("torch", reason="hub tests need the [test] extra")
@@ -138,19 +139,6 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _randomize_torch(module, seed):
-    """As in test_parity.py: every parameter random, LayerNorm scales near 1."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in module.named_parameters():
-            if parameter.ndim == 1 and ("norm" in name and name.endswith("weight")):
-                values = torch.rand(parameter.shape, generator=generator) + 0.5
-            else:
-                values = torch.randn(parameter.shape, generator=generator) * 0.05
-            parameter.copy_(values)
-    return module.eval()
-
-
 def _add_repo(cache, handle, files):
     """One repository of a huggingface_hub cache, as `hf_hub_download` left it.
 
@@ -189,7 +177,7 @@ def _save_pretrained(model, folder):
 
 
 def _timm_repo(cache, tmp, images):
-    model = _randomize_torch(
+    model = randomize_torch(
         timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32), seed=0
     )
     synsets = pathlib.Path(timm.data.__file__).parent / "_info" / "imagenet_synsets.txt"
@@ -219,7 +207,7 @@ def _transformers_repos(cache, tmp, images):
     from transformers import ViTConfig, ViTForImageClassification, ViTModel
 
     refs = {}
-    classifier = _randomize_torch(ViTForImageClassification(ViTConfig(
+    classifier = randomize_torch(ViTForImageClassification(ViTConfig(
         **HF_SIZES, id2label={0: "cat", 1: "dog", 2: "bird"},
         label2id={"cat": 0, "dog": 1, "bird": 2},
     )), seed=1)
@@ -237,7 +225,7 @@ def _transformers_repos(cache, tmp, images):
     )})
 
     # An in21k-style repository: ViTModel, no classifier, with its pooler.
-    base = _randomize_torch(ViTModel(ViTConfig(**HF_SIZES)), seed=2)
+    base = randomize_torch(ViTModel(ViTConfig(**HF_SIZES)), seed=2)
     files = _save_pretrained(base, tmp / "base")
     _add_repo(cache, HF_BASE, files)
     with torch.no_grad():

@@ -158,7 +158,8 @@ def test_input_tensor():
         (dict(dropout_rate=1.5), ValueError, r"dropout_rate"),
         (dict(drop_path_rate=-0.1), ValueError, r"drop_path_rate"),
         (dict(weights=3), TypeError, r"weights=3"),
-        (dict(weights="imagenet"), ValueError, r"Checkpoint file not found: imagenet"),
+        (dict(weights="imagenet"), ValueError, r"standard sizes only .*; received variant='Test/4'"),
+        (dict(weights="missing.npz"), ValueError, r"Checkpoint file not found: missing.npz"),
         (dict(include_top="yes"), TypeError, r"include_top='yes'"),
     ],
 )

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import keras_vit
+from tests.conftest import randomize_torch
 
 torch = pytest.importorskip("torch", reason="parity tests need the [test] extra")
 timm = pytest.importorskip("timm")
@@ -29,20 +30,8 @@ def _torch_threads():
     torch.set_num_threads(2)
 
 
-def _randomize_torch(module, seed):
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in module.named_parameters():
-            if parameter.ndim == 1 and ("norm" in name and name.endswith("weight")):
-                values = torch.rand(parameter.shape, generator=generator) + 0.5
-            else:
-                values = torch.randn(parameter.shape, generator=generator) * 0.05
-            parameter.copy_(values)
-    return module.eval()
-
-
 def _timm_model(name, seed=0, **kwargs):
-    return _randomize_torch(timm.create_model(name, pretrained=False, **kwargs), seed)
+    return randomize_torch(timm.create_model(name, pretrained=False, **kwargs), seed)
 
 
 def _images(size, seed=0, batch=2):
@@ -153,7 +142,7 @@ def test_resampling_equals_torch_interpolate(interpolation, antialias, old, new)
 
 
 def test_transformer_block_matches_timm_block(rng):
-    block_ref = _randomize_torch(
+    block_ref = randomize_torch(
         timm_vit.Block(dim=48, num_heads=4, mlp_ratio=2.0, qkv_bias=True,
                        norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6)),
         seed=5,
@@ -187,7 +176,7 @@ def test_huggingface_vit_for_image_classification(tmp_path):
         num_attention_heads=3, intermediate_size=768, num_labels=10,
         layer_norm_eps=1e-6, hidden_act="gelu",
     )
-    reference = _randomize_torch(transformers.ViTForImageClassification(config), seed=6)
+    reference = randomize_torch(transformers.ViTForImageClassification(config), seed=6)
     reference.save_pretrained(tmp_path / "hf", safe_serialization=True)
     images = _images(224, seed=6)
     with torch.no_grad():

@@ -19,6 +19,7 @@ import pytest
 import keras_vit
 from keras_vit import cli, download, pretrained
 from keras_vit.weights import CheckpointError
+from tests.conftest import randomize_torch
 from tests.weights_mirror import Mirror
 
 torch = pytest.importorskip("torch", reason="the mirror's checkpoints come from timm ([test] extra)")
@@ -35,14 +36,7 @@ def reference(tmp_path_factory):
     """timm's ViT-Ti/16 with random weights, its logits on two photos plus
     noise, and the same weights as a Google `.npz` (the bucket's format)."""
     torch.set_num_threads(2)
-    generator = torch.Generator().manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False).eval()
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if parameter.ndim == 1 and "norm" in name and name.endswith("weight"):
-                parameter.copy_(torch.rand(parameter.shape, generator=generator) + 0.5)
-            else:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    model = randomize_torch(timm.create_model("vit_tiny_patch16_224", pretrained=False), seed=0)
     folder = tmp_path_factory.mktemp("reference")
     state = folder / "ti16.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(state))
@@ -217,6 +211,14 @@ def test_a_cached_file_that_does_not_load_is_removed(mirror, reference, tmp_path
     assert mirror.requests == [TI16.file] and cached.read_bytes() == reference["npz"]
 
 
+def test_a_model_that_cannot_take_the_file_keeps_the_cache(mirror, tmp_path):
+    keras_vit.ViTTi16()
+    with pytest.raises(CheckpointError, match="lacks 'pre_logits/kernel'"):
+        keras_vit.ViTTi16(representation_size=64)  # a layer the checkpoint does not have
+    assert (tmp_path / "keras" / "models" / TI16.file).is_file()
+    assert mirror.requests == [TI16.file]
+
+
 def test_concurrent_first_use_downloads_once(mirror, reference, tmp_path):
     mirror.delay_per_chunk = 0.5  # ~12 s for the 6 MB file: the processes overlap
     script = (
@@ -242,7 +244,8 @@ def test_concurrent_first_use_downloads_once(mirror, reference, tmp_path):
     (dict(weights="imagnet"), "neither a checkpoint file nor a named checkpoint; named weights for ViT-Ti/16: "
                               "imagenet, imagenet21k, augreg_in21k_ft_in1k, augreg_in21k"),
     (dict(weights="augreg_in1k"), "weights='augreg_in1k' exists for B/16, B/32, S/16, not for ViT-Ti/16"),
-    (dict(weights="imagenet", hidden_dim=96), "needs a standard variant"),
+    (dict(weights="imagenet", hidden_dim=96),
+     "needs that variant's own sizes; received hidden_dim=96 (ViT-Ti/16: 192)"),
 ])
 def test_bad_names_raise_value_errors(kwargs, message):
     variant = "Ti/16"
