@@ -20,6 +20,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import shutil
 import tempfile
 import time
@@ -172,6 +173,8 @@ def _check_start_weights(config):
     if weights is None or os.path.isfile(weights) or str(weights).startswith("hf://"):
         return
     if not pretrained.is_name(weights):
+        if not re.fullmatch(r"[A-Za-z0-9_]+", str(weights)):  # a path: say so, as before names existed
+            raise ValueError(f"weights={weights!r}: no such checkpoint file.")
         raise ValueError(
             f"weights={weights!r} is neither a checkpoint file nor a named checkpoint "
             f"({', '.join(pretrained.tags())}) nor 'hf://ORG/NAME'."

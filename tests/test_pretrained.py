@@ -360,7 +360,8 @@ def test_cli_predict_with_named_weights_prints_imagenet_names(mirror, photo, cap
     (["train", "--weights", "imagenet21k", "--variant", "Ti/16", "--hidden-dim", "96"],
      "is a ViT-Ti/16 checkpoint; the run changes its hidden_dim"),
     (["train", "--weights", "augreg_in1k", "--variant", "Ti/16"], "not for ViT-Ti/16"),
-    (["train", "--weights", "nosuchfile.npz"], "neither a checkpoint file nor a named checkpoint"),
+    (["train", "--weights", "nosuchfile.npz"], "weights='nosuchfile.npz': no such checkpoint file"),
+    (["train", "--weights", "imagenet22k", "--variant", "Ti/16"], "neither a checkpoint file nor a named checkpoint"),
 ])
 def test_cli_refuses_bad_weights_arguments_in_one_line(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
