@@ -383,11 +383,9 @@ def _weights_source(variant, config, weights, input_tensor, input_shape):
             "keras_vit.list_weights()), 'hf://ORG/NAME' or the path of a checkpoint file, "
             f"received weights={weights!r}."
         )
-    from keras_vit import pretrained
+    from keras_vit import hub, pretrained
 
-    if isinstance(weights, str) and weights.startswith("hf://"):
-        from keras_vit import hub
-
+    if hub.is_handle(weights):
         found = hub.read_config(weights)
         names = found.get("class_names")
         return _WeightsSource(weights, hub_config=found, image_size=found.get("image_size"),

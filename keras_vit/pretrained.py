@@ -285,9 +285,9 @@ def classifier(weights, variant=None, image_size=None):
     if image_size is not None:
         kwargs["input_shape"] = (image_size, image_size, 3)
     if variant is None:
-        if isinstance(weights, str) and weights.startswith("hf://"):
-            from keras_vit import hub
+        from keras_vit import hub
 
+        if hub.is_handle(weights):
             return hub.from_pretrained(weights, **kwargs)
         raise ValueError(
             f"weights={weights!r} needs the model size it is for, e.g. variant='B/16' (--variant B/16); "

@@ -167,10 +167,10 @@ class TrainConfig:
 
 def _check_start_weights(config):
     """Refuses, before any work, weights the run could not start from."""
-    from keras_vit import pretrained
+    from keras_vit import hub, pretrained
 
     weights = config.weights
-    if weights is None or os.path.isfile(weights) or str(weights).startswith("hf://"):
+    if weights is None or os.path.isfile(weights) or hub.is_handle(weights):
         return
     if not pretrained.is_name(weights):
         if not re.fullmatch(r"[A-Za-z0-9_]+", str(weights)):  # a path: say so, as before names existed

@@ -132,6 +132,30 @@ SCRIPT = textwrap.dedent(
     run("checkpoint_file:MISSING", hub.checkpoint_file, handles["MISSING"])
     run("checkpoint_file:uncached_revision", hub.checkpoint_file, handles["TIMM"] + "@v2")
 
+    # weights="hf://..." on a builder: the resolution and class names come
+    # from the repository.
+    model = run("builder", keras_vit.ViTTi16, weights=handles["TIMM"], classifier_activation=None)
+    arrays["builder32"] = logits(model, 32)
+    results["builder_model"] = {"input_shape": list(model.input_shape),
+                                "class_names": list(model.class_names or [])}
+    # keras-vit predict --weights hf://... on an image file, against the
+    # same model's own prediction.
+    import contextlib, io
+    from PIL import Image
+    from keras_vit import cli, data
+    photo = f"{out}/photo.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(photo)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = cli.main(["predict", "--weights", handles["HF_CLS"], "--top-k", "2", photo])
+    model = hub.from_pretrained(handles["HF_CLS"], include_preprocessing=True)
+    expected = model.predict(data.load_images([photo], (32, 32)), verbose=0)[0]
+    top = np.argsort(expected)[::-1][:2]
+    results["cli_predict"] = {
+        "code": code, "printed": printed.getvalue().strip(),
+        "expected": f"{photo}: " + ", ".join(f"{model.class_names[i]} {expected[i]:.4f}" for i in top),
+    }
+
     np.savez(f"{out}/arrays.npz", **arrays)
     with open(f"{out}/results.json", "w") as f:
         json.dump(results, f)
@@ -434,6 +458,18 @@ def test_timm_repository_matches_timm(loaded):
     assert model["name"] == "vit_tiny_patch16_224_test"
     assert model["input_shape"] == [None, 32, 32, 3]
     _assert_close(outputs["timm32"], refs["timm32"])
+
+
+def test_builder_weights_handle_and_cli_predict(loaded):
+    results, outputs, refs, _ = loaded
+    assert results["builder"]["error"] is None
+    assert results["builder_model"]["input_shape"] == [None, 32, 32, 3]  # the repository's resolution
+    assert results["builder_model"]["class_names"][281] == "tabby"
+    _assert_close(outputs["builder32"], refs["timm32"])
+    cli_predict = results["cli_predict"]
+    assert cli_predict["code"] == 0
+    assert cli_predict["printed"].splitlines()[-1] == cli_predict["expected"]
+    assert cli_predict["expected"].split(": ")[1].split()[0] in ("cat", "dog", "bird")
 
 
 def test_timm_repository_at_another_resolution_matches_timm(loaded):
