@@ -22,6 +22,7 @@ import hashlib
 import os
 import pathlib
 import re
+import secrets
 import sys
 import tempfile
 
@@ -115,9 +116,12 @@ def download(url, target, sha256=None, verify=None, hint="", progress=True):
     with filelock.FileLock(str(target) + ".lock"):
         if target.is_file():  # another process downloaded it meanwhile
             return target
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+        # A fresh name opened exclusively ("x"), rather than mkstemp, whose
+        # files are private (0600): the cached file gets the permissions any
+        # new file would (the umask), as get_file's do.
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(8)}.part"
         try:
-            with os.fdopen(fd, "wb") as out:
+            with open(tmp, "xb") as out:
                 _fetch(url, out, sha256, progress)
                 out.flush()
                 os.fsync(out.fileno())

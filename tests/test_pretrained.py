@@ -81,6 +81,9 @@ def test_default_weights_download_once_and_match_timm(mirror, reference, tmp_pat
     assert TI16.file.endswith("--imagenet2012-steps_20k-lr_0.03-res_224.npz")
     cached = tmp_path / "keras" / "models" / TI16.file
     assert cached.read_bytes() == reference["npz"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert cached.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
     _assert_close(model.predict(reference["images"], verbose=0), reference["logits"])
     assert model.class_names[281] == "tabby" and len(model.class_names) == 1000
 
