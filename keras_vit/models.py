@@ -395,25 +395,10 @@ def _weights_source(variant, config, weights, input_tensor, input_shape):
     if isinstance(weights, str) and not os.path.exists(weights) and (
         pretrained.is_name(weights) or re.fullmatch(r"[A-Za-z0-9_]+", weights)
     ):
-        if variant is None:
-            raise ValueError(
-                f"weights={weights!r} names a published checkpoint, which needs a standard variant "
-                "('B/16', ...); received variant=None."
-            )
-        standard = variants.get_config(variant)
-        changed = [f"{key}={getattr(config, key)} (ViT-{variant}: {getattr(standard, key)})"
-                   for key in _ARCHITECTURE_ARGS if getattr(config, key) != getattr(standard, key)]
-        if changed:
-            raise ValueError(
-                f"weights={weights!r} names a ViT-{variant} checkpoint, which needs that variant's own "
-                f"sizes; received {', '.join(changed)}."
-            )
-        image_size = None
         shape = input_shape if input_shape is not None else (
             tuple(input_tensor.shape[1:]) if input_tensor is not None else None)
-        if shape is not None and len(shape) == 3 and isinstance(shape[0], int):
-            image_size = shape[0]
-        named = pretrained.resolve(pretrained.standard_variant(variant), weights, image_size)
+        image_size = shape[0] if shape is not None and len(shape) == 3 and isinstance(shape[0], int) else None
+        named = pretrained.named_checkpoint(weights, variant, dataclasses.asdict(config), image_size)
         return _WeightsSource(weights, named=named, image_size=named.image_size, classes=named.classes,
                               representation_size=named.representation_size,
                               class_names=named.class_names)

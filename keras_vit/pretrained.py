@@ -232,6 +232,38 @@ def resolve(variant, weights, image_size=None):
     return min(entries, key=lambda e: (abs(e.image_size - image_size), e.image_size))
 
 
+def named_checkpoint(weights, variant, sizes, image_size=None):
+    """The checkpoint `weights` names for a model of `variant` and `sizes`.
+
+    The one check behind `keras_vit.ViT(weights=...)` and `keras-vit train
+    --weights`: a published checkpoint fits its own variant only.
+
+    Args:
+        weights: a tag or an alias.
+        variant: the model's variant string, or `None`.
+        sizes: the model's `patch_size`, `hidden_dim`, `num_layers`,
+            `num_heads` and `mlp_dim` (a mapping).
+        image_size: as in `resolve`.
+
+    Returns:
+        A `PretrainedWeights`.
+    """
+    if variant is None:
+        raise ValueError(
+            f"weights={weights!r} names a published checkpoint: give the size it is for, "
+            "e.g. variant='B/16' (--variant B/16)."
+        )
+    standard = variants.get_config(variant)
+    changed = [f"{key}={sizes[key]} (ViT-{variant}: {value})"
+               for key, value in dataclasses.asdict(standard).items() if sizes[key] != value]
+    if changed:
+        raise ValueError(
+            f"weights={weights!r} is a ViT-{variant} checkpoint, which needs that variant's own "
+            f"sizes; received {', '.join(changed)}."
+        )
+    return resolve(standard_variant(variant), weights, image_size)
+
+
 def _for(variant):
     return f" for ViT-{variant}" if variant else ""
 

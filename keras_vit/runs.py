@@ -179,19 +179,8 @@ def _check_start_weights(config):
             f"weights={weights!r} is neither a checkpoint file nor a named checkpoint "
             f"({', '.join(pretrained.tags())}) nor 'hf://ORG/NAME'."
         )
-    if config.variant is None:
-        raise ValueError(
-            f"weights={weights!r} names a published checkpoint: give the size it is for, "
-            "e.g. variant='B/16' (--variant B/16)."
-        )
-    standard = variants.get_config(config.variant)
-    changed = [key for key in _ARCHITECTURE if getattr(config, key) != getattr(standard, key)]
-    if changed:
-        raise ValueError(
-            f"weights={weights!r} is a ViT-{config.variant} checkpoint; the run changes its "
-            f"{', '.join(changed)}."
-        )
-    pretrained.resolve(pretrained.standard_variant(config.variant), weights, config.image_size)
+    pretrained.named_checkpoint(weights, config.variant, {key: getattr(config, key) for key in _ARCHITECTURE},
+                                config.image_size)
 
 
 def _write_json_atomic(path, payload):

@@ -361,7 +361,7 @@ def test_cli_predict_with_named_weights_prints_imagenet_names(mirror, photo, cap
     (["export"], "export needs a run directory or --weights"),
     (["train", "--weights", "imagenet21k"], "give the size it is for, e.g. variant='B/16'"),
     (["train", "--weights", "imagenet21k", "--variant", "Ti/16", "--hidden-dim", "96"],
-     "is a ViT-Ti/16 checkpoint; the run changes its hidden_dim"),
+     "is a ViT-Ti/16 checkpoint, which needs that variant's own sizes; received hidden_dim=96 (ViT-Ti/16: 192)"),
     (["train", "--weights", "augreg_in1k", "--variant", "Ti/16"], "not for ViT-Ti/16"),
     (["train", "--weights", "nosuchfile.npz"], "weights='nosuchfile.npz': no such checkpoint file"),
     (["train", "--weights", "imagenet22k", "--variant", "Ti/16"], "neither a checkpoint file nor a named checkpoint"),
