@@ -2,7 +2,6 @@
 
 import dataclasses
 import os
-import re
 import weakref
 
 import keras
@@ -392,9 +391,7 @@ def _weights_source(variant, config, weights, input_tensor, input_shape):
                               classes=found.get("classes") or None,
                               representation_size=found.get("representation_size"),
                               class_names=tuple(names) if names else None)
-    if isinstance(weights, str) and not os.path.exists(weights) and (
-        pretrained.is_name(weights) or re.fullmatch(r"[A-Za-z0-9_]+", weights)
-    ):
+    if isinstance(weights, str) and not os.path.exists(weights) and pretrained.looks_like_name(weights):
         shape = input_shape if input_shape is not None else (
             tuple(input_tensor.shape[1:]) if input_tensor is not None else None)
         image_size = shape[0] if shape is not None and len(shape) == 3 and isinstance(shape[0], int) else None

@@ -194,6 +194,12 @@ def is_name(weights):
     return isinstance(weights, str) and (weights in ALIASES or any(e.tag == weights for e in TABLE))
 
 
+def looks_like_name(weights):
+    """Whether `weights` is meant as a name (a tag, an alias or a misspelt
+    one: letters, digits and underscores) rather than a file path."""
+    return is_name(weights) or (isinstance(weights, str) and re.fullmatch(r"[A-Za-z0-9_]+", weights) is not None)
+
+
 def resolve(variant, weights, image_size=None):
     """The checkpoint that `weights` names for `variant`.
 

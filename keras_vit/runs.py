@@ -20,7 +20,6 @@ import json
 import math
 import os
 import pathlib
-import re
 import shutil
 import tempfile
 import time
@@ -173,7 +172,7 @@ def _check_start_weights(config):
     if weights is None or os.path.isfile(weights) or hub.is_handle(weights):
         return
     if not pretrained.is_name(weights):
-        if not re.fullmatch(r"[A-Za-z0-9_]+", str(weights)):  # a path: say so, as before names existed
+        if not pretrained.looks_like_name(weights):  # a path: say so, as before names existed
             raise ValueError(f"weights={weights!r}: no such checkpoint file.")
         raise ValueError(
             f"weights={weights!r} is neither a checkpoint file nor a named checkpoint "
