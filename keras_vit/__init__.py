@@ -15,6 +15,7 @@ from keras_vit._backend import require_tensorflow as _require_tensorflow
 _require_tensorflow()
 
 from keras_vit import (  # noqa: E402
+    backend,
     data,
     distribute,
     download,
@@ -35,6 +36,7 @@ from keras_vit.layers import (  # noqa: E402
     ClassTokenPooling,
     DropPath,
     HorizontalFlip,
+    LayerNorm,
     PatchEncoder,
     Patches,
     PatchTokenAveragePooling,
@@ -74,6 +76,7 @@ __all__ = [
     "ClassTokenPooling",
     "DropPath",
     "HorizontalFlip",
+    "LayerNorm",
     "PatchEncoder",
     "PatchTokenAveragePooling",
     "Patches",
@@ -90,6 +93,7 @@ __all__ = [
     "ViTTest4",
     "ViTTi16",
     "__version__",
+    "backend",
     "bfloat16_cpu",
     "data",
     "decode_predictions",

@@ -6,11 +6,10 @@ sublayers, returns its constructor arguments from `get_config()`, and is
 registered for `.keras` serialization under the `keras_vit` package name.
 """
 
-import math
-
 import keras
 from keras import ops
 
+from keras_vit import backend
 from keras_vit._validation import check_positive_int, check_rate
 
 # The original ViT (and timm, Hugging Face, keras-hub) use LayerNorm with
@@ -254,20 +253,40 @@ class DropPath(keras.layers.Layer):
         return config
 
 
-def _tf_kernel_module():
-    """`keras_vit._tf_kernels` on the TensorFlow backend, else None."""
-    if keras.backend.backend() != "tensorflow":
-        return None
-    from keras_vit import _tf_kernels
+@keras.saving.register_keras_serializable(package="keras_vit")
+class LayerNorm(keras.layers.LayerNormalization):
+    """`keras.layers.LayerNormalization` over the last axis that owns its
+    kernel choice.
 
-    return _tf_kernels
+    The same variables, config and values as Keras' layer (epsilon default
+    1e-6, the original ViT's). Built while `keras_vit.backend.use_fast_kernels()`
+    is True, its calls take the backend's fast kernels where they apply
+    (see `keras_vit.backend`); otherwise Keras' own computation.
 
+    Args:
+        epsilon: float, added to the variance (1e-6 in the original ViT).
+        **kwargs: the arguments of `keras.layers.LayerNormalization`.
 
-def _fused_kernels(training):
-    """The fused training kernels (`keras_vit._tf_kernels`) when this call
-    should use them (a training call on the TensorFlow backend), else None."""
-    kernels = _tf_kernel_module()
-    return kernels if kernels and kernels.applies(training) else None
+    Example:
+
+    >>> norm = keras_vit.layers.LayerNorm()
+    >>> y = norm(np.array([[1.0, 2.0, 3.0]], "float32"))
+    >>> np.round(np.asarray(y), 3)
+    array([[-1.225,  0.   ,  1.225]], dtype=float32)
+    """
+
+    def __init__(self, epsilon=LAYER_NORM_EPSILON, **kwargs):
+        super().__init__(epsilon=epsilon, **kwargs)
+        # The fast kernels normalise over the last axis with scale and centre.
+        self.fast_kernels = (backend.use_fast_kernels() and self.axis in (-1, [-1])
+                             and self.center and self.scale and not self.rms_scaling)
+
+    def call(self, inputs, training=None):
+        if self.fast_kernels:
+            outputs = backend.layer_norm(self, inputs, training)
+            if outputs is not None:
+                return outputs
+        return super().call(inputs)
 
 
 @keras.saving.register_keras_serializable(package="keras_vit")
@@ -279,19 +298,17 @@ class TransformerBlock(keras.layers.Layer):
     with LayerNorm epsilon 1e-6, q/k/v/output projections with biases,
     attention scaled by `1 / sqrt(hidden_dim / num_heads)` and the exact (erf)
     GELU, matching the original ViT weights as used by timm and Hugging Face.
-    Training calls on the TensorFlow backend compute the LayerNorms and the
-    GELU with XLA-compiled kernels and hand-written gradients
-    (`keras_vit/_tf_kernels.py`, same values), which makes `fit` faster.
-    Inference calls in float32 on a CPU compute the LayerNorms as the op
-    pattern that TensorFlow fuses into one oneDNN kernel (exported models
-    included, no XLA needed); under mixed precision the inference graphs
-    that keras_vit models build for this process (`predict`, `evaluate`,
-    direct calls) use the compiled forward kernel, and other inference
-    calls and exported models the plain Keras ops.
+    Built while `keras_vit.backend.use_fast_kernels()` is True, it takes
+    the backend's fast kernels (same values; see `keras_vit.backend`).
 
-    Sublayers: `norm1`, `attn` (`keras.layers.MultiHeadAttention`, whose
-    q/k/v kernels have the Flax layout `(hidden_dim, num_heads, head_dim)`),
-    `norm2`, `mlp_fc1`, `mlp_fc2`.
+    Sublayers, each called as a Keras layer: `norm1` and `norm2`
+    (`keras_vit.layers.LayerNorm`), `attn` (`keras.layers.MultiHeadAttention`,
+    whose q/k/v kernels have the Flax layout `(hidden_dim, num_heads,
+    head_dim)`; with fast kernels on TensorFlow its attention is computed
+    from its variables unless they are quantized or carry LoRA), `mlp_fc1`
+    and `mlp_fc2` (`keras.layers.Dense`, applied to the tokens as one
+    `(batch * tokens, hidden_dim)` matrix, which lets oneDNN fuse matmul,
+    bias and GELU).
 
     Args:
         hidden_dim: int, the model width; must be divisible by `num_heads`.
@@ -363,9 +380,8 @@ class TransformerBlock(keras.layers.Layer):
         self.head_dim = hidden_dim // num_heads
 
         policy = self.dtype_policy
-        self.norm1 = keras.layers.LayerNormalization(
-            epsilon=self.layer_norm_epsilon, dtype=policy, name="norm1"
-        )
+        self.fast_kernels = backend.use_fast_kernels()
+        self.norm1 = LayerNorm(epsilon=self.layer_norm_epsilon, dtype=policy, name="norm1")
         # The original initialises attention and MLP kernels with Xavier
         # uniform and MLP biases with N(0, 1e-6).
         self.attn = keras.layers.MultiHeadAttention(
@@ -376,22 +392,20 @@ class TransformerBlock(keras.layers.Layer):
             dtype=policy,
             name="attn",
         )
-        # Dropout on the attention weights (the rate is also in `attn`'s
-        # config, whose variables `_self_attention` uses).
+        # The attention weights' dropout of the fast attention path, which
+        # computes `attn` from its variables.
         self.attn_weights_dropout = keras.layers.Dropout(
             attention_dropout_rate, dtype=policy, name="attn_weights_dropout"
         )
         self.attn_dropout = keras.layers.Dropout(
             dropout_rate, dtype=policy, name="attn_output_dropout"
         )
-        self.norm2 = keras.layers.LayerNormalization(
-            epsilon=self.layer_norm_epsilon, dtype=policy, name="norm2"
-        )
+        self.norm2 = LayerNorm(epsilon=self.layer_norm_epsilon, dtype=policy, name="norm2")
         mlp_bias_init = keras.initializers.RandomNormal(stddev=1e-6)
-        # Keras' "gelu" is the exact (erf) GELU, as in timm and Hugging Face.
+        # The GELU is the block's (`_gelu`), so that training can take the
+        # fused kernel; Keras' "gelu" is the exact (erf) GELU, as in timm.
         self.mlp_fc1 = keras.layers.Dense(
             mlp_dim,
-            activation="gelu",
             kernel_initializer="glorot_uniform",
             bias_initializer=mlp_bias_init,
             dtype=policy,
@@ -427,104 +441,36 @@ class TransformerBlock(keras.layers.Layer):
         self.mlp_fc2.build(tuple(input_shape[:-1]) + (self.mlp_dim,))
         self.built = True
 
-    def _self_attention(self, x, training, class_token_only=False):
-        """`self.attn(x, x)` computed from `attn`'s own variables, faster.
+    def _attention(self, x, training, class_token_only):
+        if self.fast_kernels:
+            result = backend.self_attention(self, x, training, class_token_only)
+            if result is not None:
+                return result
+        query = x[:, :1] if class_token_only else x
+        return self.attn(query, x, return_attention_scores=True, training=training)
 
-        Keras' MultiHeadAttention projects q, k and v with three einsums
-        whose weight gradients TensorFlow computes per example and then sums,
-        and forms the attention with einsums that transpose internally; on
-        a CPU that is about half of a small ViT's training step. Here each
-        projection is one matmul over the tokens as a 2-D matrix, the heads
-        are split by one transpose each, and the attention is two batched
-        matmuls. The variables, their layout and the results are those of
-        `keras.layers.MultiHeadAttention` (the parity tests check them
-        against timm); the softmax runs in float32.
-
-        With `class_token_only`, only the first token queries (keys and
-        values still come from every token): `self.attn(x[:, :1], x)`.
-        """
-        attn = self.attn
-        batch, tokens = ops.shape(x)[0], ops.shape(x)[1]
-        width, heads, head_dim = self.hidden_dim, self.num_heads, self.head_dim
-
-        def project(inputs, layer):
-            # (batch, heads, tokens, head_dim). The tokens as one 2-D matrix
-            # (as in `_mlp`): a plain MatMul whose bias add TensorFlow's
-            # oneDNN remapper fuses, where `ops.matmul` on 3-D input is a
-            # `tensordot` with shape ops around it and a separate add. One
-            # matmul per projection rather than one on the concatenated
-            # q/k/v kernels (as timm does): the concatenation copies the
-            # kernels on every call, about 2% of ViT-B/16 inference at
-            # batch 1, and `fit` was no faster with it (BENCHMARKS.md).
-            projected = ops.add(
-                ops.matmul(
-                    ops.reshape(inputs, (-1, width)),
-                    ops.reshape(ops.cast(layer.kernel, x.dtype), (width, width)),
-                ),
-                ops.reshape(ops.cast(layer.bias, x.dtype), (width,)),
-            )
-            return ops.transpose(ops.reshape(projected, (batch, -1, heads, head_dim)), (0, 2, 1, 3))
-
-        key, value = project(x, attn.key_dense), project(x, attn.value_dense)
-        if class_token_only:
-            query = project(x[:, :1], attn.query_dense)
-            tokens = 1
-        else:
-            query = project(x, attn.query_dense)
-        query = query * ops.cast(1.0 / math.sqrt(head_dim), x.dtype)
-        logits = ops.matmul(query, ops.transpose(key, (0, 1, 3, 2)))
-        weights = ops.cast(ops.softmax(ops.cast(logits, "float32"), axis=-1), x.dtype)
-        outputs = ops.matmul(self.attn_weights_dropout(weights, training=training), value)
-        outputs = ops.reshape(ops.transpose(outputs, (0, 2, 1, 3)), (-1, width))
-        output = attn.output_dense
-        outputs = ops.add(
-            ops.matmul(outputs, ops.reshape(ops.cast(output.kernel, x.dtype), (width, width))),
-            ops.cast(output.bias, x.dtype),
-        )
-        outputs = ops.reshape(outputs, (batch, tokens, width))
-        return outputs, weights
+    def _gelu(self, x, training):
+        if self.fast_kernels:
+            y = backend.gelu(x, training)
+            if y is not None:
+                return y
+        return keras.activations.gelu(x, approximate=False)
 
     def _mlp(self, y, training):
-        """`mlp_fc1` -> GELU -> `mlp_fc2` (with their dropouts) on the tokens
-        as one `(batch * tokens, hidden)` matrix, from the Dense layers' own
-        variables. Keras' Dense on 3-D input reshapes around its matmul and
-        adds the bias after, which keeps TensorFlow's oneDNN remapper from
-        fusing matmul, bias and GELU; flat, it fuses them: ViT-B/16
-        `mixed_bfloat16` inference about 15% faster, float32 unchanged,
-        same results.
-        """
         shape = ops.shape(y)
-        y = ops.reshape(y, (-1, self.hidden_dim))
-        fc1, fc2 = self.mlp_fc1, self.mlp_fc2
-        y = ops.add(ops.matmul(y, ops.cast(fc1.kernel, y.dtype)), ops.cast(fc1.bias, y.dtype))
-        fused = _fused_kernels(training)
-        y = fused.gelu(y) if fused else fc1.activation(y)
-        y = self.mlp_dropout1(y, training=training)
-        y = ops.add(ops.matmul(y, ops.cast(fc2.kernel, y.dtype)), ops.cast(fc2.bias, y.dtype))
-        y = self.mlp_dropout2(y, training=training)
+        y = self.mlp_fc1(ops.reshape(y, (-1, self.hidden_dim)))
+        y = self.mlp_dropout1(self._gelu(y, training), training=training)
+        y = self.mlp_dropout2(self.mlp_fc2(y), training=training)
         return ops.reshape(y, shape)
 
-    def _norm(self, layer, x, training):
-        kernels = _tf_kernel_module()
-        if kernels is None:
-            return layer(x)
-        if kernels.applies(training):
-            return kernels.layer_norm(layer, x)
-        if kernels.onednn_layer_norm_applies(training, x):
-            return kernels.layer_norm_onednn(layer, x)
-        if kernels.applies_to_inference(training):
-            return kernels.layer_norm_inference(layer, x)
-        return layer(x)
-
     def call(self, inputs, training=None, return_attention_scores=False, class_token_only=False):
-        x = self._norm(self.norm1, inputs, training)
-        x, scores = self._self_attention(x, training, class_token_only)
+        x, scores = self._attention(self.norm1(inputs, training=training), training, class_token_only)
         x = self.attn_dropout(x, training=training)
         if class_token_only:
             inputs = inputs[:, :1]
         x = inputs + self.drop_path(x, training=training)
 
-        y = self._mlp(self._norm(self.norm2, x, training), training)
+        y = self._mlp(self.norm2(x, training=training), training)
         outputs = x + self.drop_path(y, training=training)
         if return_attention_scores:
             return outputs, scores

@@ -24,25 +24,21 @@ class VisionTransformer(keras.Model):
     """The functional `keras.Model` that the keras_vit builders return.
 
     It is a plain functional model (same layers, config, `.keras` files,
-    `fit`, `predict`, export), except that calling it eagerly for inference,
-    `model(images)` or `model(images, training=False)` on a NumPy array or a
-    tensor, runs a compiled graph of the model (a `tf.function`, traced once
-    per input signature; `reduce_retracing` makes varying batch sizes share
-    one) instead of executing it op by op: ViT-B/16 at batch 1 on 2 CPU
-    cores, 0.43 s a call op by op, about the time of `predict_on_batch`
-    compiled (BENCHMARKS.md). Keras runs direct calls eagerly; timm users
-    expect `model(x)` to be the fast path. Calls with `training=True`, on
-    symbolic inputs (building a bigger model), with other arguments, under
-    a distribution strategy, or inside a graph take Keras' own path.
+    `fit`, `predict`, export) with three additions:
 
-    In float32 on a CPU, the Transformer blocks' LayerNorms run as one
-    fused oneDNN kernel in every graph, exported SavedModels included
-    (`keras_vit._tf_kernels.layer_norm_onednn`). Under mixed precision the
-    graphs of `predict`, `evaluate` and of that compiled call, which run in
-    this process only, use an XLA-compiled LayerNorm instead, and graphs
-    traced elsewhere (a SavedModel export, your own `tf.function`) keep the
-    plain ops, so exported models never need XLA. Same values within
-    float32 rounding.
+    - named parts: `patch_encoder`, `blocks`, `encoder_norm`, `pre_logits`,
+      `head` and `preprocessing` (None where the model has none);
+    - `class_names`, kept in its config;
+    - calling it eagerly for inference, `model(images)` or
+      `model(images, training=False)` on a NumPy array or a tensor, runs a
+      compiled graph of the model (a `tf.function`, traced once per input
+      signature; `reduce_retracing` lets batch sizes share one) instead of
+      executing it op by op, as timm users expect `model(x)` to be the
+      fast path (BENCHMARKS.md). Calls with `training=True`, on symbolic
+      inputs, with other arguments, under a distribution strategy or inside
+      a graph take Keras' own path. The graph computes what any other graph
+      of the model computes (the kernel choice is the layers', see
+      `keras_vit.backend`).
     """
 
     @property
@@ -85,18 +81,6 @@ class VisionTransformer(keras.Model):
         model.class_names = names
         return model
 
-    def predict_step(self, data):
-        from keras_vit import _tf_kernels
-
-        with _tf_kernels.in_process_inference():
-            return super().predict_step(data)
-
-    def test_step(self, data):
-        from keras_vit import _tf_kernels
-
-        with _tf_kernels.in_process_inference():
-            return super().test_step(data)
-
     def __call__(self, *args, **kwargs):
         if self._compiled_call_applies(args, kwargs):
             function = _INFERENCE_FUNCTIONS.get(self)
@@ -127,10 +111,7 @@ def _inference_function(model):
     model_ref = weakref.ref(model)
 
     def call(inputs):
-        from keras_vit import _tf_kernels
-
-        with _tf_kernels.in_process_inference():
-            return keras.Model.__call__(model_ref(), inputs, training=False)
+        return keras.Model.__call__(model_ref(), inputs, training=False)
 
     return tf.function(call, reduce_retracing=True)
 _ARCHITECTURE_ARGS = ("patch_size", "hidden_dim", "num_layers", "num_heads", "mlp_dim")
@@ -303,9 +284,7 @@ def ViT(
             drop_path_rate=block_drop_path,
             name=f"block_{index}",
         )(x, **block_kwargs)
-    x = keras.layers.LayerNormalization(
-        epsilon=vit_layers.LAYER_NORM_EPSILON, name="encoder_norm"
-    )(x)
+    x = vit_layers.LayerNorm(name="encoder_norm")(x)
 
     if pooling == "token":
         x = vit_layers.ClassTokenPooling(name="token_pooling")(x)

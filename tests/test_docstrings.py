@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import keras_vit
-from keras_vit import data, distribute, imagenet, layers, models, pretrained, training, variants, weights
+from keras_vit import backend, data, distribute, imagenet, layers, models, pretrained, training, variants, weights
 
-MODULES = [data, distribute, imagenet, layers, models, pretrained, training, variants, weights]
+MODULES = [backend, data, distribute, imagenet, layers, models, pretrained, training, variants, weights]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)

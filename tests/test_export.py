@@ -64,13 +64,13 @@ def test_layout_and_versions(exported, tmp_path):
     assert exported["version"] == str(exported["base"] / "1")
     assert sorted(os.listdir(exported["version"])) == ["assets", "fingerprint.pb", "saved_model.pb", "variables"]
     # Serving graphs use the plain ops: the XLA-compiled training kernels
-    # (keras_vit._tf_kernels) would need a TF Serving built with XLA.
+    # (keras_vit.backend.tensorflow) would need a TF Serving built with XLA.
     with open(os.path.join(exported["version"], "saved_model.pb"), "rb") as f:
         assert b"_XlaMustCompile" not in f.read()
     model = exported["model"]
     base = tmp_path / "models" / "vit"
-    # Also after the model's in-process inference graphs (predict above,
-    # and a direct call), which use the compiled LayerNorm, were traced.
+    # Also after the model's other inference graphs (predict above, and the
+    # compiled direct call) were traced.
     model(np.zeros((1, *SIZE, 3), "float32"))
     assert export.export_saved_model(model, base) == str(base / "1")
     with open(base / "1" / "saved_model.pb", "rb") as f:

@@ -158,8 +158,15 @@ def _numpy_block(block, x):
     return x + h @ w["mlp_fc2/kernel"] + w["mlp_fc2/bias"], probs
 
 
-def test_transformer_block_matches_numpy_reference(rng):
-    block = layers.TransformerBlock(hidden_dim=12, num_heads=3, mlp_dim=20)
+@pytest.mark.parametrize("fast_kernels", [True, False])
+def test_transformer_block_matches_numpy_reference(rng, fast_kernels):
+    # Both paths: the backend's fast kernels and Keras' plain layers.
+    keras_vit.backend.set_fast_kernels(fast_kernels)
+    try:
+        block = layers.TransformerBlock(hidden_dim=12, num_heads=3, mlp_dim=20)
+    finally:
+        keras_vit.backend.set_fast_kernels(None)
+    assert block.fast_kernels is fast_kernels and block.norm1.fast_kernels is fast_kernels
     x = rng.normal(size=(2, 7, 12)).astype("float32")
     block.build(x.shape)
     for variable in block.weights:
@@ -184,7 +191,9 @@ def test_transformer_block_attention_equals_keras_multi_head_attention(rng, poli
     for variable in block.attn.weights:
         variable.assign(rng.normal(0.0, 0.3, tuple(variable.shape)).astype("float32"))
     x = keras.ops.cast(x, block.compute_dtype)
-    out, weights = block._self_attention(x, training=False)
+    from keras_vit.backend import tensorflow as tf_kernels
+
+    out, weights = tf_kernels.self_attention(block, x, training=False)
     expected, expected_weights = block.attn(x, x, return_attention_scores=True)
     assert out.dtype == expected.dtype == block.compute_dtype
     np.testing.assert_allclose(keras.ops.convert_to_numpy(keras.ops.cast(out, "float32")),
@@ -193,14 +202,19 @@ def test_transformer_block_attention_equals_keras_multi_head_attention(rng, poli
                                keras.ops.convert_to_numpy(keras.ops.cast(expected_weights, "float32")), atol=atol)
 
 
+@pytest.mark.parametrize("fast_kernels", [True, False])
 @pytest.mark.parametrize("training", [False, True])
-def test_transformer_block_class_token_only_equals_first_row_of_full_block(rng, training):
+def test_transformer_block_class_token_only_equals_first_row_of_full_block(rng, training, fast_kernels):
     # training=True takes the fused LayerNorm/GELU kernels; no dropout, so
     # both calls are deterministic. Values and weight gradients of a loss on
     # the class token must equal the full block's.
     import tensorflow as tf
 
-    block = layers.TransformerBlock(hidden_dim=12, num_heads=3, mlp_dim=20)
+    keras_vit.backend.set_fast_kernels(fast_kernels)
+    try:
+        block = layers.TransformerBlock(hidden_dim=12, num_heads=3, mlp_dim=20)
+    finally:
+        keras_vit.backend.set_fast_kernels(None)
     x = tf.constant(rng.normal(size=(2, 7, 12)).astype("float32"))
     block.build(x.shape)
     for variable in block.weights:

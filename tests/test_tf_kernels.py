@@ -1,9 +1,9 @@
-"""Tests of keras_vit._tf_kernels: the XLA-compiled LayerNorm and GELU with
-hand-written gradients that `TransformerBlock` uses in training calls, and
-the LayerNorms of inference calls (the oneDNN-fused pattern for float32, the
-compiled LayerNorm for other dtypes in the model's in-process graphs):
-values and gradients against Keras' own ops, and where they are (and are
-not) used."""
+"""Tests of keras_vit.backend (the fast-kernel switch and choice) and
+keras_vit.backend.tensorflow: the XLA-compiled LayerNorm and GELU with
+hand-written gradients that training calls use, the oneDNN-fused LayerNorm
+pattern of float32 inference, and the attention from MultiHeadAttention's
+variables: values and gradients against Keras' own ops, and where they are
+(and are not) used."""
 
 import math
 import os
@@ -16,7 +16,8 @@ import pytest
 import tensorflow as tf
 
 import keras_vit
-from keras_vit import _tf_kernels, layers
+from keras_vit import backend, layers
+from keras_vit.backend import tensorflow as _tf_kernels
 from tests.conftest import TINY_SHAPE, TINY_VARIANT, randomize
 
 
@@ -176,7 +177,7 @@ def _profiled_op_types(run):
             if ":" in plane.event_metadata[event.metadata_id].name}
 
 
-@pytest.mark.skipif(not _tf_kernels._onednn_enabled(), reason="TensorFlow's oneDNN optimisations are off")
+@pytest.mark.skipif(not _tf_kernels.onednn_enabled(), reason="TensorFlow's oneDNN optimisations are off")
 def test_onednn_layer_norm_is_fused_in_predict_and_in_the_exported_model(rng, tmp_path):
     # The point of the pattern: TensorFlow's remapper turns it into one
     # _MklLayerNorm kernel, in the in-process graphs (static batch size) and
@@ -192,14 +193,28 @@ def test_onednn_layer_norm_is_fused_in_predict_and_in_the_exported_model(rng, tm
     assert "_MklLayerNorm" in _profiled_op_types(lambda: signature(images))
 
 
+@pytest.fixture
+def fast_kernels_switch():
+    """`backend.set_fast_kernels`, returned to the environment's setting afterwards."""
+    yield backend.set_fast_kernels
+    backend.set_fast_kernels(None)
+
+
+def _twin_without_fast_kernels(model, switch):
+    switch(False)
+    plain = keras_vit.models.VisionTransformer.from_config(model.get_config())
+    switch(None)
+    plain.set_weights(model.get_weights())
+    return plain
+
+
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
-def test_inference_graphs_use_fast_layer_norms_with_same_values(monkeypatch, rng, policy):
+def test_inference_graphs_use_fast_layer_norms_with_same_values(fast_kernels_switch, rng, policy):
     model = randomize(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5))
     model = keras_vit.with_dtype_policy(model, policy)
     x = rng.uniform(-1, 1, (3,) + TINY_SHAPE).astype("float32")
-    with monkeypatch.context() as plain_ops:
-        plain_ops.setattr(_tf_kernels, "onednn_layer_norm_applies", lambda training, x: False)
-        plain = keras.Model.__call__(model, x, training=False).numpy()  # eager: Keras' ops
+    plain_model = _twin_without_fast_kernels(model, fast_kernels_switch)
+    plain = keras.Model.__call__(plain_model, x, training=False).numpy()  # eager: Keras' ops
     rtol = 1e-5 if policy == "float32" else 2e-2
     for name, got in [("predict_on_batch", model.predict_on_batch(x)),
                       ("predict", model.predict(x, verbose=0)),
@@ -210,49 +225,86 @@ def test_inference_graphs_use_fast_layer_norms_with_same_values(monkeypatch, rng
     model.compile(loss="categorical_crossentropy")
     expected_loss = float(keras.losses.categorical_crossentropy(labels, plain).numpy().mean())
     assert model.evaluate(x, labels, verbose=0) == pytest.approx(expected_loss, rel=rtol)
-    # Which LayerNorm each graph holds. float32 on this CPU: the oneDNN
-    # pattern everywhere, no XLA (the export included). Other dtypes: the
-    # compiled LayerNorm in predict's and evaluate's steps and in the
-    # compiled direct call, and Keras' plain ops in a graph of the model
-    # traced elsewhere (as an export traces it).
-    onednn = policy == "float32" and _tf_kernels._onednn_enabled()
+    # Every inference graph of one model holds the same LayerNorm: in
+    # float32 on this CPU the oneDNN pattern, otherwise Keras' ops; none
+    # needs XLA (so an export of any of them serves without it). The model
+    # built with the switch off holds Keras' ops everywhere.
+    onednn = policy == "float32" and _tf_kernels.onednn_enabled()
     spec = tf.TensorSpec((None,) + TINY_SHAPE, tf.float32)
     from keras_vit import models
 
-    in_process = [_graph_text(tf.function(model.predict_step), spec),
-                  _graph_text(tf.function(model.test_step), (spec, tf.TensorSpec((None, 5), tf.float32))),
-                  _graph_text(models._INFERENCE_FUNCTIONS[model], spec)]
-    elsewhere = [_graph_text(tf.function(lambda x: model(x, training=False)), spec),
-                 _graph_text(tf.function(lambda x: model(x)), spec)]
-    for text in in_process:
-        assert ("_XlaMustCompile" in text) == (not onednn)
-        assert ("FusedBatchNormV3" in text) == onednn
-    for text in elsewhere:
+    def graphs(m):
+        m.compile(loss="categorical_crossentropy")
+        m(x)
+        return [_graph_text(tf.function(m.predict_step), spec),
+                _graph_text(tf.function(m.test_step), (spec, tf.TensorSpec((None, 5), tf.float32))),
+                _graph_text(models._INFERENCE_FUNCTIONS[m], spec),
+                _graph_text(tf.function(lambda v: m(v, training=False)), spec),
+                _graph_text(tf.function(lambda v: m(v)), spec)]
+
+    for text in graphs(model):
         assert "_XlaMustCompile" not in text
         assert ("FusedBatchNormV3" in text) == onednn
-    assert not _tf_kernels.applies_to_inference(False)
-    with _tf_kernels.in_process_inference():
-        assert _tf_kernels.applies_to_inference(False) and _tf_kernels.applies_to_inference(None)
-        assert not _tf_kernels.applies_to_inference(True)
-    assert not _tf_kernels.applies_to_inference(None)
+    for text in graphs(plain_model):
+        assert "_XlaMustCompile" not in text and "FusedBatchNormV3" not in text
 
 
-def test_onednn_layer_norm_applies_to_float32_inference_only():
+def test_layer_norm_choice_follows_training_and_dtype(rng):
+    norm, x, _ = _random_layer_norm(rng, rng.normal(size=(2, 3, 8)))
+    onednn = _tf_kernels.onednn_enabled() and not tf.config.list_logical_devices("GPU")
     for training in (None, False):
-        assert not _tf_kernels.onednn_layer_norm_applies(training, tf.zeros((2, 3), tf.bfloat16))
-        assert not _tf_kernels.onednn_layer_norm_applies(training, tf.zeros((2, 3), tf.float16))
-        assert _tf_kernels.onednn_layer_norm_applies(training, tf.zeros((2, 3))) == (
-            _tf_kernels._onednn_enabled() and not tf.config.list_logical_devices("GPU"))
-    assert not _tf_kernels.onednn_layer_norm_applies(True, tf.zeros((2, 3)))
+        assert backend.layer_norm(norm, tf.cast(x, tf.bfloat16), training) is None
+        assert backend.layer_norm(norm, tf.cast(x, tf.float16), training) is None
+        assert (backend.layer_norm(norm, x, training) is not None) == onednn
+    # A training call takes the compiled kernel with its own gradient.
+    graph = tf.function(lambda v: backend.layer_norm(norm, v, True)).get_concrete_function(x).graph
+    assert "_XlaMustCompile" in str(graph.as_graph_def())
 
 
-def test_applies_only_to_training_calls():
-    assert _tf_kernels.applies(True)
+def test_fused_gelu_only_in_training_calls():
+    x = tf.constant([[-1.0, 0.5]])
+    assert backend.gelu(x, True) is not None
     for training in (False, None, 1, tf.constant(True)):
-        assert not _tf_kernels.applies(training), training
+        assert backend.gelu(x, training) is None, training
 
 
-def test_fit_with_fused_kernels_matches_plain_ops_step_by_step(monkeypatch, rng):
+def test_switch_reads_the_environment_and_names_a_bad_value(monkeypatch, fast_kernels_switch):
+    for value, expected in (("1", True), ("0", False), ("off", False), (" True ", True)):
+        monkeypatch.setenv(backend.ENVIRONMENT_VARIABLE, value)
+        assert backend.use_fast_kernels() is expected, value
+        assert layers.TransformerBlock(8, 2, 16).fast_kernels is expected
+        assert layers.LayerNorm().fast_kernels is expected
+    fast_kernels_switch(True)  # the call wins over the environment
+    assert backend.use_fast_kernels() is True
+    fast_kernels_switch(None)
+    monkeypatch.setenv(backend.ENVIRONMENT_VARIABLE, "fast")
+    with pytest.raises(ValueError, match=r"KERAS_VIT_FAST_KERNELS must be 1 or 0 .*received KERAS_VIT_FAST_KERNELS='fast'"):
+        backend.use_fast_kernels()
+    with pytest.raises(TypeError, match=r"received enabled='yes'"):
+        fast_kernels_switch("yes")
+    # A layer normalising over another axis never takes the fast kernels.
+    monkeypatch.setenv(backend.ENVIRONMENT_VARIABLE, "1")
+    assert not layers.LayerNorm(axis=1).fast_kernels
+
+
+def test_quantized_model_is_called_through_its_keras_sublayers(rng):
+    # Keras' int8 `quantize` replaces the Dense and attention sublayers'
+    # kernels; the blocks must call the quantized layers rather than read
+    # float kernels that are no longer there.
+    model = randomize(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5,
+                                    classifier_activation=None))
+    x = rng.uniform(-1, 1, (3,) + TINY_SHAPE).astype("float32")
+    expected = model.predict_on_batch(x)
+    model.quantize("int8")
+    block = model.get_layer("block_0")
+    assert block.mlp_fc1.quantization_mode == "int8" and block.attn.query_dense.quantization_mode == "int8"
+    assert backend.self_attention(block, tf.zeros((1, 3, block.hidden_dim)), False, False) is None
+    got = model.predict_on_batch(x)
+    assert not np.array_equal(got, expected)  # int8 rounding shows
+    np.testing.assert_allclose(got, expected, atol=0.05 * np.abs(expected).max())
+
+
+def test_fit_with_fused_kernels_matches_plain_ops_step_by_step(fast_kernels_switch, rng):
     # Two identical models, one step of AdamW each, one with the fused
     # kernels switched off: the updated weights agree.
     x = rng.uniform(0, 255, (8,) + TINY_SHAPE).astype("float32")
@@ -260,11 +312,10 @@ def test_fit_with_fused_kernels_matches_plain_ops_step_by_step(monkeypatch, rng)
     results = []
     for fused in (True, False):
         keras.utils.set_random_seed(0)
+        fast_kernels_switch(fused)
         model = randomize(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5,
                                         include_preprocessing=True))
         keras_vit.training.compile(model, steps=10, learning_rate=1e-2, warmup_steps=0)
-        if not fused:
-            monkeypatch.setattr(_tf_kernels, "applies", lambda training: False)
         history = model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
         results.append((history.history["loss"], [w.numpy() for w in model.weights]))
     (fused_loss, fused_weights), (plain_loss, plain_weights) = results

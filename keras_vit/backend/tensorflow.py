@@ -1,35 +1,26 @@
-"""Fused kernels for `TransformerBlock` on the TensorFlow backend.
+"""keras_vit's fast paths on the TensorFlow backend.
 
-Training calls: layer normalisation and the exact (erf) GELU, each with a
-hand-written gradient, the forward and backward passes compiled by XLA
-into one loop apiece. TensorFlow differentiates Keras'
-`ops.layer_normalization` and `ops.gelu` op by op: about a dozen passes
-over the activations each in the backward pass (reductions, squares,
-`Erfc`, `Exp`, products), which on a CPU took a fifth of a small ViT's
-training step (BENCHMARKS.md). No library offers these two as fused
-TensorFlow ops with gradients (oneDNN's fused GELU is forward-only inside
-a matmul), hence this module.
+`keras_vit.backend` decides when each applies; this module only computes.
+Every function returns the values of the Keras layer it stands for, within
+float32 rounding (tests/test_tf_kernels.py checks values and gradients
+against Keras' own ops); BENCHMARKS.md has what each one gains.
 
-Inference calls: in float32 on a CPU with TensorFlow's oneDNN
-optimisations, the LayerNorms are written as the op pattern that
-TensorFlow's graph remapper fuses into one oneDNN LayerNorm kernel
-(`layer_norm_onednn`), in every graph: `predict`, `evaluate`, direct
-calls and exported SavedModels alike, which need no XLA. Otherwise (mixed
-precision, GPUs) the LayerNorm forward kernel compiled by XLA is used only
-inside keras_vit's own in-process inference graphs (`predict`, `evaluate`
-and the compiled direct call of `VisionTransformer`, which trace the model
-under `in_process_inference()`), and every other graph keeps the plain
-ops, so that exported models never need XLA, which TF Serving's CPU builds
-run only behind a flag. GELU is fused into its matmul by oneDNN in
-inference graphs. The results equal Keras' within float32 rounding
-(tests/test_tf_kernels.py checks values and gradients against the plain
-ops).
+- `layer_norm`, `gelu`: training kernels with hand-written gradients, the
+  forward and backward passes compiled by XLA into one loop apiece.
+  TensorFlow differentiates Keras' LayerNorm and GELU op by op (a dozen
+  passes over the activations each), and no library offers them as fused
+  TensorFlow ops with gradients.
+- `layer_norm_onednn`: inference LayerNorm as the op pattern that
+  TensorFlow's oneDNN remapper fuses into one kernel, in any graph and in
+  exported SavedModels, with no XLA (which TF Serving's CPU builds run only
+  behind a flag).
+- `self_attention`: multi-head self-attention from
+  `keras.layers.MultiHeadAttention`'s own variables as 2-D matmuls, because
+  TensorFlow computes the gradients of its einsums per example and sums them.
 """
 
-import contextlib
 import functools
 import math
-import threading
 
 import tensorflow as tf
 
@@ -43,54 +34,15 @@ _TPU_STRATEGIES = tuple(
 )
 
 
-_STATE = threading.local()
-
-
-@contextlib.contextmanager
-def in_process_inference():
-    """Inference calls of `TransformerBlock` traced inside this context use
-    the compiled LayerNorm (`applies_to_inference`). For graphs that run in
-    this process only, never for graphs that are exported."""
-    previous = getattr(_STATE, "in_process", False)
-    _STATE.in_process = True
-    try:
-        yield
-    finally:
-        _STATE.in_process = previous
-
-
-def applies_to_inference(training):
-    """Whether an inference call (`training` not True) takes the compiled
-    LayerNorm: only inside `in_process_inference()`, and not on TPUs."""
-    if training is True or not getattr(_STATE, "in_process", False):
-        return False
-    return not _on_tpu()
-
-
-def applies(training):
-    """Whether a call with this `training` argument takes the fused path.
-
-    Training calls only (Keras passes a Python bool), and not on TPUs, where
-    the whole step is compiled by XLA anyway.
-    """
-    if not (isinstance(training, bool) and training):
-        return False
-    return not _on_tpu()
-
-
-def _on_tpu():
+def on_tpu():
+    """Whether the current strategy runs on TPUs (where XLA compiles the whole step)."""
     return isinstance(tf.distribute.get_strategy(), _TPU_STRATEGIES)
 
 
 def _normal_cdf(xf):
-    # Phi(x) = (1 + erf(x / sqrt(2))) / 2, the form PyTorch's GELU uses. XLA
-    # computes `erf` as one rational polynomial, where Keras' form
-    # `erfc(-x / sqrt(2)) / 2` costs an `exp` and more per element: with
-    # erf the forward kernel is about 1.55x and the backward 1.3x faster
-    # (BENCHMARKS.md). x * Phi(x) then has an absolute error of at most
-    # about 1.6e-7 * |x| on [-12, 12] (PyTorch's GELU: 3e-7 * |x|), the
-    # largest relative errors in the negative tail, where 1 + erf(...)
-    # cancels.
+    # Phi(x) = (1 + erf(x / sqrt(2))) / 2, PyTorch's form: XLA computes erf as
+    # one polynomial, cheaper than Keras' erfc form (which costs an exp).
+    # Absolute error at most about 1.6e-7 * |x| on [-12, 12].
     return 0.5 * (1.0 + tf.math.erf(xf * _SQRT_HALF))
 
 
@@ -121,11 +73,9 @@ def gelu(x):
 
 
 def _mean_over_last_axis(v):
-    # `tf.reduce_mean(v, axis=-1, keepdims=True)` as a matrix-vector product
-    # with a vector of 1/n: XLA's CPU backend runs a reduction along the
-    # rows on one thread, a dot on all of them (Eigen's), which made the
-    # LayerNorm kernels 1.2-1.4x faster at ViT training shapes
-    # (BENCHMARKS.md). Same value up to float32 rounding.
+    # `tf.reduce_mean(v, axis=-1, keepdims=True)` as a product with a vector
+    # of 1/n: XLA's CPU backend runs a row reduction on one thread and a dot
+    # on all of them.
     shape = tf.shape(v)
     width = shape[-1]
     rows = tf.reshape(v, tf.stack([-1, width]))
@@ -165,27 +115,8 @@ def _layer_norm_arguments(layer):
             tf.constant(layer.epsilon, tf.float32))
 
 
-def layer_norm_inference(layer, x):
-    """`layer(x)` as `layer_norm`, forward only (no gradient kernel)."""
-    return _layer_norm_forward(x, *_layer_norm_arguments(layer))[0]
-
-
-def onednn_layer_norm_applies(training, x):
-    """Whether a call takes `layer_norm_onednn`: an inference call
-    (`training` not True) on float32 activations, TensorFlow's oneDNN
-    optimisations on, no GPU visible (the pattern is only known fast, and
-    its epsilon only checked, on CPUs) and not on a TPU."""
-    return (
-        training is not True
-        and x.dtype == tf.float32
-        and _onednn_enabled()
-        and not tf.config.list_logical_devices("GPU")
-        and not _on_tpu()
-    )
-
-
 @functools.lru_cache(maxsize=None)
-def _onednn_enabled():
+def onednn_enabled():
     """Whether this TensorFlow runs its oneDNN graph optimisations
     (`TF_ENABLE_ONEDNN_OPTS`, on by default in x86 Linux builds)."""
     try:
@@ -205,12 +136,8 @@ def layer_norm_onednn(layer, x):
     `FusedBatchNormV3` (NCHW, batch statistics, unit scale and zero offset
     of shape `(rows,)`), reshaped back, then multiplied by gamma and
     shifted by beta. Keras 3 writes LayerNorm as a dozen elementwise ops,
-    which no CPU kernel fuses; fused, ViT-B/16's 24 LayerNorms at batch 8
-    take about 12 ms instead of about 60 ms as plain ops and 25-28 ms as
-    the XLA kernel (which XLA runs on one thread), and the graph needs no
-    XLA, so exported SavedModels keep it (BENCHMARKS.md). Where the
-    remapper does not fuse (another build), the same ops compute the same
-    values.
+    which no CPU kernel fuses. Where the remapper does not fuse (another
+    build), the same ops compute the same values.
 
     Two details keep it exact and fused: the raw op takes the layer's own
     epsilon (`tf.nn.fused_batch_norm` raises any epsilon below 1.001e-5,
@@ -252,3 +179,42 @@ def layer_norm(layer, x):
         return y, grad
 
     return normalise(x, gamma, beta)
+
+
+def self_attention(block, x, training, class_token_only=False):
+    """`block.attn(x, x)` from `block.attn`'s own variables, with the weights.
+
+    Each projection is one matmul over the tokens as a 2-D matrix (a plain
+    MatMul whose bias add oneDNN fuses), the heads are split by one
+    transpose each, and the attention is two batched matmuls; the softmax
+    runs in float32. Separate q, k and v matmuls rather than one on
+    concatenated kernels, which would copy the kernels at every call. With
+    `class_token_only`, only the first token queries: `block.attn(x[:, :1], x)`.
+    """
+    from keras import ops
+
+    attn = block.attn
+    batch = ops.shape(x)[0]
+    width, heads, head_dim = block.hidden_dim, block.num_heads, block.head_dim
+
+    def dense(inputs, layer):
+        return ops.add(
+            ops.matmul(ops.reshape(inputs, (-1, width)),
+                       ops.reshape(ops.cast(layer.kernel, x.dtype), (width, width))),
+            ops.reshape(ops.cast(layer.bias, x.dtype), (width,)),
+        )
+
+    def project(inputs, layer):  # (batch, heads, tokens, head_dim)
+        return ops.transpose(ops.reshape(dense(inputs, layer), (batch, -1, heads, head_dim)), (0, 2, 1, 3))
+
+    key, value = project(x, attn.key_dense), project(x, attn.value_dense)
+    query = project(x[:, :1] if class_token_only else x, attn.query_dense)
+    query = query * ops.cast(1.0 / math.sqrt(head_dim), x.dtype)
+    logits = ops.matmul(query, ops.transpose(key, (0, 1, 3, 2)))
+    weights = ops.cast(ops.softmax(ops.cast(logits, "float32"), axis=-1), x.dtype)
+    outputs = ops.matmul(block.attn_weights_dropout(weights, training=training), value)
+    outputs = ops.reshape(ops.transpose(outputs, (0, 2, 1, 3)), (-1, width))
+    output = attn.output_dense
+    outputs = ops.add(ops.matmul(outputs, ops.reshape(ops.cast(output.kernel, x.dtype), (width, width))),
+                      ops.cast(output.bias, x.dtype))
+    return ops.reshape(outputs, (batch, -1, width)), weights

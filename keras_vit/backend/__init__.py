@@ -1,0 +1,124 @@
+"""The one switch for keras_vit's fast kernels, and the choice between them.
+
+Like timm's `use_fused_attn()`: `use_fast_kernels()` says whether layers
+built from now on take the backend's fast paths, from
+`set_fast_kernels(...)` if called, else the environment variable
+`KERAS_VIT_FAST_KERNELS` (`1`, the default, or `0`). Layers read it when
+they are constructed (`LayerNorm`, `TransformerBlock`), so one model keeps
+one choice in every graph: `predict`, `fit`, your own `tf.function` and an
+exported SavedModel alike.
+
+With the switch off, or on a backend without fast paths, every layer runs
+Keras' plain layers and ops: the reference path. With it on, on
+TensorFlow (`keras_vit.backend.tensorflow`):
+
+| call | LayerNorm | GELU | attention |
+|---|---|---|---|
+| training (`training=True`), not on a TPU | XLA kernel, own gradient | XLA kernel, own gradient | 2-D matmuls |
+| inference, float32, CPU with oneDNN | oneDNN-fused pattern | fused into its matmul by oneDNN | 2-D matmuls |
+| inference, otherwise | Keras | Keras | 2-D matmuls |
+
+Attention sublayers that are quantized or carry LoRA weights are always
+called as Keras layers, so `quantize` and LoRA apply.
+"""
+
+import os
+
+import keras
+
+ENVIRONMENT_VARIABLE = "KERAS_VIT_FAST_KERNELS"
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+_override = None
+
+
+def use_fast_kernels():
+    """Whether layers built now take the backend's fast kernels.
+
+    `set_fast_kernels(...)` if it was called with True or False, else
+    `KERAS_VIT_FAST_KERNELS` (default `1`); always False on a backend
+    without fast kernels (all but TensorFlow).
+
+    Example:
+
+    >>> keras_vit.backend.use_fast_kernels() in (True, False)
+    True
+    """
+    if keras.backend.backend() != "tensorflow":
+        return False
+    if _override is not None:
+        return _override
+    value = os.environ.get(ENVIRONMENT_VARIABLE, "1").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(
+        f"{ENVIRONMENT_VARIABLE} must be 1 or 0 (or true/false, yes/no, on/off), "
+        f"received {ENVIRONMENT_VARIABLE}={os.environ[ENVIRONMENT_VARIABLE]!r}."
+    )
+
+
+def set_fast_kernels(enabled):
+    """Switches the fast kernels on or off for layers built from now on.
+
+    Args:
+        enabled: True or False; None returns to `KERAS_VIT_FAST_KERNELS`.
+
+    Example:
+
+    >>> keras_vit.backend.set_fast_kernels(False)
+    >>> block = keras_vit.layers.TransformerBlock(64, num_heads=4, mlp_dim=128)
+    >>> block.fast_kernels
+    False
+    >>> keras_vit.backend.set_fast_kernels(None)
+    """
+    global _override
+    if enabled is not None and not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be True, False or None, received enabled={enabled!r}.")
+    _override = enabled
+
+
+def _tensorflow():
+    from keras_vit.backend import tensorflow
+
+    return tensorflow
+
+
+def layer_norm(layer, x, training):
+    """`layer(x)` for a `keras_vit.layers.LayerNorm` that uses fast kernels,
+    or None where Keras' own computation applies."""
+    tf_kernels = _tensorflow()
+    if tf_kernels.on_tpu():
+        return None
+    if training is True:
+        return tf_kernels.layer_norm(layer, x)
+    if x.dtype == "float32" and tf_kernels.onednn_enabled() and not _gpu_visible():
+        return tf_kernels.layer_norm_onednn(layer, x)
+    return None
+
+
+def gelu(x, training):
+    """The exact GELU of a training call as the fused kernel, or None where
+    Keras' `gelu` applies (inference: oneDNN fuses it into its matmul)."""
+    tf_kernels = _tensorflow()
+    if training is True and not tf_kernels.on_tpu():
+        return tf_kernels.gelu(x)
+    return None
+
+
+def self_attention(block, x, training, class_token_only):
+    """`TransformerBlock` attention from its variables, or None where the
+    attention sublayer must be called as a Keras layer (quantized, LoRA)."""
+    for dense in (block.attn.query_dense, block.attn.key_dense, block.attn.value_dense,
+                  block.attn.output_dense):
+        if getattr(dense, "quantization_mode", None) or getattr(dense, "lora_enabled", False):
+            return None
+    return _tensorflow().self_attention(block, x, training, class_token_only)
+
+
+def _gpu_visible():
+    import tensorflow as tf
+
+    # The oneDNN pattern is only known fast, and its epsilon only checked, on CPUs.
+    return bool(tf.config.list_logical_devices("GPU"))
