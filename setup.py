@@ -18,12 +18,15 @@ EXTRAS = {
     "cpu": [f"tensorflow-cpu>={TENSORFLOW}"],
     "gpu": [f"tensorflow[and-cuda]>={TENSORFLOW}"],
     "examples": ["scikit-image>=0.21", "pillow>=9", "matplotlib>=3.7"],
+    # keras-vit serve, the TF-Serving-compatible development server.
+    "serve": ["aiohttp>=3.9"],
     # Reference implementations for the parity tests. torch is pinned: an
     # unpinned torch pulls a multi-GB CUDA build; 2.14.1 with torchvision
     # 0.29.1 is the pair timm imports with.
     "test": [
         "pytest>=7",
         "pytest-xdist>=3",
+        "aiohttp>=3.9",
         "hypothesis>=6",
         "torch==2.14.1",
         "torchvision==0.29.1",
@@ -31,7 +34,7 @@ EXTRAS = {
         "transformers>=4.45",
         "scikit-image>=0.21",
         "pillow>=9",
-        "matplotlib>=3.7",
+        "matplotlib>=3.7",  # keras-vit train writes curves.png by default
     ],
 }
 
@@ -55,15 +58,13 @@ setup(
         "h5py>=3.8",
         "safetensors>=0.4",
         "scikit-learn>=1.2",
-        "matplotlib>=3.7",
+        "matplotlib>=3.7",  # keras-vit train writes curves.png by default
         "tensorflow-datasets>=4.9",
         "tensorboard>=2.16",
         # tensorflow-datasets imports it when it prepares or reads a data set
         # but does not declare it.
         "importlib_resources",
-        # keras-vit serve (a TF-Serving-compatible development server) and
-        # keras_vit.serving.Client.
-        "aiohttp>=3.9",
+        # Named-weight downloads and keras_vit.serving.Client.
         "requests>=2.31",
         "pillow>=9",
         # Named weights: one download per cache file across processes

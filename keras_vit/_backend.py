@@ -18,3 +18,6 @@ def require_tensorflow():
             "'keras-vision-transformer[gpu]' (NVIDIA GPU)."
         )
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    # TensorFlow's C++ INFO lines (oneDNN, cpu_feature_guard) would open
+    # every command's output; warnings and errors still print.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")

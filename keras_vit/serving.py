@@ -318,6 +318,17 @@ def _to_json(value):
     return value.tolist()
 
 
+
+def _aiohttp_web():
+    """aiohttp's `web`, or an ImportError naming the extra that installs it."""
+    try:
+        from aiohttp import web
+    except ImportError as error:
+        raise ImportError(
+            "keras-vit serve needs aiohttp: pip install 'keras-vision-transformer[serve]'."
+        ) from error
+    return web
+
 class Server:
     """Serves the newest SavedModel version under `base_dir` over TF
     Serving's REST API (a development stand-in for TF Serving).
@@ -546,12 +557,12 @@ class Server:
 
     @staticmethod
     def _json(payload, status=200):
-        from aiohttp import web
+        web = _aiohttp_web()
 
         return web.json_response(payload, status=status, dumps=lambda o: json.dumps(o, allow_nan=True))
 
     def _app(self):
-        from aiohttp import web
+        web = _aiohttp_web()
 
         @web.middleware
         async def errors(request, handler):
@@ -592,7 +603,7 @@ class Server:
                 logger.exception("keras-vit serve: polling %s failed", self.base_dir)
 
     async def _start_async(self):
-        from aiohttp import web
+        web = _aiohttp_web()
 
         self._runner = web.AppRunner(self._app(), access_log=None)
         await self._runner.setup()
