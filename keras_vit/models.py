@@ -41,6 +41,39 @@ class VisionTransformer(keras.Model):
       `keras_vit.backend`).
     """
 
+    def _layer_or_none(self, name):
+        return next((layer for layer in self.layers if layer.name == name), None)
+
+    @property
+    def preprocessing(self):
+        """The `Rescaling` layer of `include_preprocessing=True`, or None."""
+        return self._layer_or_none("preprocessing")
+
+    @property
+    def patch_encoder(self):
+        """The `PatchEncoder` layer."""
+        return self._layer_or_none("patch_encoder")
+
+    @property
+    def blocks(self):
+        """The `TransformerBlock` layers, first to last, as a tuple."""
+        return tuple(layer for layer in self.layers if isinstance(layer, vit_layers.TransformerBlock))
+
+    @property
+    def encoder_norm(self):
+        """The final LayerNorm."""
+        return self._layer_or_none("encoder_norm")
+
+    @property
+    def pre_logits(self):
+        """The tanh pre-logits `Dense` layer, or None."""
+        return self._layer_or_none("pre_logits")
+
+    @property
+    def head(self):
+        """The classification head (`Dense`), or None without a top."""
+        return self._layer_or_none("head")
+
     @property
     def class_names(self):
         """The name of each output class, or `None` when the model has none.

@@ -451,3 +451,17 @@ def test_include_preprocessing_equals_preprocess_input(rng):
     with_pre.set_weights(plain.get_weights())
     assert with_pre.count_params() == plain.count_params()
     np.testing.assert_allclose(with_pre(pixels), plain(keras_vit.preprocess_input(pixels)), atol=1e-6)
+
+
+def test_named_parts_are_the_model_layers():
+    model = keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5, representation_size=8,
+                          include_preprocessing=True)
+    assert model.patch_encoder is model.get_layer("patch_encoder")
+    assert isinstance(model.patch_encoder, keras_vit.PatchEncoder)
+    assert [b.name for b in model.blocks] == [f"block_{i}" for i in range(len(model.blocks))]
+    assert len(model.blocks) == variants.get_config(TINY_VARIANT).num_layers
+    assert model.encoder_norm is model.get_layer("encoder_norm")
+    assert model.pre_logits.units == 8 and model.head.units == 5
+    assert model.preprocessing is model.get_layer("preprocessing")
+    features = keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, include_top=False, pooling="avg")
+    assert features.head is None and features.pre_logits is None and features.preprocessing is None
