@@ -18,6 +18,6 @@ def require_tensorflow():
             "'keras-vision-transformer[gpu]' (NVIDIA GPU)."
         )
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    # TensorFlow's C++ INFO lines (oneDNN, cpu_feature_guard) would open
-    # every command's output; warnings and errors still print.
+    # Hides TensorFlow's cpu_feature_guard INFO lines (its oneDNN notice is
+    # logged before the level is read); warnings and errors still print.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")

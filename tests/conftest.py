@@ -41,6 +41,16 @@ def rng():
 
 
 @pytest.fixture
+def fast_kernels_switch():
+    """`keras_vit.backend.set_fast_kernels`, returned to the environment's
+    setting afterwards."""
+    import keras_vit
+
+    yield keras_vit.backend.set_fast_kernels
+    keras_vit.backend.set_fast_kernels(None)
+
+
+@pytest.fixture
 def tiny_model():
     return keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5)
 

@@ -159,13 +159,11 @@ def _numpy_block(block, x):
 
 
 @pytest.mark.parametrize("fast_kernels", [True, False])
-def test_transformer_block_matches_numpy_reference(rng, fast_kernels):
+def test_transformer_block_matches_numpy_reference(rng, fast_kernels, fast_kernels_switch):
     # Both paths: the backend's fast kernels and Keras' plain layers.
-    keras_vit.backend.set_fast_kernels(fast_kernels)
-    try:
-        block = layers.TransformerBlock(hidden_dim=12, num_heads=3, mlp_dim=20)
-    finally:
-        keras_vit.backend.set_fast_kernels(None)
+    fast_kernels_switch(fast_kernels)
+    block = layers.TransformerBlock(hidden_dim=12, num_heads=3, mlp_dim=20)
+    fast_kernels_switch(None)
     assert block.fast_kernels is fast_kernels and block.norm1.fast_kernels is fast_kernels
     x = rng.normal(size=(2, 7, 12)).astype("float32")
     block.build(x.shape)
@@ -204,17 +202,16 @@ def test_transformer_block_attention_equals_keras_multi_head_attention(rng, poli
 
 @pytest.mark.parametrize("fast_kernels", [True, False])
 @pytest.mark.parametrize("training", [False, True])
-def test_transformer_block_class_token_only_equals_first_row_of_full_block(rng, training, fast_kernels):
+def test_transformer_block_class_token_only_equals_first_row_of_full_block(rng, training, fast_kernels,
+                                                                          fast_kernels_switch):
     # training=True takes the fused LayerNorm/GELU kernels; no dropout, so
     # both calls are deterministic. Values and weight gradients of a loss on
     # the class token must equal the full block's.
     import tensorflow as tf
 
-    keras_vit.backend.set_fast_kernels(fast_kernels)
-    try:
-        block = layers.TransformerBlock(hidden_dim=12, num_heads=3, mlp_dim=20)
-    finally:
-        keras_vit.backend.set_fast_kernels(None)
+    fast_kernels_switch(fast_kernels)
+    block = layers.TransformerBlock(hidden_dim=12, num_heads=3, mlp_dim=20)
+    fast_kernels_switch(None)
     x = tf.constant(rng.normal(size=(2, 7, 12)).astype("float32"))
     block.build(x.shape)
     for variable in block.weights:

@@ -193,13 +193,6 @@ def test_onednn_layer_norm_is_fused_in_predict_and_in_the_exported_model(rng, tm
     assert "_MklLayerNorm" in _profiled_op_types(lambda: signature(images))
 
 
-@pytest.fixture
-def fast_kernels_switch():
-    """`backend.set_fast_kernels`, returned to the environment's setting afterwards."""
-    yield backend.set_fast_kernels
-    backend.set_fast_kernels(None)
-
-
 def _twin_without_fast_kernels(model, switch):
     switch(False)
     plain = keras_vit.models.VisionTransformer.from_config(model.get_config())
