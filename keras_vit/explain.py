@@ -13,7 +13,7 @@ block's attention weights being what the classification reads.
 
 import numpy as np
 
-from keras_vit import layers as vit_layers
+from keras_vit import models
 
 HEAD_FUSIONS = ("mean", "max", "min")
 
@@ -28,7 +28,7 @@ def _blocks(model):
 
     if not isinstance(model, keras.Model):
         raise TypeError(f"model must be a keras.Model, received {type(model).__name__}.")
-    blocks = [layer for layer in model.layers if isinstance(layer, vit_layers.TransformerBlock)]
+    blocks = models.get_blocks(model)
     if not blocks:
         raise ValueError(f"The model {model.name!r} has no TransformerBlock layers: is it a keras_vit model?")
     for previous, block in zip(blocks, blocks[1:]):
@@ -37,11 +37,6 @@ def _blocks(model):
                 f"The model's blocks are not a chain: {block.name} does not take {previous.name}'s output."
             )
     return blocks
-
-
-def _find_layer(model, layer_class):
-    """The model's first layer of `layer_class`, or None."""
-    return next((layer for layer in model.layers if isinstance(layer, layer_class)), None)
 
 
 def _scale_to_max(maps):
@@ -55,14 +50,6 @@ def _square_grid(tokens):
     if side * side != tokens:
         raise ValueError(f"{tokens} patch tokens are not a square grid; pass grid=(grid_h, grid_w).")
     return side, side
-
-
-def _patch_grid(model):
-    patches = _find_layer(model, vit_layers.Patches)
-    height, width = model.inputs[0].shape[1:3]
-    if patches is None or height is None or width is None:
-        raise ValueError(f"The model {model.name!r} has no Patches layer or no fixed input size.")
-    return height // patches.patch_size, width // patches.patch_size
 
 
 def _attention_function(model):
@@ -167,7 +154,7 @@ def attention_rollout(model_or_maps, images=None, head_fusion="mean", discard_ra
         if images is None:
             raise ValueError("attention_rollout(model, images): images are required with a model.")
         maps = [m.astype(np.float64) for m in attention_maps(model_or_maps, images)]
-        grid = grid or _patch_grid(model_or_maps)
+        grid = grid or models.patch_grid(model_or_maps)
     if not maps or any(m.ndim != 4 or m.shape[-1] != m.shape[-2] or m.shape != maps[0].shape for m in maps):
         raise ValueError("maps must be a non-empty list of equal (batch, heads, tokens, tokens) arrays.")
     batch, _, tokens, _ = maps[0].shape
@@ -205,7 +192,7 @@ def class_token_attention(model_or_maps, images=None, layer=-1, head=None, grid=
         maps = list(model_or_maps)
     else:
         maps = attention_maps(model_or_maps, images)
-        grid = grid or _patch_grid(model_or_maps)
+        grid = grid or models.patch_grid(model_or_maps)
     if not isinstance(layer, int) or not -len(maps) <= layer < len(maps):
         raise ValueError(f"layer must be in [{-len(maps)}, {len(maps) - 1}], received layer={layer!r}.")
     weights = np.asarray(maps[layer])
@@ -300,13 +287,13 @@ def plot_attention(images, masks, png_path, titles=None, heading=None, colormap=
 def position_embedding_similarity(model):
     """Cosine similarity of each patch's position embedding with every other
     one: `(grid_h, grid_w, grid_h, grid_w)` (Figure 7 of the ViT paper)."""
-    encoder = _find_layer(model, vit_layers.PatchEncoder)
+    encoder = models.get_part(model, "patch_encoder")
     if encoder is None:
         raise ValueError(f"The model {model.name!r} has no PatchEncoder layer.")
     import keras
 
     embedding = keras.ops.convert_to_numpy(encoder.position_embedding).astype(np.float64)[0, 1:]
-    grid = _patch_grid(model)
+    grid = models.patch_grid(model)
     unit = embedding / np.maximum(np.linalg.norm(embedding, axis=-1, keepdims=True), 1e-12)
     return (unit @ unit.T).reshape(*grid, *grid).astype(np.float32)
 
@@ -320,8 +307,8 @@ def patch_embedding_components(model, count=28, grayscale=False):
     input channels are always equal, so only their sum matters), the filters
     are summed over the channels first and the pictures are gray.
     """
-    encoder = _find_layer(model, vit_layers.PatchEncoder)
-    patches = _find_layer(model, vit_layers.Patches)
+    encoder = models.get_part(model, "patch_encoder")
+    patches = models.get_part(model, "patches")
     if encoder is None or patches is None:
         raise ValueError(f"The model {model.name!r} has no Patches/PatchEncoder layers.")
     import keras
@@ -420,7 +407,7 @@ def explain_run(run_dir, paths, png_path, layer=None, head=None, head_fusion="me
     size = (config["image_size"], config["image_size"])
     images = vit_data.load_images(paths, size)
     maps = attention_maps(model, images)
-    grid = _patch_grid(model)
+    grid = models.patch_grid(model)
     if layer is None:
         masks = attention_rollout(maps, head_fusion=head_fusion, discard_ratio=discard_ratio, grid=grid)
         what = f"attention rollout ({head_fusion} over heads, discard ratio {discard_ratio:g})"

@@ -30,6 +30,7 @@ import keras
 import tensorflow as tf
 
 from keras_vit import data as vit_data
+from keras_vit import models
 
 DEFAULT_TOP_K = 5
 SIGNATURES = ("serving_default", "predict_images", "embeddings")
@@ -98,7 +99,7 @@ def _next_version(base, version, overwrite):
 def _probabilities(model, tta):
     # A model built with classifier_activation=None outputs logits: the
     # export adds the softmax.
-    last = next((layer for layer in model.layers if layer.name == "predictions"), None)
+    last = models.get_part(model, "predictions")
     activation = getattr(last, "activation", None)
     outputs_logits = activation is None or getattr(activation, "__name__", "") == "linear"
 
@@ -121,7 +122,6 @@ def build_archive(model, class_names=None, top_k=None, max_image_pixels=vit_data
                   tta="none"):
     """The `keras.export.ExportArchive` with the three signatures (see the
     module docstring), ready for `write_out`."""
-    from keras_vit import models
 
     models.check_tta(tta)
     if isinstance(max_image_pixels, bool) or not isinstance(max_image_pixels, int) \
@@ -137,7 +137,7 @@ def build_archive(model, class_names=None, top_k=None, max_image_pixels=vit_data
         top_k = min(DEFAULT_TOP_K, classes)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= classes:
         raise ValueError(f"top_k must be an integer in [1, {classes}], received top_k={top_k!r}.")
-    features = keras.Model(model.inputs, model.get_layer("head").input, name=f"{model.name}_features")
+    features = keras.Model(model.inputs, models.get_part(model, "head").input, name=f"{model.name}_features")
     probabilities = _probabilities(model, tta)
     height, width = image_size
 

@@ -683,7 +683,7 @@ def from_pretrained(handle, **kwargs):
         antialias=config["library"] == "timm",
     )
     names = config["class_names"]
-    head = next((layer for layer in model.layers if layer.name == "head"), None)
+    head = models.get_part(model, "head")
     if names and head is not None and head.units == len(names) and classes == repo_classes:
         model.class_names = names
     return model

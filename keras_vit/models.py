@@ -41,38 +41,40 @@ class VisionTransformer(keras.Model):
       `keras_vit.backend`).
     """
 
-    def _layer_or_none(self, name):
-        return next((layer for layer in self.layers if layer.name == name), None)
-
     @property
     def preprocessing(self):
         """The `Rescaling` layer of `include_preprocessing=True`, or None."""
-        return self._layer_or_none("preprocessing")
+        return get_part(self, "preprocessing")
 
     @property
     def patch_encoder(self):
         """The `PatchEncoder` layer."""
-        return self._layer_or_none("patch_encoder")
+        return get_part(self, "patch_encoder")
 
     @property
     def blocks(self):
         """The `TransformerBlock` layers, first to last, as a tuple."""
-        return tuple(layer for layer in self.layers if isinstance(layer, vit_layers.TransformerBlock))
+        return get_blocks(self)
 
     @property
     def encoder_norm(self):
         """The final LayerNorm."""
-        return self._layer_or_none("encoder_norm")
+        return get_part(self, "encoder_norm")
 
     @property
     def pre_logits(self):
         """The tanh pre-logits `Dense` layer, or None."""
-        return self._layer_or_none("pre_logits")
+        return get_part(self, "pre_logits")
 
     @property
     def head(self):
         """The classification head (`Dense`), or None without a top."""
-        return self._layer_or_none("head")
+        return get_part(self, "head")
+
+    @property
+    def patch_grid(self):
+        """`(rows, columns)` of the patch grid of the model's input size."""
+        return patch_grid(self)
 
     @property
     def class_names(self):
@@ -135,6 +137,47 @@ class VisionTransformer(keras.Model):
             and not tf.distribute.has_strategy()
             and keras.backend.backend() == "tensorflow"
         )
+
+
+# The parts of a keras_vit model by the names the builder gives them. The
+# functions take any `keras.Model` (a plain functional model loaded from an
+# old `.keras` file, a clone) so that weights, explain, export and training
+# find the parts in one way; `VisionTransformer`'s properties use them.
+PARTS = {
+    "preprocessing": keras.layers.Rescaling,
+    "patches": vit_layers.Patches,
+    "patch_encoder": vit_layers.PatchEncoder,
+    "encoder_norm": keras.layers.LayerNormalization,
+    "pre_logits": keras.layers.Dense,
+    "head": keras.layers.Dense,
+    "predictions": keras.layers.Activation,
+}
+
+
+def get_part(model, name):
+    """The layer of `model` that the builder named `name` (see `PARTS`), or None."""
+    kind = PARTS.get(name)
+    if kind is None:
+        raise ValueError(f"Unknown model part {name!r}; expected one of {sorted(PARTS)}.")
+    return next((layer for layer in model.layers if layer.name == name and isinstance(layer, kind)), None)
+
+
+def get_blocks(model):
+    """The `TransformerBlock` layers of `model`, first to last, as a tuple."""
+    return tuple(layer for layer in model.layers if isinstance(layer, vit_layers.TransformerBlock))
+
+
+def patch_grid(model):
+    """`(rows, columns)` of patches that `model`'s fixed input size makes.
+
+    Raises:
+        ValueError: the model has no `Patches` layer or no fixed input size.
+    """
+    patches = get_part(model, "patches")
+    height, width = model.inputs[0].shape[1:3] if model.inputs else (None, None)
+    if patches is None or height is None or width is None:
+        raise ValueError(f"The model {model.name!r} has no Patches layer or no fixed input size.")
+    return height // patches.patch_size, width // patches.patch_size
 
 
 def _inference_function(model):
@@ -380,7 +423,7 @@ class _WeightsSource:
         else:
             vit_weights.load_weights(model, self.weights)
         names = self.class_names
-        has_head = any(layer.name == "head" for layer in model.layers)
+        has_head = get_part(model, "head") is not None
         if names is not None and has_head and model.output_shape[-1] == len(names):
             model.class_names = names
 

@@ -15,6 +15,7 @@ keras-cv 0.9 itself no longer runs its MixUp on Keras 3.15 inputs.
 import keras
 import tensorflow as tf
 
+from keras_vit import models
 from keras_vit._validation import check_rate
 
 
@@ -208,9 +209,10 @@ def freeze_backbone(model):
     Returns:
         The names of the layers left trainable.
     """
+    top = {id(models.get_part(model, name)) for name in ("head", "pre_logits")}
     trainable = []
     for layer in model.layers:
-        layer.trainable = layer.name in ("head", "pre_logits")
+        layer.trainable = id(layer) in top
         if layer.trainable:
             trainable.append(layer.name)
     return trainable

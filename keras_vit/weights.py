@@ -18,8 +18,7 @@ import zipfile
 import keras
 import numpy as np
 
-from keras_vit import layers as vit_layers
-from keras_vit import variants
+from keras_vit import models, variants
 from keras_vit._validation import check_choice
 
 _INTERPOLATIONS = ("bilinear", "bicubic")
@@ -427,19 +426,10 @@ def check_checkpoint(path, variant, classes, image_size):
 # ---------------------------------------------------------------------------
 
 
-def _find_layer(model, name, kind=None):
-    for layer in model.layers:
-        if layer.name == name and (kind is None or isinstance(layer, kind)):
-            return layer
-    return None
-
-
 def _checkpoint_variables(model):
     """Lists `(checkpoint_name, variable)` for every weight of a keras_vit model."""
-    encoder = next(
-        (layer for layer in model.layers if isinstance(layer, vit_layers.PatchEncoder)), None
-    )
-    norm = _find_layer(model, "encoder_norm", keras.layers.LayerNormalization)
+    encoder = models.get_part(model, "patch_encoder")
+    norm = models.get_part(model, "encoder_norm")
     if encoder is None or norm is None:
         raise CheckpointError(
             f"Model {model.name!r} was not built by keras_vit (no PatchEncoder "
@@ -452,8 +442,7 @@ def _checkpoint_variables(model):
         ("cls", encoder.class_token),
         ("Transformer/posembed_input/pos_embedding", encoder.position_embedding),
     ]
-    blocks = [layer for layer in model.layers if isinstance(layer, vit_layers.TransformerBlock)]
-    for index, block in enumerate(blocks):
+    for index, block in enumerate(models.get_blocks(model)):
         prefix = f"Transformer/encoderblock_{index}/"
         attn = prefix + "MultiHeadDotProductAttention_1/"
         pairs += [
@@ -480,16 +469,10 @@ def _checkpoint_variables(model):
         ("Transformer/encoder_norm/bias", norm.beta),
     ]
     for name in ("pre_logits", "head"):
-        layer = _find_layer(model, name, keras.layers.Dense)
+        layer = models.get_part(model, name)
         if layer is not None:
             pairs += [(f"{name}/kernel", layer.kernel), (f"{name}/bias", layer.bias)]
     return pairs
-
-
-def _model_grid(model):
-    patches = next(layer for layer in model.layers if isinstance(layer, vit_layers.Patches))
-    height, width = model.input_shape[1:3]
-    return height // patches.patch_size, width // patches.patch_size
 
 
 def _plan(model, arrays, path, interpolation, antialias):
@@ -535,7 +518,7 @@ def _plan(model, arrays, path, interpolation, antialias):
         elif name == "Transformer/posembed_input/pos_embedding" and value.shape != expected:
             if value.ndim == 3 and value.shape[0] == 1 and value.shape[2] == expected[2]:
                 value = resample_position_embedding(
-                    value, _model_grid(model), interpolation=interpolation, antialias=antialias
+                    value, models.patch_grid(model), interpolation=interpolation, antialias=antialias
                 )
         if value.shape != expected:
             raise CheckpointError(
@@ -611,8 +594,8 @@ def _load_keras_h5(model, path, interpolation, antialias):
     import h5py
 
     source = _h5_arrays(path)
-    encoder = next(layer for layer in model.layers if isinstance(layer, vit_layers.PatchEncoder))
-    head = _find_layer(model, "head", keras.layers.Dense)
+    encoder = models.get_part(model, "patch_encoder")
+    head = models.get_part(model, "head")
     pos_shape = tuple(encoder.position_embedding.shape)
     with tempfile.TemporaryDirectory() as tmp:
         reference = os.path.join(tmp, "model.weights.h5")
@@ -641,7 +624,7 @@ def _load_keras_h5(model, path, interpolation, antialias):
             if found.shape != value.shape and value.shape == pos_shape and found.ndim == 3 \
                     and found.shape[2] == pos_shape[2] and "patch_encoder" in key:
                 found = resample_position_embedding(
-                    found, _model_grid(model), interpolation=interpolation, antialias=antialias
+                    found, models.patch_grid(model), interpolation=interpolation, antialias=antialias
                 )
             elif found.shape != value.shape and key.rsplit("/", 1)[0] in head_groups \
                     and found.shape[:-1] == value.shape[:-1]:
@@ -723,11 +706,8 @@ def load_weights(model, path, interpolation="bilinear", antialias=False):
     if _sniff_format(path) == "h5":
         _load_keras_h5(model, path, interpolation, antialias)
         return model
-    heads = next(
-        (layer.num_heads for layer in model.layers
-         if isinstance(layer, vit_layers.TransformerBlock)),
-        1,
-    )
+    blocks = models.get_blocks(model)
+    heads = blocks[0].num_heads if blocks else 1
     arrays = read_checkpoint(path, num_heads=heads)
     for variable, value in _plan(model, arrays, path, interpolation, antialias):
         variable.assign(value.astype(variable.dtype))
@@ -788,7 +768,7 @@ def save_npz(model, path):
     path = pathlib.Path(path)
     if path.suffix != ".npz":
         path = path.with_name(path.name + ".npz")
-    patches = next(layer for layer in model.layers if isinstance(layer, vit_layers.Patches))
+    patches = models.get_part(model, "patches")
     arrays = {}
     for name, variable in _checkpoint_variables(model):
         value = keras.ops.convert_to_numpy(variable).astype(np.float32)

@@ -465,3 +465,11 @@ def test_named_parts_are_the_model_layers():
     assert model.preprocessing is model.get_layer("preprocessing")
     features = keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, include_top=False, pooling="avg")
     assert features.head is None and features.pre_logits is None and features.preprocessing is None
+    patch = variants.get_config(TINY_VARIANT).patch_size
+    assert model.patch_grid == (TINY_SHAPE[0] // patch, TINY_SHAPE[1] // patch)
+    # The module functions find the same parts in a plain functional copy.
+    plain = keras.Model(model.inputs, model.outputs)
+    assert models.get_part(plain, "head") is model.head
+    assert models.get_blocks(plain) == model.blocks
+    with pytest.raises(ValueError, match="'classifier'.*expected one of"):
+        models.get_part(model, "classifier")
