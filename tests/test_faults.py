@@ -1,7 +1,7 @@
 """Fault injection (issue 8): SIGKILL at random points of training and while
 checkpoints are written, SIGKILL during export, and a full disk during
 checkpointing. Each run is a real `keras-vit` process; the figures (kills,
-epochs lost) are printed (`pytest -n 0 -s`) and recorded in the README."""
+epochs lost) are printed (`pytest -n 0 -s`) and recorded in SECURITY.md."""
 
 import csv
 import errno
@@ -21,6 +21,7 @@ import pytest
 
 import keras_vit
 from keras_vit import runs
+from keras_vit.runs import files as run_files
 
 PYTHON = sys.executable
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -43,7 +44,7 @@ def _rows(output):
 
 
 def _temp_files(*directories):
-    return [p for d in directories if d.is_dir() for p in d.iterdir() if runs._TEMP_MARK in p.name]
+    return [p for d in directories if d.is_dir() for p in d.iterdir() if run_files.TEMP_MARK in p.name]
 
 
 def _check_visible_files(output):
@@ -152,7 +153,9 @@ def _fill(directory):
     training run beside it writes under 1 MB, so it is not that run)."""
     filler = directory / f"filler-{uuid.uuid4().hex}"
     try:
-        f = open(filler, "wb")
+        # Unbuffered: a buffered file would flush its rest again on close and
+        # raise ENOSPC there, outside the handler below.
+        f = open(filler, "wb", buffering=0)
     except OSError as error:
         assert error.errno == errno.ENOSPC
         return None
@@ -160,7 +163,6 @@ def _fill(directory):
         try:
             while True:
                 f.write(b"\0" * (1 << 16))
-                f.flush()
         except OSError as error:
             assert error.errno == errno.ENOSPC
     return filler
@@ -264,7 +266,7 @@ def test_leftover_temporary_files_are_removed_on_resume(tmp_path):
     backup = output / "backup"
     backup.mkdir()
     # What a kill during writes leaves: hidden temporaries, a backup with no metadata.
-    (output / f".last{runs._TEMP_MARK}123.keras").write_bytes(b"half")
+    (output / f".last{run_files.TEMP_MARK}123.keras").write_bytes(b"half")
     (backup / "epoch-9.weights.h5").write_bytes(b"half")
     assert runs.read_backup(backup) is None
     completed = subprocess.run(_train_command(output, epochs=2) + ["--overwrite"], capture_output=True,
