@@ -53,7 +53,7 @@ setup(
     package_data={"keras_vit": ["_data/*.txt"]},
     python_requires=">=3.10",
     install_requires=[
-        "keras>=3.5",
+        "keras>=3.6",  # .weights.h5 files record layer names from 3.6 (keras_vit.weights.layout)
         "numpy>=1.24",
         "h5py>=3.8",
         "safetensors>=0.4",

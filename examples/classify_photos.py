@@ -42,7 +42,7 @@ def main(argv=None):
 
     shape = None if args.image_size is None else (args.image_size, args.image_size, 3)
     model = keras_vit.ViT(args.variant, weights=args.weights, input_shape=shape)
-    entry = keras_vit.pretrained.resolve(args.variant, args.weights, args.image_size)
+    entry = keras_vit.weights.pretrained.resolve(args.variant, args.weights, args.image_size)
     print(f"ViT-{args.variant} ({entry.timm_name}): {model.count_params():,} parameters, "
           f"{model.output_shape[-1]} classes")
 

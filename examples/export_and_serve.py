@@ -39,7 +39,8 @@ def main(argv=None):
     import requests
     from PIL import Image
 
-    from keras_vit import cli, data, export, runs, serving
+    from keras_vit import cli, data, runs, serving
+    from keras_vit import images as vit_images
 
     run = pathlib.Path(args.run or pathlib.Path(args.output) / "runs" / "digits_quick")
     if args.run is None and not (run / "results.json").is_file():
@@ -49,7 +50,7 @@ def main(argv=None):
             return 1
 
     base = pathlib.Path(args.output) / "digits"
-    version = export.export_run(run, base)
+    version = runs.export_run(run, base)
     print(f"exported to {version}")
 
     (ds_test, info) = data.load("digits", batch_size=args.count, splits=("test",), label_mode="int")
@@ -69,8 +70,8 @@ def main(argv=None):
             print(f"digit_{i}.png (true {info.class_names[label]}): {ranked}")
         model = runs.load_run_model(run)
         # The served graph decodes and resizes each PNG to the model's input
-        # size exactly as keras_vit.data.decode_image does.
-        resized = np.stack([data.decode_image(p, model.input_shape[1:3]).numpy() for p in payloads])
+        # size exactly as keras_vit.images.decode_image does.
+        resized = np.stack([vit_images.decode_image(p, model.input_shape[1:3]).numpy() for p in payloads])
         expected = model.predict(resized, verbose=0)
         got = np.array([p.probabilities for p in predictions])
         print(f"REST answers equal model.predict: max abs difference {np.abs(got - expected).max():.6f}")

@@ -35,7 +35,7 @@ def main(argv=None):
     import keras
 
     import keras_vit
-    from keras_vit import data, models, runs, training
+    from keras_vit import data, inference, runs, training
 
     recipe = runs.RECIPES["fashion_mnist"]
     epochs = args.epochs or recipe["epochs"]
@@ -60,7 +60,7 @@ def main(argv=None):
         ds_train = ds_train.repeat()
     model.fit(ds_train, validation_data=ds_val, epochs=epochs, steps_per_epoch=steps, verbose=2)
     _, plain = model.evaluate(ds_test, verbose=0)
-    tta = models.with_tta(model, recipe["tta"])  # keras_vit.with_flip_tta(model)
+    tta = inference.with_tta(model, recipe["tta"])  # keras_vit.with_flip_tta(model)
     tta.compile(loss=model.loss, metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
     _, accuracy = tta.evaluate(ds_test, verbose=0)
     print(f"Fashion-MNIST test accuracy {accuracy:.4f} with {recipe['tta']} TTA ({plain:.4f} without) "

@@ -18,14 +18,13 @@ from keras_vit import (  # noqa: E402
     backend,
     data,
     distribute,
-    download,
     explain,
     export,
-    hub,
     imagenet,
+    images,
+    inference,
     layers,
     models,
-    pretrained,
     runs,
     serving,
     training,
@@ -54,15 +53,13 @@ from keras_vit.models import (  # noqa: E402
     ViTS32,
     ViTTest4,
     ViTTi16,
-    bfloat16_cpu,
     preprocess_input,
-    with_dtype_policy,
-    with_flip_tta,
 )
-from keras_vit.hub import from_pretrained  # noqa: E402
+from keras_vit.inference import bfloat16_cpu, with_dtype_policy, with_flip_tta  # noqa: E402
 from keras_vit.imagenet import decode_predictions  # noqa: E402
-from keras_vit.pretrained import list_weights  # noqa: E402
 from keras_vit.version import __version__  # noqa: E402
+from keras_vit.weights.hub import from_pretrained  # noqa: E402
+from keras_vit.weights.pretrained import list_weights  # noqa: E402
 from keras_vit.weights import (  # noqa: E402
     CheckpointError,
     load_model,
@@ -98,19 +95,18 @@ __all__ = [
     "data",
     "decode_predictions",
     "distribute",
-    "download",
     "explain",
     "export",
     "from_pretrained",
-    "hub",
     "imagenet",
+    "images",
+    "inference",
     "layers",
     "list_weights",
     "load_model",
     "load_weights",
     "models",
     "preprocess_input",
-    "pretrained",
     "resample_position_embedding",
     "runs",
     "save_npz",

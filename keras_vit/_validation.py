@@ -37,3 +37,16 @@ def check_choice(name, value, choices):
         allowed = ", ".join(repr(c) for c in choices)
         raise ValueError(f"{name} must be one of {allowed}; received {name}={value!r}.")
     return value
+
+
+def check_int(name, value, low=1, high=None):
+    """Returns `value` if it is an int in [low, high] (no upper bound when
+    `high` is None), else raises a ValueError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low or (
+            high is not None and value > high):
+        if high is not None:
+            expected = f"an integer in [{low}, {high}]"
+        else:
+            expected = {1: "a positive integer", 0: "a non-negative integer"}.get(low, f"an integer >= {low}")
+        raise ValueError(f"{name} must be {expected}, received {name}={value!r}.")
+    return int(value)

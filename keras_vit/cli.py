@@ -14,6 +14,8 @@
     keras-vit weights list                                            # the named checkpoints
 
 Bad arguments end the command with exit code 2 and a one-line error.
+Each subcommand calls one function of the module that does the work; the
+module is over 400 lines because the parser spells out every flag's help.
 """
 
 import argparse
@@ -222,9 +224,9 @@ def _parser():
 
 
 def _explain(args):
-    from keras_vit import explain
+    from keras_vit import runs
 
-    path, _, predictions = explain.explain_run(
+    path, _, predictions = runs.explain_run(
         args.run, args.images, args.output, layer=args.layer, head=args.head, head_fusion=args.head_fusion,
         discard_ratio=args.discard_ratio, which=args.model,
     )
@@ -234,16 +236,16 @@ def _explain(args):
 
 
 def _inspect(args):
-    from keras_vit import explain
+    from keras_vit import runs
 
     if args.components < 1:
         raise ValueError(f"--components must be >= 1, received {args.components}.")
-    for name, path in explain.inspect_run(args.run, args.output, which=args.model, count=args.components).items():
+    for name, path in runs.inspect_run(args.run, args.output, which=args.model, count=args.components).items():
         print(f"{name}: {path}")
 
 
 def _weights(args):
-    from keras_vit import pretrained
+    from keras_vit.weights import pretrained
 
     if args.weights_command == "list":
         pretrained.list_weights(args.variant)
@@ -288,10 +290,10 @@ def _evaluate(args):
 def _inference_policy(mixed_precision):
     if not mixed_precision:
         return None
-    from keras_vit import models, training
+    from keras_vit import inference, training
 
     policy = training.mixed_precision_policy()
-    if policy == "mixed_bfloat16" and not models.bfloat16_cpu():
+    if policy == "mixed_bfloat16" and not inference.bfloat16_cpu():
         # The user asked for it: keep it, but say it is the slow choice here.
         print("keras-vit: warning: this CPU has no fast bfloat16 (keras_vit.bfloat16_cpu() is False: "
               "neither AMX nor AMD's AVX-512-BF16); mixed_bfloat16 will likely run slower than float32",
@@ -320,7 +322,8 @@ def _predict(args):
             _print_ranked(path, list(zip(prediction.labels, prediction.scores))[:args.top_k])
         return
     if args.weights:
-        from keras_vit import pretrained, runs
+        from keras_vit import runs
+        from keras_vit.weights import pretrained
 
         model = pretrained.classifier(args.weights, args.variant, args.image_size)
         predictions = runs.classify(model, args.inputs, top_k=args.top_k,
@@ -353,12 +356,13 @@ def _export(args):
         if args.run:
             raise ValueError(f"give a run directory or --weights, not both (received {args.run!r} and "
                              f"--weights {args.weights}).")
-        from keras_vit import models, pretrained
+        from keras_vit import inference
+        from keras_vit.weights import pretrained
 
         model = pretrained.classifier(args.weights, args.variant, args.image_size)
         policy = _inference_policy(args.mixed_precision)
         if policy is not None:
-            model = models.with_dtype_policy(model, policy)
+            model = inference.with_dtype_policy(model, policy)
         path = export.export_saved_model(model, args.output or f"export/{model.name}",
                                          version=args.export_version, overwrite=args.overwrite,
                                          top_k=args.top_k, tta=args.tta or "none")
@@ -367,9 +371,11 @@ def _export(args):
     _refuse_without_weights(args)
     if not args.run:
         raise ValueError("export needs a run directory or --weights (e.g. --variant B/16 --weights imagenet).")
-    path = export.export_run(args.run, args.output, version=args.export_version, overwrite=args.overwrite,
-                             top_k=args.top_k, which=args.model,
-                             dtype_policy=_inference_policy(args.mixed_precision), tta=args.tta)
+    from keras_vit import runs
+
+    path = runs.export_run(args.run, args.output, version=args.export_version, overwrite=args.overwrite,
+                           top_k=args.top_k, which=args.model,
+                           dtype_policy=_inference_policy(args.mixed_precision), tta=args.tta)
     print(f"exported {args.run} ({args.model} model) to {path}")
 
 

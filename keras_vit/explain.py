@@ -14,6 +14,7 @@ block's attention weights being what the classification reads.
 import numpy as np
 
 from keras_vit import models
+from keras_vit._validation import check_choice, check_int, check_rate
 
 HEAD_FUSIONS = ("mean", "max", "min")
 
@@ -78,7 +79,7 @@ def _attention_function(model):
 
 
 def _as_images(model, images):
-    from keras_vit import data as vit_data
+    from keras_vit import images as vit_images
 
     height, width = model.inputs[0].shape[1:3]
     images = np.asarray(images)
@@ -92,7 +93,7 @@ def _as_images(model, images):
     if images.shape[1:3] != (height, width) or images.shape[-1] != 3:
         import tensorflow as tf
 
-        images = np.stack([vit_data._to_pixels(tf.constant(im), (height, width)).numpy() for im in images])
+        images = np.stack([vit_images.to_pixels(tf.constant(im), (height, width)).numpy() for im in images])
     return images.astype("float32")
 
 
@@ -110,8 +111,7 @@ def attention_maps(model, images, batch_size=32):
         `(batch, heads, tokens, tokens)`; rows sum to 1. Token 0 is the class
         token, then the patches in row-major order.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, received batch_size={batch_size!r}.")
+    check_int("batch_size", batch_size)
     function = _attention_function(model)
     images = _as_images(model, images)
     chunks = [function(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
@@ -143,11 +143,8 @@ def attention_rollout(model_or_maps, images=None, head_fusion="mean", discard_ra
         A float32 array `(batch, grid_h, grid_w)`, each map scaled so that its
         maximum is 1 (all zeros if nothing flows from the patches).
     """
-    if head_fusion not in HEAD_FUSIONS:
-        raise ValueError(f"head_fusion must be one of {HEAD_FUSIONS}, received head_fusion={head_fusion!r}.")
-    if isinstance(discard_ratio, bool) or not isinstance(discard_ratio, (int, float)) or not (
-            0.0 <= discard_ratio < 1.0):
-        raise ValueError(f"discard_ratio must be in [0, 1), received discard_ratio={discard_ratio!r}.")
+    check_choice("head_fusion", head_fusion, HEAD_FUSIONS)
+    check_rate("discard_ratio", discard_ratio)
     if isinstance(model_or_maps, (list, tuple)):
         maps = [np.asarray(m, dtype=np.float64) for m in model_or_maps]
     else:
@@ -377,96 +374,3 @@ def plot_patch_embedding_components(model, png_path, count=28, grayscale=False):
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
     return str(png_path)
-
-
-# ---------------------------------------------------------------------------
-# Runs (keras-vit explain / inspect)
-# ---------------------------------------------------------------------------
-
-
-def explain_run(run_dir, paths, png_path, layer=None, head=None, head_fusion="mean", discard_ratio=0.9,
-                which="last"):
-    """`keras-vit explain`: attention of a run's model on image files.
-
-    Without `layer`, the attention rollout through all blocks; with `layer`
-    (and optionally `head`), that block's class-token attention. Writes a
-    PNG with a row per image (image | heat map | overlay), titled with the
-    class the model predicts for the image as shown (without the run's
-    test-time flips, if it has them: the attention is the image's own).
-
-    Returns:
-        `(png_path, masks, predictions)`, predictions as `(class, probability)`.
-    """
-    from keras_vit import data as vit_data
-    from keras_vit import runs
-
-    config = runs.read_run(run_dir)
-    model = runs.load_run_model(run_dir, which)
-    if head is not None and layer is None:
-        raise ValueError("--head needs --layer (the block whose heads to show).")
-    size = (config["image_size"], config["image_size"])
-    images = vit_data.load_images(paths, size)
-    maps = attention_maps(model, images)
-    grid = models.patch_grid(model)
-    if layer is None:
-        masks = attention_rollout(maps, head_fusion=head_fusion, discard_ratio=discard_ratio, grid=grid)
-        what = f"attention rollout ({head_fusion} over heads, discard ratio {discard_ratio:g})"
-    else:
-        masks = class_token_attention(maps, layer=layer, head=head, grid=grid)
-        index = layer % len(maps)
-        what = (f"block {index}{' (the last)' if index == len(maps) - 1 else ''} class-token attention, "
-                + ("mean of heads" if head is None else f"head {head}"))
-    probabilities = model.predict(images, verbose=0)
-    names = config["class_names"]
-    predictions = [(names[int(p.argmax())], float(p.max())) for p in probabilities]
-    import pathlib
-
-    titles = [f"{pathlib.Path(p).name}: {name} ({prob:.2f})" for p, (name, prob) in zip(paths, predictions)]
-    # Show the images as the model saw them (its input size), upscaled for the eye.
-    shown = [_upscale(im, 224) for im in images]
-    plot_attention(shown, masks, png_path, titles=titles, heading=what)
-    return str(png_path), masks, predictions
-
-
-def _upscale(image, side):
-    """Nearest-neighbour upscaling so that small images (8x8 digits) stay
-    legible next to their heat map."""
-    factor = max(1, side // max(image.shape[:2]))
-    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
-
-
-GRAYSCALE_DATA = ("digits", "fashion_mnist")
-
-
-def inspect_run(run_dir, output_dir, which="last", count=28, grayscale=None):
-    """`keras-vit inspect`: position-embedding similarity and patch-embedding
-    principal components of a run's model, as PNGs in `output_dir`.
-
-    Args:
-        grayscale: sum the patch filters over the colour channels (see
-            `patch_embedding_components`); default: for the grayscale data
-            sets (digits, Fashion-MNIST).
-
-    Returns:
-        A dict of the written paths (and the run's learning curves,
-        `curves.png`, which training already wrote).
-    """
-    import pathlib
-
-    from keras_vit import runs
-
-    config = runs.read_run(run_dir)
-    model = runs.load_run_model(run_dir, which)
-    if grayscale is None:
-        grayscale = config.get("data") in GRAYSCALE_DATA
-    output = pathlib.Path(output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    written = {
-        "position_embedding": plot_position_embedding_similarity(model, output / "position_embedding.png"),
-        "patch_embedding": plot_patch_embedding_components(
-            model, output / "patch_embedding.png", count, grayscale=grayscale),
-    }
-    curves = pathlib.Path(run_dir) / "curves.png"
-    if curves.is_file():
-        written["curves"] = str(curves)
-    return written

@@ -29,8 +29,9 @@ import tempfile
 import keras
 import tensorflow as tf
 
-from keras_vit import data as vit_data
-from keras_vit import models
+from keras_vit import images as vit_images
+from keras_vit import inference, models
+from keras_vit._validation import check_int
 
 DEFAULT_TOP_K = 5
 SIGNATURES = ("serving_default", "predict_images", "embeddings")
@@ -60,8 +61,7 @@ def _check_model(model):
             f"The model's input must be (batch, height, width, 3) with a fixed size, "
             f"received input shape {shape}."
         )
-    names = {layer.name for layer in model.layers}
-    if "head" not in names or len(model.outputs) != 1 or len(model.outputs[0].shape) != 2:
+    if models.get_part(model, "head") is None or len(model.outputs) != 1 or len(model.outputs[0].shape) != 2:
         raise ValueError(
             f"The model {model.name!r} has no classification head (a Dense layer named 'head' "
             f"and one output of shape (batch, classes)); build it with include_top=True."
@@ -86,8 +86,7 @@ def _next_version(base, version, overwrite):
     if version is None:
         existing = [int(p.name) for p in base.iterdir() if p.name.isdigit()]
         return max(existing, default=0) + 1
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ValueError(f"version must be a positive integer, received version={version!r}.")
+    check_int("version", version)
     if (base / str(version)).exists() and not overwrite:
         raise FileExistsError(
             f"{base / str(version)} exists; pass overwrite=True (--overwrite) to replace it, "
@@ -96,49 +95,23 @@ def _next_version(base, version, overwrite):
     return version
 
 
-def _probabilities(model, tta):
-    # A model built with classifier_activation=None outputs logits: the
-    # export adds the softmax.
-    last = models.get_part(model, "predictions")
-    activation = getattr(last, "activation", None)
-    outputs_logits = activation is None or getattr(activation, "__name__", "") == "linear"
-
-    def probabilities(images):
-        if tta == "flip":
-            # The images and their mirror images in one call of the model
-            # (one batch of 2n is faster than two of n), then the mean of
-            # the two probabilities, as `keras_vit.with_flip_tta`.
-            images = tf.concat([images, tf.reverse(images, axis=[2])], axis=0)
-        outputs = tf.cast(model(images, training=False), tf.float32)
-        probs = tf.nn.softmax(outputs, axis=-1) if outputs_logits else outputs
-        if tta == "flip":
-            probs = tf.reduce_mean(tf.stack(tf.split(probs, 2, axis=0)), axis=0)
-        return probs
-
-    return probabilities
-
-
-def build_archive(model, class_names=None, top_k=None, max_image_pixels=vit_data.MAX_IMAGE_PIXELS,
+def build_archive(model, class_names=None, top_k=None, max_image_pixels=vit_images.MAX_IMAGE_PIXELS,
                   tta="none"):
     """The `keras.export.ExportArchive` with the three signatures (see the
     module docstring), ready for `write_out`."""
 
-    models.check_tta(tta)
-    if isinstance(max_image_pixels, bool) or not isinstance(max_image_pixels, int) \
-            or max_image_pixels < 1:
-        raise ValueError(
-            f"max_image_pixels must be a positive integer, received max_image_pixels={max_image_pixels!r}."
-        )
+    inference.check_tta(tta)
+    check_int("max_image_pixels", max_image_pixels)
     image_size, classes = _check_model(model)
     if class_names is None:
         class_names = getattr(model, "class_names", None)
     class_names = _check_class_names(class_names, classes)
     if top_k is None:
         top_k = min(DEFAULT_TOP_K, classes)
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= classes:
-        raise ValueError(f"top_k must be an integer in [1, {classes}], received top_k={top_k!r}.")
+    check_int("top_k", top_k, high=classes)
     features = keras.Model(model.inputs, models.get_part(model, "head").input, name=f"{model.name}_features")
-    probabilities = _probabilities(model, tta)
+    # Probabilities first, then the mean over each image and its mirror image.
+    probabilities = inference.with_tta(inference.with_probabilities(model), tta)
     height, width = image_size
 
     def decode(image_bytes):
@@ -146,13 +119,13 @@ def build_archive(model, class_names=None, top_k=None, max_image_pixels=vit_data
         # format, and decoding them one after another bounds the memory a
         # request can take to one image of at most max_image_pixels.
         return tf.map_fn(
-            lambda one: vit_data.decode_image(one, image_size, max_image_pixels), image_bytes,
+            lambda one: vit_images.decode_image(one, image_size, max_image_pixels), image_bytes,
             fn_output_signature=tf.TensorSpec((height, width, 3), tf.float32),
             parallel_iterations=1,
         )
 
     def top_k_outputs(images):
-        probs = probabilities(images)
+        probs = tf.cast(probabilities(images, training=False), tf.float32)
         scores, indices = tf.math.top_k(probs, k=top_k)
         labels = tf.constant(class_names, dtype=tf.string)
         return {
@@ -185,7 +158,7 @@ def build_archive(model, class_names=None, top_k=None, max_image_pixels=vit_data
 
 
 def export_saved_model(model, base_dir, class_names=None, version=None, overwrite=False,
-                       top_k=None, max_image_pixels=vit_data.MAX_IMAGE_PIXELS, tta="none"):
+                       top_k=None, max_image_pixels=vit_images.MAX_IMAGE_PIXELS, tta="none"):
     """Writes `model` as a TF Serving SavedModel version under `base_dir`.
 
     Args:
@@ -204,7 +177,7 @@ def export_saved_model(model, base_dir, class_names=None, version=None, overwrit
             if fewer).
         max_image_pixels: images whose header declares more pixels are
             refused before decoding (decompression bombs); the default is
-            Pillow's limit, `keras_vit.data.MAX_IMAGE_PIXELS`.
+            Pillow's limit, `keras_vit.images.MAX_IMAGE_PIXELS`.
         tta: `"flip"`: the probabilities (and top-k) are the mean over each
             image and its mirror image, as `keras_vit.with_flip_tta`, for
             twice the compute; `"none"` (default): the image alone. The
@@ -233,38 +206,3 @@ def export_saved_model(model, base_dir, class_names=None, version=None, overwrit
     finally:
         shutil.rmtree(temp, ignore_errors=True)
     return str(target)
-
-
-def export_run(run_dir, base_dir=None, version=None, overwrite=False, top_k=None, which="last",
-               dtype_policy=None, tta=None):
-    """Exports a training run's model (`keras-vit export RUN`) with the
-    class names the run recorded.
-
-    Args:
-        run_dir: a run directory written by `keras_vit.runs.train`.
-        base_dir: where to write versions (default: `export/<run name>`).
-        which: `"best"` or `"last"` model of the run.
-        version, overwrite, top_k: as in `export_saved_model`.
-        dtype_policy: export the model computing under this policy, e.g.
-            `"mixed_bfloat16"` for CPUs with fast bfloat16 (see `keras_vit.bfloat16_cpu`,
-            `keras_vit.with_dtype_policy`); the signatures' inputs and
-            outputs stay float32.
-        tta: as in `export_saved_model`; `None`: the run's own setting (the
-            one its test accuracy was measured with).
-
-    Returns:
-        The path of the version directory.
-    """
-    from keras_vit import runs
-
-    config = runs.read_run(run_dir)
-    tta = runs._run_tta(config, tta)
-    model = runs.load_run_model(run_dir, which)
-    if dtype_policy is not None:
-        from keras_vit import models
-
-        model = models.with_dtype_policy(model, dtype_policy)
-    if base_dir is None:
-        base_dir = pathlib.Path("export") / pathlib.Path(run_dir).resolve().name
-    return export_saved_model(model, base_dir, class_names=config["class_names"], version=version,
-                              overwrite=overwrite, top_k=top_k, tta=tta)

@@ -4,6 +4,9 @@ Every layer here is written with `keras.ops`, creates the weights a checkpoint
 holds with `add_weight` in `build()`, passes its dtype policy down to its
 sublayers, returns its constructor arguments from `get_config()`, and is
 registered for `.keras` serialization under the `keras_vit` package name.
+
+One module for all of them (about 570 lines), as keras-hub's
+`vit_layers.py`: together they are the architecture, read top to bottom.
 """
 
 import keras
@@ -234,10 +237,9 @@ class DropPath(keras.layers.Layer):
         noise_shape = (batch_size,) + (1,) * (len(inputs.shape) - 1)
         # tf.random.uniform rather than keras.random.uniform with the
         # SeedGenerator: drawing from the generator assigns its state variable
-        # at every call, and with stochastic depth in every block that made
-        # six blocks' training step 156 ms instead of 121 ms without drop
-        # path (127 ms with this op), on 2 cores. Its seeds come from
-        # TensorFlow's global seed, which keras.utils.set_random_seed sets.
+        # at every call of every block, which slowed training measurably.
+        # Its seeds come from TensorFlow's global seed, which
+        # keras.utils.set_random_seed sets.
         import tensorflow as tf
 
         uniform = tf.random.uniform(noise_shape, seed=self.seed, dtype=inputs.dtype)
@@ -282,11 +284,8 @@ class LayerNorm(keras.layers.LayerNormalization):
                              and self.center and self.scale and not self.rms_scaling)
 
     def call(self, inputs, training=None):
-        if self.fast_kernels:
-            outputs = backend.layer_norm(self, inputs, training)
-            if outputs is not None:
-                return outputs
-        return super().call(inputs)
+        fast = backend.layer_norm(self, inputs, training) if self.fast_kernels else None
+        return super().call(inputs) if fast is None else fast
 
 
 @keras.saving.register_keras_serializable(package="keras_vit")
@@ -442,19 +441,15 @@ class TransformerBlock(keras.layers.Layer):
         self.built = True
 
     def _attention(self, x, training, class_token_only):
-        if self.fast_kernels:
-            result = backend.self_attention(self, x, training, class_token_only)
-            if result is not None:
-                return result
+        fast = backend.self_attention(self, x, training, class_token_only) if self.fast_kernels else None
+        if fast is not None:
+            return fast
         query = x[:, :1] if class_token_only else x
         return self.attn(query, x, return_attention_scores=True, training=training)
 
     def _gelu(self, x, training):
-        if self.fast_kernels:
-            y = backend.gelu(x, training)
-            if y is not None:
-                return y
-        return keras.activations.gelu(x, approximate=False)
+        fast = backend.gelu(x, training) if self.fast_kernels else None
+        return keras.activations.gelu(x, approximate=False) if fast is None else fast
 
     def _mlp(self, y, training):
         shape = ops.shape(y)

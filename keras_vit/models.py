@@ -1,7 +1,10 @@
-"""Functional-API ViT models with the keras.applications builder signature."""
+"""Functional-API ViT models with the keras.applications builder signature.
 
-import dataclasses
-import os
+The model class (`VisionTransformer` and its named parts), `ViT(...)` and
+the standard builders; over 400 lines because the builders' shared
+docstring, which keras.applications users read first, is written out here.
+"""
+
 import weakref
 
 import keras
@@ -190,7 +193,7 @@ def _inference_function(model):
         return keras.Model.__call__(model_ref(), inputs, training=False)
 
     return tf.function(call, reduce_retracing=True)
-_ARCHITECTURE_ARGS = ("patch_size", "hidden_dim", "num_layers", "num_heads", "mlp_dim")
+
 
 _BUILDER_DOC = """Instantiates the {title} Vision Transformer.
 
@@ -237,8 +240,7 @@ _BUILDER_DOC = """Instantiates the {title} Vision Transformer.
             tokens, shape `(batch, num_patches + 1, hidden_dim)`). With
             `"token"` the last block computes the class token's output only
             (`TransformerBlock(class_token_only=True)`; the other tokens'
-            outputs would be discarded): same results, ViT-B/16 about 6%
-            faster. Its output and `encoder_norm`'s are then
+            outputs would be discarded): same results, faster. Its output and `encoder_norm`'s are then
             `(batch, 1, hidden_dim)`; for every token's features build the
             model with `include_top=False, pooling=None`.
         classes: number of classes of the head (with `include_top=True`);
@@ -300,7 +302,9 @@ def ViT(
         num_heads=num_heads,
         mlp_dim=mlp_dim,
     )
-    source = _weights_source(variant, config, weights, input_tensor, input_shape)
+    from keras_vit.weights import source as weights_source
+
+    source = weights_source.resolve(variant, config, weights, input_tensor, input_shape)
     if input_shape is None and input_tensor is None and source.image_size is not None:
         input_shape = (source.image_size, source.image_size, 3)
     if classes is None:
@@ -382,81 +386,6 @@ def ViT(
     return model
 
 
-@dataclasses.dataclass
-class _WeightsSource:
-    """What `weights=` names, and what it implies for the model's defaults."""
-
-    weights: object = None
-    named: object = None  # a pretrained.PretrainedWeights
-    hub_config: dict = None
-    image_size: int = None
-    classes: int = None
-    representation_size: int = None
-    class_names: tuple = None
-
-    def load(self, model):
-        from keras_vit import weights as vit_weights
-
-        if self.weights is None:
-            return
-        if self.named is not None:
-            from keras_vit import pretrained
-
-            path = pretrained.fetch(self.named)
-            try:
-                vit_weights.load_weights(model, path)
-            except vit_weights.CheckpointError as error:
-                if pretrained.intact(self.named):
-                    raise  # the file is right; the model does not take it
-                # The cache must not keep a file that does not load.
-                path.unlink(missing_ok=True)
-                raise vit_weights.CheckpointError(
-                    f"{error} The file came from {self.named.url} and was removed from the cache "
-                    f"({path}); the next call downloads it again."
-                ) from error
-        elif self.hub_config is not None:
-            from keras_vit import hub
-
-            # Resampled as the checkpoint's own library would (see hub.from_pretrained).
-            vit_weights.load_weights(model, hub.checkpoint_file(self.weights), interpolation="bicubic",
-                                     antialias=self.hub_config["library"] == "timm")
-        else:
-            vit_weights.load_weights(model, self.weights)
-        names = self.class_names
-        has_head = get_part(model, "head") is not None
-        if names is not None and has_head and model.output_shape[-1] == len(names):
-            model.class_names = names
-
-
-def _weights_source(variant, config, weights, input_tensor, input_shape):
-    if weights is None:
-        return _WeightsSource()
-    if not isinstance(weights, (str, bytes)) and not hasattr(weights, "__fspath__"):
-        raise TypeError(
-            "weights must be None, a named checkpoint ('imagenet', 'imagenet21k', a tag of "
-            "keras_vit.list_weights()), 'hf://ORG/NAME' or the path of a checkpoint file, "
-            f"received weights={weights!r}."
-        )
-    from keras_vit import hub, pretrained
-
-    if hub.is_handle(weights):
-        found = hub.read_config(weights)
-        names = found.get("class_names")
-        return _WeightsSource(weights, hub_config=found, image_size=found.get("image_size"),
-                              classes=found.get("classes") or None,
-                              representation_size=found.get("representation_size"),
-                              class_names=tuple(names) if names else None)
-    if isinstance(weights, str) and not os.path.exists(weights) and pretrained.looks_like_name(weights):
-        shape = input_shape if input_shape is not None else (
-            tuple(input_tensor.shape[1:]) if input_tensor is not None else None)
-        image_size = shape[0] if shape is not None and len(shape) == 3 and isinstance(shape[0], int) else None
-        named = pretrained.named_checkpoint(weights, variant, dataclasses.asdict(config), image_size)
-        return _WeightsSource(weights, named=named, image_size=named.image_size, classes=named.classes,
-                              representation_size=named.representation_size,
-                              class_names=named.class_names)
-    return _WeightsSource(weights)
-
-
 ViT.__doc__ = _BUILDER_DOC.format(
     title="a",
     default_weights="the default of the standard builders such as `ViTB16`; `ViT` itself defaults to `None`",
@@ -477,7 +406,7 @@ ViT.__doc__ = _BUILDER_DOC.format(
 def _architecture(variant, **overrides):
     given = {key: value for key, value in overrides.items() if value is not None}
     if variant is None:
-        missing = [key for key in _ARCHITECTURE_ARGS if key not in given]
+        missing = [key for key in variants.ARCHITECTURE_FIELDS if key not in given]
         if missing:
             raise ValueError(
                 "Without a variant string, ViT needs every size argument; "
@@ -531,7 +460,7 @@ def _default_name(variant, config):
 
 
 def _make_builder(variant):
-    from keras_vit import pretrained
+    from keras_vit.weights import pretrained
 
     default_weights = "imagenet" if pretrained.default_tag(variant) else None
 
@@ -627,158 +556,3 @@ def preprocess_input(x, data_format=None):
         return ((np.asarray(x, dtype="float32") - 127.5) / 127.5).astype("float32")
     x = keras.ops.cast(x, "float32")
     return (x - 127.5) / 127.5
-
-
-def bfloat16_cpu():
-    """Whether `mixed_bfloat16` should run faster than float32 on this CPU.
-
-    True when `/proc/cpuinfo` lists `amx_bf16` (Intel Sapphire Rapids and
-    later, with AMX enabled), or `avx512_bf16` on an AMD CPU (Zen 4 and
-    later, whose bfloat16 dot products run at twice the float32 rate):
-    there `mixed_bfloat16` inference ran 1.5-1.8x faster than float32
-    (BENCHMARKS.md). False elsewhere, Intel CPUs whose only bfloat16
-    instructions are AVX-512-BF16 included (e.g. Sapphire Rapids in a VM
-    that hides AMX): their bfloat16 dot product runs at the float32 rate,
-    and ViT-B/16 inference ran at about half the float32 speed there
-    (BENCHMARKS.md), the conversions costing more than the halved memory
-    traffic saves. Without bfloat16 instructions TensorFlow emulates it,
-    slower still. False where the file does not exist (macOS, Windows).
-    """
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as file:
-            vendor = ""
-            for line in file:
-                if line.startswith("vendor_id"):
-                    vendor = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return "amx_bf16" in flags or (
-                        "avx512_bf16" in flags and vendor == "AuthenticAMD"
-                    )
-    except OSError:
-        pass
-    return False
-
-
-def with_dtype_policy(model, policy):
-    """A copy of `model` that computes under another dtype policy.
-
-    The way to run a float32-trained model fast on a CPU whose bfloat16
-    arithmetic is fast (see `bfloat16_cpu`): `with_dtype_policy(model,
-    "mixed_bfloat16")`. Variables stay float32 (same values, copied), each
-    layer computes in the policy's compute dtype, and the model's output
-    layers keep their own policy, so probabilities stay float32. On the
-    Fashion-MNIST model of BENCHMARKS.md the top-1 class agreed with float32
-    on 99.9% of the test images. Keras has a global policy
-    (`keras.config.set_dtype_policy`), which applies only to models built
-    after it is set; a `.keras` file records each layer's policy, so a
-    loaded model needs this.
-
-    Args:
-        model: a `keras.Model` (a keras_vit model or any functional model).
-        policy: a Keras dtype policy or its name: `"mixed_bfloat16"`,
-            `"mixed_float16"` (GPUs), `"float32"`, ...
-
-    Returns:
-        A new `keras.Model` with the same weights; `model` is unchanged.
-
-    Example:
-
-    >>> model = keras_vit.ViT("Test/4", input_shape=(16, 16, 3), classes=3)
-    >>> fast = keras_vit.with_dtype_policy(model, "mixed_bfloat16")
-    >>> block = fast.get_layer("block_0")
-    >>> block.compute_dtype, block.variable_dtype
-    ('bfloat16', 'float32')
-    >>> fast(np.zeros((1, 16, 16, 3), "float32")).dtype.name
-    'float32'
-    """
-    if not isinstance(model, keras.Model):
-        raise TypeError(f"model must be a keras.Model, received {type(model).__name__}.")
-    try:
-        policy = keras.dtype_policies.get(policy)
-    except (ValueError, TypeError) as error:
-        raise ValueError(
-            f"Unknown dtype policy {policy!r}: expected a keras.DTypePolicy or one of "
-            "'float32', 'mixed_bfloat16', 'mixed_float16', 'bfloat16', 'float16'."
-        ) from error
-    if policy.quantization_mode is not None:
-        raise ValueError(
-            f"policy {policy.name!r} is a quantization policy; use model.quantize() for that."
-        )
-    copy = keras.models.clone_model(model)
-    outputs = {id(tensor._keras_history.operation) for tensor in copy.outputs}
-    # Setting each layer's policy (a Keras 3 property) instead of editing the
-    # nested configs: it reaches the sub-layers that blocks create themselves.
-    for layer in copy._flatten_layers(include_self=False, recursive=True):
-        if id(layer) not in outputs:
-            layer.dtype_policy = policy
-    copy.set_weights(model.get_weights())
-    if isinstance(copy, VisionTransformer):
-        copy.class_names = getattr(model, "class_names", None)
-    return copy
-
-
-TTA_MODES = ("none", "flip")
-
-
-def check_tta(tta):
-    """Returns `tta` if it names a test-time augmentation (`TTA_MODES`)."""
-    return check_choice("tta", tta, TTA_MODES)
-
-
-def with_tta(model, tta):
-    """`model` itself for `tta="none"`, `with_flip_tta(model)` for `"flip"`."""
-    return with_flip_tta(model) if check_tta(tta) == "flip" else model
-
-
-def with_flip_tta(model):
-    """A model that averages `model`'s predictions over each image and its
-    mirror image (test-time augmentation with horizontal flips).
-
-    For models trained with random flips, whose classes look the same
-    mirrored (photos, clothes; not digits or text). On the Fashion-MNIST
-    recipe's models (BENCHMARKS.md) it added 0.15-0.70 points of test
-    accuracy, 0.34 on average over 13 trained models, for twice the
-    inference time. The same as ttach's `ClassificationTTAWrapper` with
-    `flip_transform()` and `merge_mode="mean"`.
-
-    Args:
-        model: a `keras.Model` with one image input `(batch, height, width,
-            channels)` and one output, e.g. the class probabilities of a
-            keras_vit classifier.
-
-    Returns:
-        A functional `keras.Model` sharing `model`'s weights (training one
-        trains the other); it saves, loads, predicts and evaluates like any
-        Keras model.
-
-    Example:
-
-    >>> model = keras_vit.ViT("Test/4", input_shape=(16, 16, 3), classes=3)
-    >>> tta = keras_vit.with_flip_tta(model)
-    >>> images = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3))
-    >>> mirrored = images[:, :, ::-1]
-    >>> expected = (model.predict(images, verbose=0) + model.predict(mirrored, verbose=0)) / 2
-    >>> np.allclose(tta.predict(images, verbose=0), expected, atol=1e-6)
-    True
-    """
-    if not isinstance(model, keras.Model):
-        raise TypeError(f"model must be a keras.Model, received {type(model).__name__}.")
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise ValueError(
-            f"with_flip_tta needs a model with one input and one output; {model.name!r} has "
-            f"{len(model.inputs)} inputs and {len(model.outputs)} outputs."
-        )
-    spec = model.inputs[0]
-    if len(spec.shape) != 4:
-        raise ValueError(
-            f"with_flip_tta needs an image input (batch, height, width, channels); "
-            f"{model.name!r} takes input shape {tuple(spec.shape)}."
-        )
-    images = keras.Input(shape=tuple(spec.shape[1:]), dtype=spec.dtype, name=spec.name)
-    mirrored = vit_layers.HorizontalFlip(name="mirror", dtype=spec.dtype)(images)
-    output_dtype = model.outputs[0].dtype
-    average = keras.layers.Average(name="flip_average", dtype=output_dtype)(
-        [model(images), model(mirrored)]
-    )
-    return keras.Model(images, average, name=f"{model.name}_flip_tta")

@@ -50,8 +50,7 @@ class AdamW(keras.optimizers.AdamW):
     applies Adam as about a dozen TensorFlow ops per variable (casts, powers,
     squares, square roots, three assignments) and, for the weight decay,
     evaluates the learning-rate schedule again for every variable; on a CPU
-    those small ops took about 3% of a ViT-S/16 training step and much more
-    of a small model's: the digits recipe trains 10-20% faster without them
+    those small ops are a visible part of a small model's training step
     (BENCHMARKS.md).
     Here the schedule, the bias corrections and the decay factor are
     computed once a step, and each variable is updated by TensorFlow's own

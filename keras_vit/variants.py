@@ -63,6 +63,10 @@ class ViTConfig:
         return count
 
 
+# The names of `ViTConfig`'s fields: the size arguments of `ViT(...)`, of a
+# training run's config and of a checkpoint's architecture, spelled once.
+ARCHITECTURE_FIELDS = tuple(field.name for field in dataclasses.fields(ViTConfig))
+
 # Sizes of the ViT paper (Table 1), "How to train your ViT?" and timm.
 # "Test" is a few-thousand-parameter model for fast unit tests.
 SIZES = {

@@ -175,7 +175,7 @@ def ti16_bucket(tmp_path_factory):
     """ViT-Ti/16's "imagenet" (1000 classes) and "imagenet21k" (21843
     classes) checkpoints, written from random weights under their real
     bucket paths: what the loopback mirror serves to examples and CLI tests."""
-    from keras_vit import pretrained
+    from keras_vit.weights import pretrained
 
     files = {}
     folder = tmp_path_factory.mktemp("bucket")

@@ -6,6 +6,7 @@ import tensorflow as tf
 from PIL import Image
 
 from keras_vit import data
+from keras_vit import images as vit_images
 
 
 def _all(ds):
@@ -216,12 +217,12 @@ def test_augmentation_applies_to_training_batches_only():
 def test_load_images(tmp_path):
     Image.new("L", (20, 10), 100).save(tmp_path / "grey.png")
     Image.new("RGBA", (10, 10), (10, 20, 30, 128)).save(tmp_path / "rgba.png")
-    images = data.load_images([tmp_path / "grey.png", tmp_path / "rgba.png"], 8)
+    images = vit_images.load_images([tmp_path / "grey.png", tmp_path / "rgba.png"], 8)
     assert images.shape == (2, 8, 8, 3)
     np.testing.assert_allclose(images[0], 100.0, atol=0.5)
     np.testing.assert_allclose(images[1].mean(axis=(0, 1)), [10, 20, 30], atol=0.5)
     (tmp_path / "bad.jpg").write_bytes(b"not an image")
-    with pytest.raises(data.DataError, match=r"Cannot read .*bad.jpg as an image: unknown image format"):
-        data.load_images([tmp_path / "bad.jpg"], 8)
-    with pytest.raises(data.DataError, match=r"Image not found: .*missing.png"):
-        data.load_images([tmp_path / "missing.png"], 8)
+    with pytest.raises(vit_images.DataError, match=r"Cannot read .*bad.jpg as an image: unknown image format"):
+        vit_images.load_images([tmp_path / "bad.jpg"], 8)
+    with pytest.raises(vit_images.DataError, match=r"Image not found: .*missing.png"):
+        vit_images.load_images([tmp_path / "missing.png"], 8)

@@ -154,13 +154,14 @@ def test_two_workers_multi_worker_mirrored_strategy(tmp_path):
 _RESUMABLE_SCRIPT = """
 import json, os, sys
 from keras_vit import runs
+from keras_vit.runs import callbacks
 die = int(os.environ.get("DIE_AFTER_EPOCH", "0"))
-save = runs._AtomicBackupAndRestore.on_epoch_end
+save = callbacks.AtomicBackupAndRestore.on_epoch_end
 def on_epoch_end(self, epoch, logs=None):
     save(self, epoch, logs)
     if epoch + 1 == die:
         os._exit(3)
-runs._AtomicBackupAndRestore.on_epoch_end = on_epoch_end
+callbacks.AtomicBackupAndRestore.on_epoch_end = on_epoch_end
 config = runs.TrainConfig(data="digits", epochs=3, output=sys.argv[1], hidden_dim=32, num_heads=2,
                           mlp_dim=64, num_layers=2, batch_size=64, learning_rate=3e-3,
                           warmup_epochs=0.5, strategy="multi_worker", verbose=2)

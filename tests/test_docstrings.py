@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 import keras_vit
-from keras_vit import backend, data, distribute, imagenet, layers, models, pretrained, training, variants, weights
+from keras_vit import backend, data, distribute, imagenet, images, inference, layers, models, training, variants
+from keras_vit.weights import hub, loading, pretrained, resample
 
-MODULES = [backend, data, distribute, imagenet, layers, models, pretrained, training, variants, weights]
+MODULES = [backend, data, distribute, imagenet, images, inference, layers, models, training, variants,
+           hub, loading, pretrained, resample]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)

@@ -46,7 +46,7 @@ def test_readme_python_blocks_run_as_written(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     monkeypatch.setenv("KERAS_VIT_WEIGHTS_BASE_URL", "http://127.0.0.1:9")  # refused, should a file be missing
     import keras_vit
-    from keras_vit import pretrained
+    from keras_vit.weights import pretrained
 
     for variant, alias in (("B/16", "imagenet"), ("S/16", "imagenet21k")):
         entry = pretrained.resolve(variant, alias)
@@ -143,7 +143,7 @@ def test_classify_photos_example(capsys, ti16_mirror):
 
 
 def keras_vit_pretrained():
-    from keras_vit import pretrained
+    from keras_vit.weights import pretrained
 
     return pretrained
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 import keras_vit
 from keras_vit import cli, export
-from keras_vit import data as vit_data
+from keras_vit import images as vit_images
 from tests.conftest import randomize
 
 PYTHON = sys.executable
@@ -56,7 +56,7 @@ def exported(tmp_path_factory):
     base = directory / "vit"
     version_path = export.export_saved_model(model, base, class_names=NAMES)
     paths = photos(directory)
-    expected = model.predict(vit_data.load_images(paths, SIZE), verbose=0)
+    expected = model.predict(vit_images.load_images(paths, SIZE), verbose=0)
     return dict(model=model, base=base, version=version_path, paths=paths, expected=expected)
 
 
@@ -169,7 +169,7 @@ print(json.dumps({
 
 def test_tensorflow_alone_gives_model_predict(exported, tmp_path):
     npy = tmp_path / "images.npy"
-    images = vit_data.load_images(exported["paths"], SIZE)
+    images = vit_images.load_images(exported["paths"], SIZE)
     np.save(npy, images)
     stub = tmp_path / "stub"
     (stub / "keras").mkdir(parents=True)
@@ -200,7 +200,7 @@ def test_tensorflow_alone_gives_model_predict(exported, tmp_path):
 
 
 def test_saved_model_cli_run(exported, tmp_path):
-    images = vit_data.load_images(exported["paths"][:2], SIZE)
+    images = vit_images.load_images(exported["paths"][:2], SIZE)
     np.save(tmp_path / "x.npy", images)
     subprocess.run(
         [SAVED_MODEL_CLI, "run", "--dir", exported["version"], "--tag_set", "serve",

@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import keras_vit
-from keras_vit import data, layers
+from keras_vit import images as vit_images
+from keras_vit import layers
 
 FUZZ = settings(max_examples=20, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -160,9 +161,9 @@ _MAGICS = [b"", b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"BM", b"RIFF\
 @given(magic=st.sampled_from(_MAGICS), body=st.binary(max_size=300))
 def test_random_bytes_as_images_decode_or_are_refused(magic, body):
     try:
-        image = data.decode_image(tf.constant(magic + body), (4, 4)).numpy()
+        image = vit_images.decode_image(tf.constant(magic + body), (4, 4)).numpy()
     except tf.errors.InvalidArgumentError as error:
-        assert data.tf_error_message(error)
+        assert vit_images.tf_error_message(error)
     else:
         assert image.shape == (4, 4, 3) and np.isfinite(image).all()
         assert image.min() >= 0 and image.max() <= 255

@@ -1,4 +1,4 @@
-"""Hugging Face Hub handles (`keras_vit.hub`), with no network.
+"""Hugging Face Hub handles (`keras_vit.weights.hub`), with no network.
 
 A huggingface_hub cache is written here in the layout the library reads
 offline (`models--ORG--NAME/refs/main` holding a commit hash, the files under
@@ -24,7 +24,7 @@ import pytest
 
 import keras_vit
 from tests.conftest import randomize_torch
-from keras_vit import hub
+from keras_vit.weights import hub
 
 torch = pytest.importorskip("torch", reason="hub tests need the [test] extra")
 timm = pytest.importorskip("timm")
@@ -60,7 +60,7 @@ SCRIPT = textwrap.dedent(
     import keras
     import numpy as np
     import keras_vit
-    from keras_vit import hub
+    from keras_vit.weights import hub
     from keras_vit.weights import CheckpointError
 
     out = sys.argv[1]
@@ -142,14 +142,14 @@ SCRIPT = textwrap.dedent(
     # same model's own prediction.
     import contextlib, io
     from PIL import Image
-    from keras_vit import cli, data
+    from keras_vit import cli, images
     photo = f"{out}/photo.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(photo)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         code = cli.main(["predict", "--weights", handles["HF_CLS"], "--top-k", "2", photo])
     model = hub.from_pretrained(handles["HF_CLS"], include_preprocessing=True)
-    expected = model.predict(data.load_images([photo], (32, 32)), verbose=0)[0]
+    expected = model.predict(images.load_images([photo], (32, 32)), verbose=0)[0]
     top = np.argsort(expected)[::-1][:2]
     results["cli_predict"] = {
         "code": code, "printed": printed.getvalue().strip(),

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 import keras_vit
-from keras_vit import cli, download, pretrained
+from keras_vit import cli
+from keras_vit.weights import download, pretrained
 from keras_vit.weights import CheckpointError
 from tests.conftest import randomize_torch
 from tests.weights_mirror import Mirror
@@ -347,7 +348,7 @@ def test_cli_predict_with_named_weights_prints_imagenet_names(mirror, photo, cap
     assert cli.main(["predict", "--variant", "Ti/16", "--weights", "imagenet", "--top-k", "2", str(photo)]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     model = keras_vit.ViTTi16(include_preprocessing=True)
-    probabilities = model.predict(keras_vit.data.load_images([str(photo)], (224, 224)), verbose=0)[0]
+    probabilities = model.predict(keras_vit.images.load_images([str(photo)], (224, 224)), verbose=0)[0]
     top = np.argsort(probabilities)[::-1][:2]
     names = keras_vit.imagenet.class_names()
     assert line == f"{photo}: " + ", ".join(f"{names[i]} {probabilities[i]:.4f}" for i in top)
@@ -385,5 +386,5 @@ def test_cli_export_named_weights_carries_imagenet_labels(mirror, photo, tmp_pat
     indices = outputs["top_k_indices"].numpy()[0]
     assert labels == [keras_vit.imagenet.class_names()[i] for i in indices]
     model = keras_vit.ViTTi16(include_preprocessing=True)
-    expected = model.predict(keras_vit.data.load_images([str(photo)], (224, 224)), verbose=0)[0]
+    expected = model.predict(keras_vit.images.load_images([str(photo)], (224, 224)), verbose=0)[0]
     assert list(indices) == list(np.argsort(expected)[::-1][:3])

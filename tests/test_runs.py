@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_vit import cli, data, models, runs
+from keras_vit import cli, data, inference, runs
+from keras_vit.runs import callbacks as run_callbacks
+from keras_vit import images as vit_images
 
 PYTHON = sys.executable
 # A small, quick configuration of the digits recipe.
@@ -82,7 +84,7 @@ def test_predict_on_image_files(trained_run, tmp_path, capsys, monkeypatch):
     ranked = runs.predict(trained_run, paths, top_k=3)
     # The 8x8 files resized to the run's input size, as predict reads them.
     size = json.loads((trained_run / "config.json").read_text())["image_size"]
-    pixels = data.load_images(paths, size)
+    pixels = vit_images.load_images(paths, size)
     # The run's final model by default.
     expected = keras.saving.load_model(trained_run / "last.keras").predict(pixels, verbose=0)
     for line, path, row, probs in zip(lines, paths, ranked, expected):
@@ -103,7 +105,7 @@ def test_predict_on_image_files(trained_run, tmp_path, capsys, monkeypatch):
         np.testing.assert_allclose(fast_probs, probs, atol=0.03)
     # On a CPU without fast bfloat16 the CLI still does as asked, with a warning.
     for fast_cpu in (False, True):
-        monkeypatch.setattr(models, "bfloat16_cpu", lambda fast_cpu=fast_cpu: fast_cpu)
+        monkeypatch.setattr(inference, "bfloat16_cpu", lambda fast_cpu=fast_cpu: fast_cpu)
         assert cli.main(["predict", str(trained_run)] + paths + ["--mixed-precision"]) == 0
         captured = capsys.readouterr()
         assert len(captured.out.strip().splitlines()) == 3
@@ -157,8 +159,6 @@ def _test_split(image_size):
 
 def test_flip_tta_run_reports_both_accuracies_and_evaluate_predict_export_follow_it(tmp_path, capsys):
     import tensorflow as tf
-
-    from keras_vit import export
 
     run = tmp_path / "tta"
     assert cli.main(["train", "--epochs", "3", "--output", str(run), "--tta", "flip"] + QUICK) == 0
@@ -214,11 +214,11 @@ def test_flip_tta_run_reports_both_accuracies_and_evaluate_predict_export_follow
             assert probability == pytest.approx(expected[i].max(), abs=1e-5)
 
     # The exported model averages the same way (one call on both images).
-    version = export.export_run(run, tmp_path / "export")
+    version = runs.export_run(run, tmp_path / "export")
     exported = tf.saved_model.load(version).signatures["predict_images"]
     np.testing.assert_allclose(exported(images=tf.constant(images[:5]))["probabilities"].numpy(),
                                averaged[:5], atol=1e-5)
-    version = export.export_run(run, tmp_path / "export", tta="none")
+    version = runs.export_run(run, tmp_path / "export", tta="none")
     exported = tf.saved_model.load(version).signatures["predict_images"]
     np.testing.assert_allclose(exported(images=tf.constant(images[:5]))["probabilities"].numpy(),
                                plain[:5], atol=1e-5)
@@ -241,14 +241,12 @@ def test_recipes_choose_their_test_time_augmentation():
 
 def test_cli_offers_exactly_the_librarys_tta_modes():
     # cli.py spells the choices out so that parsing imports no Keras; this
-    # keeps them the same as keras_vit.models.TTA_MODES.
-    from keras_vit import models
-
+    # keeps them the same as keras_vit.inference.TTA_MODES.
     sub = next(a for a in cli._parser()._actions if a.dest == "command")
     found = {name: next(a.choices for a in parser._actions if a.dest == "tta")
              for name, parser in sub.choices.items() if any(a.dest == "tta" for a in parser._actions)}
     assert sorted(found) == ["evaluate", "export", "predict", "train"]
-    assert all(tuple(choices) == models.TTA_MODES for choices in found.values()), found
+    assert all(tuple(choices) == inference.TTA_MODES for choices in found.values()), found
 
 @pytest.mark.parametrize(
     "argv, match",
@@ -309,8 +307,8 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_last_good_checkpoint(tmp_
     model = keras_vit.training.compile(
         keras_vit.ViT("Test/4", input_shape=(16, 16, 3), classes=3), steps=12, warmup_steps=0
     )
-    stop = runs._StopOnNaN()
-    checkpoint = runs._CheckpointIfFinite(str(tmp_path / "last.keras"))
+    stop = run_callbacks.StopOnNaN()
+    checkpoint = run_callbacks.CheckpointIfFinite(str(tmp_path / "last.keras"))
     model.fit(x, y, batch_size=8, epochs=3, callbacks=[stop, checkpoint, PoisonAfterFirstEpoch()],
               verbose=0)
     assert stop.failed_at == (1, 0)
@@ -426,3 +424,41 @@ def test_mixed_precision_run_on_cpu_uses_bfloat16_and_restores_the_policy(tmp_pa
     assert keras.config.dtype_policy().name == "float32"
     assert np.isfinite(run.results["test_loss"])
     assert run.history["loss"][-1] < run.history["loss"][0]
+
+
+def test_config_json_holds_the_image_size_once(trained_run):
+    text = (trained_run / "config.json").read_text()
+    config = json.loads(text)
+    assert text.count('"image_size"') == 1 and config["image_size"] == 32
+    assert text.count('"class_names"') == 1
+    assert sorted(config["dataset"]) == ["name", "num_examples"]
+    assert runs.read_run(trained_run)["image_size"] == 32
+
+
+def test_run_written_in_the_earlier_config_layout_still_reads_and_evaluates(trained_run, tmp_path):
+    from keras_vit.runs import config as run_config
+
+    # Before the image size was stored once, config.json also held it, and
+    # the class names, under "dataset".
+    old = tmp_path / "old"
+    shutil.copytree(trained_run, old, ignore=shutil.ignore_patterns("logs", "evaluation.json", "confusion.png"))
+    config = json.loads((old / "config.json").read_text())
+    config["dataset"].update(image_size=[32, 32], class_names=config["class_names"])
+    (old / "config.json").write_text(json.dumps(config))
+    read = runs.read_run(old)
+    assert read["image_size"] == 32 and sorted(read["dataset"]) == ["name", "num_examples"]
+    assert read == runs.read_run(trained_run)
+    # A resumed run compares its settings with the saved ones: the layouts agree.
+    assert run_config.changed_settings(config, runs.read_run(trained_run)) == []
+    results = json.loads((old / "results.json").read_text())
+    assert runs.evaluate(old)["accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-6)
+    image = [_digit_png(tmp_path)]
+    assert runs.predict(old, image, top_k=3) == runs.predict(trained_run, image, top_k=3)
+
+
+def _digit_png(tmp_path):
+    from sklearn.datasets import load_digits
+
+    path = tmp_path / "digit.png"
+    Image.fromarray(np.round(load_digits().images[0] * 255 / 16).astype("uint8"), "L").save(path)
+    return str(path)

@@ -2,7 +2,7 @@
 process on 127.0.0.1: a burst of 200 concurrent requests, slow clients, and
 a soak of a few thousand mixed good and bad requests with the server's
 memory measured before and after. The figures are printed (`pytest -n 0 -s`)
-and recorded in the README."""
+and recorded in SECURITY.md."""
 
 import base64
 import concurrent.futures
@@ -23,8 +23,8 @@ import skimage.data
 from PIL import Image
 
 import keras_vit
-from keras_vit import data as vit_data
 from keras_vit import export
+from keras_vit import images as vit_images
 from tests.conftest import randomize
 
 NAMES = ["cat", "dog", "bird", "fish", "frog", "horse"]
@@ -70,7 +70,7 @@ def server(tmp_path_factory):
             path = directory / f"image{i}.{fmt.lower()}"
             path.write_bytes(_encode(array[::2, ::2], fmt))
             images.append(path)
-    expected = model.predict(vit_data.load_images(images, SIZE), verbose=0)
+    expected = model.predict(vit_images.load_images(images, SIZE), verbose=0)
     port = _free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "keras_vit.cli", "serve", str(base), "--port", str(port),

@@ -19,8 +19,8 @@ import skimage.data
 from PIL import Image
 
 import keras_vit
-from keras_vit import data as vit_data
 from keras_vit import export, serving
+from keras_vit import images as vit_images
 from tests.conftest import randomize
 
 PYTHON = sys.executable
@@ -60,7 +60,7 @@ def served(tmp_path_factory):
     for name, content in files.items():
         (directory / name).write_bytes(content)
         paths.append(directory / name)
-    expected = model.predict(vit_data.load_images(paths, SIZE), verbose=0)
+    expected = model.predict(vit_images.load_images(paths, SIZE), verbose=0)
     assert expected.std(axis=-1).min() > 1e-3
     server = serving.Server(base, port=0, poll_seconds=0.2, max_body_bytes=2 * 1024 * 1024, max_images=8)
     server.start()
@@ -93,7 +93,7 @@ def test_client_predict_paths_bytes_arrays_and_pil(served):
         array = np.asarray(astronaut)
         gray = skimage.data.camera()
         mixed = client.predict([served["paths"][1].read_bytes(), array, array.astype("float32"), astronaut, gray])
-    inputs = vit_data.load_images([served["paths"][1]], SIZE)
+    inputs = vit_images.load_images([served["paths"][1]], SIZE)
     arrays = np.stack([array, array, array]).astype("float32")
     import tensorflow as tf
 
@@ -111,7 +111,7 @@ def test_client_embeddings(served):
     features = keras.Model(model.inputs, model.get_layer("head").input)
     with serving.Client(served["server"].url, "vit") as client:
         got = client.embeddings([str(p) for p in served["paths"]])
-    np.testing.assert_allclose(got, features.predict(vit_data.load_images(served["paths"], SIZE), verbose=0),
+    np.testing.assert_allclose(got, features.predict(vit_images.load_images(served["paths"], SIZE), verbose=0),
                                atol=1e-5)
 
 
@@ -131,7 +131,7 @@ def test_raw_http_row_and_columnar(served):
     outputs = columnar.json()["outputs"]
     np.testing.assert_allclose(outputs["probabilities"], expected, atol=1e-5)
     assert outputs["top_k_indices"] == [p["top_k_indices"] for p in predictions]
-    pixels = vit_data.load_images(served["paths"][:1], SIZE)
+    pixels = vit_images.load_images(served["paths"][:1], SIZE)
     floats = requests.post(_url(served, ":predict"),
                            json={"signature_name": "predict_images", "instances": pixels.tolist()}, timeout=60)
     np.testing.assert_allclose(floats.json()["predictions"][0]["probabilities"], expected[0], atol=1e-5)

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from keras_vit import cli, data
+from keras_vit import cli, data, images
 
 
 def _encode(image, fmt, **kwargs):
@@ -74,7 +74,7 @@ def _bmp_declaring(rgb, width, height):
 
 def _decode(blob, size=None, **kwargs):
     size = size or (24, 20)
-    return data.decode_image(tf.constant(blob), size, **kwargs).numpy()
+    return images.decode_image(tf.constant(blob), size, **kwargs).numpy()
 
 
 def test_modes_and_formats_are_converted_like_pillow(rgb):
@@ -113,7 +113,7 @@ def test_animated_gif_gives_its_first_frame(rgb):
     buffer = io.BytesIO()
     frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
     np.testing.assert_array_equal(_decode(buffer.getvalue()), np.asarray(frames[0].convert("RGB")))
-    assert int(data.image_pixels(buffer.getvalue())) == 2 * 24 * 20
+    assert int(images.image_pixels(buffer.getvalue())) == 2 * 24 * 20
 
 
 @pytest.mark.parametrize(
@@ -127,7 +127,7 @@ def test_animated_gif_gives_its_first_frame(rgb):
 def test_empty_and_unknown_bytes_are_refused(blob, message):
     with pytest.raises(tf.errors.InvalidArgumentError) as info:
         _decode(blob)
-    assert message in data.tf_error_message(info.value)
+    assert message in images.tf_error_message(info.value)
 
 
 def test_truncated_images_are_refused(rgb):
@@ -149,18 +149,18 @@ BOMBS = {
 @pytest.mark.parametrize("name", list(BOMBS))
 def test_decompression_bombs_are_refused_from_their_header(rgb, name):
     blob = BOMBS[name](rgb)
-    assert int(data.image_pixels(blob)) > data.MAX_IMAGE_PIXELS
+    assert int(images.image_pixels(blob)) > images.MAX_IMAGE_PIXELS
     with pytest.raises(tf.errors.InvalidArgumentError) as info:
         _decode(blob)
-    message = data.tf_error_message(info.value)
-    assert f"more than the limit of {data.MAX_IMAGE_PIXELS} (max_pixels)" in message, message
+    message = images.tf_error_message(info.value)
+    assert f"more than the limit of {images.MAX_IMAGE_PIXELS} (max_pixels)" in message, message
 
 
 def test_gif_frames_are_counted_past_the_logical_screen(rgb):
     blob = _gif_with_frame(rgb, 12000, 12000)
     screen = struct.unpack("<HH", blob[6:10])
     assert screen == (20, 24)  # the header alone would say 480 pixels
-    assert int(data.image_pixels(blob)) == 12000 * 12000
+    assert int(images.image_pixels(blob)) == 12000 * 12000
 
 
 def test_pixel_limit_is_the_argument(rgb):
@@ -173,7 +173,7 @@ def test_pixel_limit_is_the_argument(rgb):
 _MEMORY_PROBE = """
 import sys
 import tensorflow as tf
-from keras_vit import data
+from keras_vit import images
 bomb = open(sys.argv[1], "rb").read()
 def peak_mb():
     # VmHWM, the peak resident size since the last reset below.
@@ -182,16 +182,16 @@ def peak_mb():
 def reset_peak():
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-data.decode_image(tf.constant(open(sys.argv[2], "rb").read()), (8, 8))
+images.decode_image(tf.constant(open(sys.argv[2], "rb").read()), (8, 8))
 reset_peak()
 before = peak_mb()
 try:
-    data.decode_image(tf.constant(bomb), (8, 8), max_pixels=1_000_000)
+    images.decode_image(tf.constant(bomb), (8, 8), max_pixels=1_000_000)
     refused = False
 except tf.errors.InvalidArgumentError:
     refused = True
 after_refusal = peak_mb()
-data.decode_image(tf.constant(bomb), (8, 8))  # 16 megapixels: under the default limit
+images.decode_image(tf.constant(bomb), (8, 8))  # 16 megapixels: under the default limit
 after_decode = peak_mb()
 print(refused, before, after_refusal, after_decode)
 """
@@ -222,12 +222,12 @@ def test_load_images_names_the_file(tmp_path, rgb):
     (tmp_path / "photo.png").write_bytes(_png_bomb(15000, 15000))
     (tmp_path / "empty.jpg").write_bytes(b"")
     (tmp_path / "really-a-png.jpg").write_bytes(_encode(Image.fromarray(rgb), "PNG"))
-    assert data.load_images([tmp_path / "really-a-png.jpg"], (24, 20)).shape == (1, 24, 20, 3)
-    with pytest.raises(data.DataError, match=r"Cannot read .*photo.png as an image: image of "
+    assert images.load_images([tmp_path / "really-a-png.jpg"], (24, 20)).shape == (1, 24, 20, 3)
+    with pytest.raises(images.DataError, match=r"Cannot read .*photo.png as an image: image of "
                                              r"225000000 pixels refused"):
-        data.load_images([tmp_path / "photo.png"], 8)
-    with pytest.raises(data.DataError, match=r"Cannot read .*empty.jpg as an image: empty image"):
-        data.load_images([tmp_path / "empty.jpg"], 8)
+        images.load_images([tmp_path / "photo.png"], 8)
+    with pytest.raises(images.DataError, match=r"Cannot read .*empty.jpg as an image: empty image"):
+        images.load_images([tmp_path / "empty.jpg"], 8)
 
 
 def _folder(tmp_path, rgb, bad):
@@ -301,5 +301,5 @@ def test_exported_signature_refuses_a_bomb(tmp_path, rgb):
     assert serve(image_bytes=tf.constant([good]))["probabilities"].shape == (1, 3)
     with pytest.raises(tf.errors.InvalidArgumentError) as info:
         serve(image_bytes=tf.constant([good, _png_bomb(200, 100)]))
-    assert "image of 20000 pixels refused: more than the limit of 10000" in data.tf_error_message(info.value)
-    assert json.dumps(data.tf_error_message(info.value))  # one plain string for a JSON error body
+    assert "image of 20000 pixels refused: more than the limit of 10000" in images.tf_error_message(info.value)
+    assert json.dumps(images.tf_error_message(info.value))  # one plain string for a JSON error body

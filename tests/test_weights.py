@@ -319,7 +319,7 @@ def test_save_npz_is_atomic(source, tmp_path, monkeypatch):
     def failing_savez(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(weights.np, "savez", failing_savez)
+    monkeypatch.setattr(weights.layout.np, "savez", failing_savez)
     with pytest.raises(OSError, match="disk full"):
         keras_vit.save_npz(randomize(_tiny(), seed=9), path)
     assert path.read_bytes() == before
@@ -333,3 +333,72 @@ def test_h5_groups_are_keras_own(source, tmp_path):
     source.save_weights(path)
     with h5py.File(path) as f:
         assert "layers" in f
+
+
+# --- one reconciliation policy for every format ----------------------------
+
+
+def _load_with_warnings(path, **kwargs):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        model = _tiny(**kwargs, weights=path)
+    return model, [str(w.message).replace(str(path), "CHECKPOINT") for w in record]
+
+
+def test_npz_and_weights_h5_go_through_the_same_policy(tmp_path):
+    # The same weights as .npz and as .weights.h5, into a model at another
+    # resolution (6x8 grid, not 8x8), with another head (10 classes, not 5)
+    # and without the source's pre-logits layer.
+    source = randomize(_tiny(representation_size=24), seed=4)
+    npz = keras_vit.save_npz(source, tmp_path / "source.npz")
+    h5 = tmp_path / "source.weights.h5"
+    source.save_weights(h5)
+    kwargs = {"input_shape": (24, 32, 3), "classes": 10}
+    from_npz, npz_warnings = _load_with_warnings(npz, **kwargs)
+    from_h5, h5_warnings = _load_with_warnings(h5, **kwargs)
+    assert_weights_equal(from_npz, from_h5)
+    assert npz_warnings == h5_warnings
+    assert len(npz_warnings) == 2
+    assert "pre-logits layer of width 24" in npz_warnings[0]
+    assert "has 5 classes but the model has classes=10" in npz_warnings[1]
+    old = _as_numpy(source.get_layer("patch_encoder").position_embedding)
+    np.testing.assert_allclose(
+        _as_numpy(from_h5.get_layer("patch_encoder").position_embedding),
+        keras_vit.resample_position_embedding(old, (6, 8)), atol=1e-6,
+    )
+    # A headless model ignores the head of either file alike.
+    headless_npz, npz_warnings = _load_with_warnings(npz, include_top=False)
+    headless_h5, h5_warnings = _load_with_warnings(h5, include_top=False)
+    assert_weights_equal(headless_npz, headless_h5)
+    assert npz_warnings == h5_warnings and len(npz_warnings) == 1
+
+
+def test_weights_h5_errors_name_the_variable_as_npz_errors_do(source, tmp_path):
+    h5 = tmp_path / "tiny.weights.h5"
+    source.save_weights(h5)
+    with h5py.File(h5, "r+") as f:
+        del f["layers/transformer_block_1/mlp_fc1/vars/1"]
+    model = _tiny()
+    before = [_as_numpy(v) for v in model.weights]
+    with pytest.raises(keras_vit.CheckpointError,
+                       match=r"lacks 'Transformer/encoderblock_1/MlpBlock_3/Dense_0/bias', needed for "
+                             r"variable 'block_1/mlp_fc1/bias' of shape \(32,\)"):
+        keras_vit.load_weights(model, h5)
+    _assert_unchanged(model, before)
+
+
+def test_weights_h5_without_layer_names_is_read_by_the_model_layout(source, tmp_path, images):
+    # Keras versions that record no layer names in the file: the keys of the
+    # model's own weights tell which array is which.
+    h5 = tmp_path / "tiny.weights.h5"
+    source.save_weights(h5)
+    with h5py.File(h5, "r+") as f:
+        groups = []
+        f.visititems(lambda key, obj: groups.append(obj) if isinstance(obj, h5py.Group) else None)
+        for group in groups + [f]:
+            group.attrs.pop("name", None)
+    loaded = _tiny(weights=h5)
+    assert_weights_equal(source, loaded)
+    np.testing.assert_array_equal(loaded(images), source(images))

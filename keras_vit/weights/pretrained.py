@@ -18,15 +18,16 @@ vit_jax README (google-research/vision_transformer, "Available ViT models"
 and the AugReg section, whose `index.csv` lists `filename` and
 `adapt_ds`/`adapt_resolution`); the top-1 figures are timm's
 `results/results-imagenet.csv` for the same model and tag. The checkpoints
-are Apache-2.0, as the vit_jax repository.
+are Apache-2.0, as the vit_jax repository. (About 400 lines, a third of
+them the table.)
 """
 
 import dataclasses
 import os
 import re
 
-from keras_vit import download as vit_download
 from keras_vit import imagenet, variants
+from keras_vit.weights import download as vit_download
 
 BASE_URL = "https://storage.googleapis.com"
 BASE_URL_ENV = "KERAS_VIT_WEIGHTS_BASE_URL"
@@ -285,13 +286,13 @@ def fetch(entry, progress=True):
         The path of the cached checkpoint.
 
     Raises:
-        keras_vit.download.DownloadError: naming the URL and the cache path;
+        keras_vit.weights.download.DownloadError: naming the URL and the cache path;
             nothing is left in the cache.
     """
-    from keras_vit import weights as vit_weights
+    from keras_vit.weights import loading
 
     def verify(path):
-        vit_weights.check_checkpoint(path, entry.variant, entry.classes, entry.image_size)
+        loading.check_checkpoint(path, entry.variant, entry.classes, entry.image_size)
 
     hint = (
         f"To use these weights without network, download {entry.file.rsplit('/', 1)[-1]} on a machine "
@@ -323,7 +324,7 @@ def classifier(weights, variant=None, image_size=None):
     if image_size is not None:
         kwargs["input_shape"] = (image_size, image_size, 3)
     if variant is None:
-        from keras_vit import hub
+        from keras_vit.weights import hub
 
         if hub.is_handle(weights):
             return hub.from_pretrained(weights, **kwargs)
@@ -338,11 +339,11 @@ def classifier(weights, variant=None, image_size=None):
 
 def intact(entry):
     """Whether `entry`'s cached file reads as the checkpoint the table promises."""
-    from keras_vit import weights as vit_weights
+    from keras_vit.weights import loading
 
     try:
-        vit_weights.check_checkpoint(entry.cache_path, entry.variant, entry.classes, entry.image_size)
-    except vit_weights.CheckpointError:
+        loading.check_checkpoint(entry.cache_path, entry.variant, entry.classes, entry.image_size)
+    except loading.CheckpointError:
         return False
     return True
 

@@ -1,0 +1,175 @@
+"""Model copies for inference: test-time augmentation, dtype policies, and
+the CPU feature test that decides whether bfloat16 is worth using.
+
+Each function takes any `keras.Model` and returns a model (or the model
+itself), so `evaluate`, `predict`, exports and the CLI apply them in the
+same way.
+"""
+
+import keras
+
+from keras_vit import layers as vit_layers
+from keras_vit import models
+from keras_vit._validation import check_choice
+
+
+def bfloat16_cpu():
+    """Whether `mixed_bfloat16` should run faster than float32 on this CPU.
+
+    True when `/proc/cpuinfo` lists `amx_bf16` (Intel Sapphire Rapids and
+    later with AMX enabled), or `avx512_bf16` on an AMD CPU (Zen 4 and
+    later, whose bfloat16 dot products run at twice the float32 rate).
+    False elsewhere, including Intel CPUs whose only bfloat16 instructions
+    are AVX-512-BF16: their bfloat16 dot product runs at the float32 rate,
+    so the conversions make the model slower (BENCHMARKS.md has the
+    measurements). False where the file does not exist (macOS, Windows).
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as file:
+            vendor = ""
+            for line in file:
+                if line.startswith("vendor_id"):
+                    vendor = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return "amx_bf16" in flags or (
+                        "avx512_bf16" in flags and vendor == "AuthenticAMD"
+                    )
+    except OSError:
+        pass
+    return False
+
+
+def with_dtype_policy(model, policy):
+    """A copy of `model` that computes under another dtype policy.
+
+    The way to run a float32-trained model fast on a CPU whose bfloat16
+    arithmetic is fast (see `bfloat16_cpu`): `with_dtype_policy(model,
+    "mixed_bfloat16")`. Variables stay float32 (same values, copied), each
+    layer computes in the policy's compute dtype, and the model's output
+    layers keep their own policy, so probabilities stay float32 (BENCHMARKS.md
+    measures the agreement with float32). Keras has a global policy
+    (`keras.config.set_dtype_policy`), which applies only to models built
+    after it is set; a `.keras` file records each layer's policy, so a
+    loaded model needs this.
+
+    Args:
+        model: a `keras.Model` (a keras_vit model or any functional model).
+        policy: a Keras dtype policy or its name: `"mixed_bfloat16"`,
+            `"mixed_float16"` (GPUs), `"float32"`, ...
+
+    Returns:
+        A new `keras.Model` with the same weights; `model` is unchanged.
+
+    Example:
+
+    >>> model = keras_vit.ViT("Test/4", input_shape=(16, 16, 3), classes=3)
+    >>> fast = keras_vit.with_dtype_policy(model, "mixed_bfloat16")
+    >>> block = fast.get_layer("block_0")
+    >>> block.compute_dtype, block.variable_dtype
+    ('bfloat16', 'float32')
+    >>> fast(np.zeros((1, 16, 16, 3), "float32")).dtype.name
+    'float32'
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"model must be a keras.Model, received {type(model).__name__}.")
+    try:
+        policy = keras.dtype_policies.get(policy)
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            f"Unknown dtype policy {policy!r}: expected a keras.DTypePolicy or one of "
+            "'float32', 'mixed_bfloat16', 'mixed_float16', 'bfloat16', 'float16'."
+        ) from error
+    if policy.quantization_mode is not None:
+        raise ValueError(
+            f"policy {policy.name!r} is a quantization policy; use model.quantize() for that."
+        )
+    copy = keras.models.clone_model(model)
+    outputs = {id(tensor._keras_history.operation) for tensor in copy.outputs}
+    # Setting each layer's policy (a Keras 3 property) instead of editing the
+    # nested configs: it reaches the sub-layers that blocks create themselves.
+    for layer in copy._flatten_layers(include_self=False, recursive=True):
+        if id(layer) not in outputs:
+            layer.dtype_policy = policy
+    copy.set_weights(model.get_weights())
+    if isinstance(copy, models.VisionTransformer):
+        copy.class_names = getattr(model, "class_names", None)
+    return copy
+
+
+TTA_MODES = ("none", "flip")
+
+
+def check_tta(tta):
+    """Returns `tta` if it names a test-time augmentation (`TTA_MODES`)."""
+    return check_choice("tta", tta, TTA_MODES)
+
+
+def with_tta(model, tta):
+    """`model` itself for `tta="none"`, `with_flip_tta(model)` for `"flip"`."""
+    return with_flip_tta(model) if check_tta(tta) == "flip" else model
+
+
+def with_probabilities(model):
+    """`model` if it outputs probabilities, else `model` followed by a softmax.
+
+    A keras_vit classifier built with `classifier_activation=None` outputs
+    logits; exports and TTA average probabilities, so they use this first.
+    """
+    last = models.get_part(model, "predictions")
+    activation = getattr(last, "activation", None)
+    if activation is not None and getattr(activation, "__name__", "") != "linear":
+        return model
+    probabilities = keras.layers.Softmax(dtype="float32", name="probabilities")(model.outputs[0])
+    return keras.Model(model.inputs, probabilities, name=f"{model.name}_probabilities")
+
+
+def with_flip_tta(model):
+    """A model that averages `model`'s predictions over each image and its
+    mirror image (test-time augmentation with horizontal flips).
+
+    For models trained with random flips, whose classes look the same
+    mirrored (photos, clothes; not digits or text); it costs twice the
+    inference time. The same as ttach's `ClassificationTTAWrapper` with
+    `flip_transform()` and `merge_mode="mean"`.
+
+    Args:
+        model: a `keras.Model` with one image input `(batch, height, width,
+            channels)` and one output, e.g. the class probabilities of a
+            keras_vit classifier.
+
+    Returns:
+        A functional `keras.Model` sharing `model`'s weights (training one
+        trains the other); it saves, loads, predicts and evaluates like any
+        Keras model.
+
+    Example:
+
+    >>> model = keras_vit.ViT("Test/4", input_shape=(16, 16, 3), classes=3)
+    >>> tta = keras_vit.with_flip_tta(model)
+    >>> images = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3))
+    >>> mirrored = images[:, :, ::-1]
+    >>> expected = (model.predict(images, verbose=0) + model.predict(mirrored, verbose=0)) / 2
+    >>> np.allclose(tta.predict(images, verbose=0), expected, atol=1e-6)
+    True
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"model must be a keras.Model, received {type(model).__name__}.")
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ValueError(
+            f"with_flip_tta needs a model with one input and one output; {model.name!r} has "
+            f"{len(model.inputs)} inputs and {len(model.outputs)} outputs."
+        )
+    spec = model.inputs[0]
+    if len(spec.shape) != 4:
+        raise ValueError(
+            f"with_flip_tta needs an image input (batch, height, width, channels); "
+            f"{model.name!r} takes input shape {tuple(spec.shape)}."
+        )
+    images = keras.Input(shape=tuple(spec.shape[1:]), dtype=spec.dtype, name=spec.name)
+    mirrored = vit_layers.HorizontalFlip(name="mirror", dtype=spec.dtype)(images)
+    output_dtype = model.outputs[0].dtype
+    average = keras.layers.Average(name="flip_average", dtype=output_dtype)(
+        [model(images), model(mirrored)]
+    )
+    return keras.Model(images, average, name=f"{model.name}_flip_tta")

@@ -1,0 +1,117 @@
+"""The callbacks of a training run. Each one survives a kill, a full disk
+or a NaN loss without leaving a half-written or wrong file behind."""
+
+import math
+import pathlib
+
+import keras
+
+from keras_vit.runs import files, plots
+
+
+def _finite(logs):
+    return not logs or math.isfinite(float(logs.get("loss", 0.0)))
+
+
+class CheckpointIfFinite(keras.callbacks.ModelCheckpoint):
+    """ModelCheckpoint that writes atomically and never writes weights from
+    an epoch whose loss went NaN or infinite, so the last good checkpoint
+    survives a NaN, a kill and a full disk."""
+
+    def _save_model(self, epoch, batch, logs):
+        if not _finite(logs):
+            return
+        filepath = self._get_file_path(epoch, batch, logs)
+        if self._should_save_model(epoch, batch, logs, filepath):
+            files.save_atomic(self.model.save, filepath)
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """`BackupAndRestore` whose backup is never half-written.
+
+    Keras writes `latest.weights.h5` and then `training_metadata.json` in
+    place: a kill during either leaves a corrupted backup, or weights of one
+    epoch with the epoch number of another. Here the weights go to a new
+    file named after its epoch, and the metadata, written atomically after
+    it, names that file: whatever moment a kill comes, the metadata points at
+    a complete file of the epoch it states. The backup is kept at the end of
+    training (the run removes it once its results are written), so a kill
+    during the final evaluation does not restart the run.
+
+    `restore_dir` (default: `backup_dir`) is where a resumed run reads its
+    backup: under MultiWorkerMirroredStrategy every worker restores the
+    chief's, as Keras 2's `BackupAndRestore` did, while the other workers
+    write theirs to a scratch folder.
+    """
+
+    def __init__(self, backup_dir, restore_dir=None):
+        super().__init__(backup_dir, delete_checkpoint=False)
+        self.restore_dir = restore_dir or backup_dir
+
+    def on_epoch_end(self, epoch, logs=None):
+        if _finite(logs):
+            super().on_epoch_end(epoch, logs)
+
+    def _save_model(self):
+        directory = pathlib.Path(self.backup_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        name = f"epoch-{self._current_epoch}.weights.h5"
+        files.save_atomic(self.model.save_weights, directory / name)
+        metadata = {"epoch": self._current_epoch, "batch": self._last_batch_seen, "weights": name}
+        files.write_json_atomic(self._training_metadata_path, metadata)
+        for old in directory.glob("epoch-*.weights.h5"):
+            if old.name != name:
+                old.unlink()
+
+    def _load_model(self):
+        metadata = files.read_backup(self.restore_dir)
+        if metadata is None:
+            return
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(str(pathlib.Path(self.restore_dir) / metadata["weights"]))
+        self.model._initial_epoch = metadata["epoch"]
+
+
+class CSVLogger(keras.callbacks.CSVLogger):
+    """`keras.callbacks.CSVLogger` whose failed write (a full disk) raises
+    `RunError` naming the file."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        try:
+            super().on_epoch_end(epoch, logs)
+        except OSError as error:
+            raise files.RunError(f"could not write {self.filename}: {error.strerror or error}; "
+                                 "the rows of earlier epochs are kept.") from error
+
+
+class StopOnNaN(keras.callbacks.Callback):
+    """Stops training at the first non-finite loss and remembers where
+    (`failed_at`: `(epoch, batch)`, else `None`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.failed_at = None
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.failed_at = (self._epoch, batch)
+            self.model.stop_training = True
+
+
+class LearningCurves(keras.callbacks.Callback):
+    """Redraws the run's learning curves (`curves.png`) from `log.csv` after
+    every epoch, so a resumed run's plot covers all its epochs."""
+
+    def __init__(self, log_path, png_path):
+        super().__init__()
+        self.log_path = pathlib.Path(log_path)
+        self.png_path = pathlib.Path(png_path)
+
+    def on_epoch_end(self, epoch, logs=None):
+        plots.plot_learning_curves(self.log_path, self.png_path)

@@ -1,0 +1,352 @@
+"""The local TF-Serving-compatible server (`keras-vit serve`, `[serve]` extra).
+
+It runs on aiohttp, imported only when a server starts, so that importing
+`keras_vit.serving` (and the client) works without the extra. The model runs
+in a worker thread so that slow clients never block others.
+"""
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import pathlib
+import threading
+
+from keras_vit.serving import protocol
+
+logger = logging.getLogger("keras_vit.serving")
+
+DEFAULT_PORT = 8501
+DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+DEFAULT_MAX_IMAGES = 64
+
+
+class _Servable:
+    """One loaded version: its signatures and their TF Serving metadata."""
+
+    def __init__(self, version, path):
+        import tensorflow as tf
+        from google.protobuf import json_format
+        from tensorflow.core.protobuf import saved_model_pb2
+
+        self.version = version
+        self.path = path
+        self.loaded = tf.saved_model.load(str(path))
+        proto = saved_model_pb2.SavedModel()
+        proto.ParseFromString((path / "saved_model.pb").read_bytes())
+        defs = proto.meta_graphs[0].signature_def
+        self.signature_defs = {
+            name: json_format.MessageToDict(d, preserving_proto_field_name=True)
+            for name, d in defs.items() if not name.startswith("__")
+        }
+        self.inputs = {
+            name: {k: (v.dtype, [dim.size for dim in v.tensor_shape.dim]) for k, v in d.inputs.items()}
+            for name, d in defs.items() if not name.startswith("__")
+        }
+
+    def run(self, signature_name, tensors):
+        import tensorflow as tf
+
+        function = self.loaded.signatures[signature_name]
+        try:
+            outputs = function(**{k: tf.constant(v) for k, v in tensors.items()})
+        except tf.errors.InvalidArgumentError as error:
+            raise ValueError(self._explain(tensors, error)) from error
+        return {k: v.numpy() for k, v in outputs.items()}
+
+    @staticmethod
+    def _explain(tensors, error):
+        """The error of the first image that cannot be decoded, by position,
+        else TensorFlow's message without its graph trace."""
+        import tensorflow as tf
+
+        from keras_vit import images as vit_images
+
+        for name, values in tensors.items():
+            if values.dtype != object:
+                continue
+            for i, value in enumerate(values):
+                try:
+                    # The export's own checks (size limit, formats) first:
+                    # a bomb is never decoded here either.
+                    vit_images.decode_image(value, (1, 1))
+                except tf.errors.InvalidArgumentError as decode_error:
+                    return f"Input '{name}'[{i}] is not a decodable image: {vit_images.tf_error_message(decode_error)}"
+        return vit_images.tf_error_message(error)
+
+
+def _aiohttp_web():
+    """aiohttp's `web`, or an ImportError naming the extra that installs it."""
+    try:
+        from aiohttp import web
+    except ImportError as error:
+        raise ImportError(
+            "keras-vit serve needs aiohttp: pip install 'keras-vision-transformer[serve]'."
+        ) from error
+    return web
+
+
+class Server:
+    """Serves the newest SavedModel version under `base_dir` over TF
+    Serving's REST API (a development stand-in for TF Serving).
+
+    Args:
+        base_dir: TF Serving's model base path (integer version folders).
+        model_name: the name in the URLs (default: the folder's name).
+        host: interface to bind; 127.0.0.1 (this machine only) by default.
+        port: TCP port (0: any free port; see `port` after `start()`).
+        poll_seconds: how often to look for a new version.
+        max_body_bytes: larger request bodies get HTTP 413.
+        max_images: more images in one request get HTTP 413.
+        max_pending: requests waiting for or in the model beyond this get
+            HTTP 503 (busy, retry later).
+        read_timeout: seconds a client has to send its request body (408).
+    """
+
+    def __init__(self, base_dir, model_name=None, host="127.0.0.1", port=DEFAULT_PORT,
+                 poll_seconds=1.0, max_body_bytes=DEFAULT_MAX_BODY_BYTES,
+                 max_images=DEFAULT_MAX_IMAGES, max_pending=32, read_timeout=30.0):
+        self.base_dir = pathlib.Path(base_dir)
+        if not self.base_dir.is_dir():
+            raise FileNotFoundError(f"Model base directory not found: {self.base_dir}")
+        self.model_name = model_name or self.base_dir.resolve().name
+        for name, value, low in (("port", port, 0), ("max_body_bytes", max_body_bytes, 1),
+                                 ("max_images", max_images, 1), ("max_pending", max_pending, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, received {name}={value!r}.")
+        if port > 65535:
+            raise ValueError(f"port must be in [0, 65535], received port={port}.")
+        for name, value in (("poll_seconds", poll_seconds), ("read_timeout", read_timeout)):
+            if not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"{name} must be a positive number, received {name}={value!r}.")
+        self.host, self.port = host, port
+        self.poll_seconds = float(poll_seconds)
+        self.max_body_bytes, self.max_images = max_body_bytes, max_images
+        self.max_pending, self.read_timeout = max_pending, float(read_timeout)
+        self._servable = None
+        self._failed = {}  # version -> load error, not retried
+        self._load_lock = threading.Lock()
+        self._pending = 0
+        # One model call at a time: TensorFlow already uses every core for
+        # one call, and a queue keeps memory bounded.
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="keras-vit-model")
+        self._loop = None
+        self._thread = None
+        self._runner = None
+        self._started = threading.Event()
+        self._start_error = None
+
+    # -- versions ---------------------------------------------------------
+
+    def refresh(self):
+        """Loads the newest version if it is not the one served; returns the
+        served version (None while there is none)."""
+        from keras_vit.export import list_versions
+
+        with self._load_lock:
+            current = self._servable.version if self._servable else 0
+            # The newest version that loads; a broken one is remembered (not
+            # retried) and the one served so far stays.
+            for version in reversed(list_versions(self.base_dir)):
+                if version <= current:
+                    break
+                if version in self._failed:
+                    continue
+                try:
+                    servable = _Servable(version, self.base_dir / str(version))
+                except Exception as error:  # a broken version must not take the server down
+                    self._failed[version] = f"{type(error).__name__}: {error}"
+                    logger.error("keras-vit serve: cannot load version %s: %s", version, error)
+                    continue
+                self._servable = servable
+                logger.warning("keras-vit serve: serving %s version %s from %s",
+                               self.model_name, version, servable.path)
+                break
+            return self.version
+
+    def _get(self, name, version):
+        if name != self.model_name:
+            raise protocol.RequestError(404, f"Servable not found for request: Latest({name})")
+        servable = self._servable
+        if servable is None:
+            raise protocol.RequestError(404, f"Could not find any versions of model {name}")
+        if version is not None and int(version) != servable.version:
+            raise protocol.RequestError(
+                404, f"Servable not found for request: Specific({name}, {version}); "
+                     f"this server serves version {servable.version} only"
+            )
+        return servable
+
+    # -- handlers ---------------------------------------------------------
+
+    async def _status(self, request):
+        servable = self._get(request.match_info["name"], request.match_info.get("version"))
+        return self._json({"model_version_status": [{
+            "version": str(servable.version), "state": "AVAILABLE",
+            "status": {"error_code": "OK", "error_message": ""},
+        }]})
+
+    async def _metadata(self, request):
+        servable = self._get(request.match_info["name"], request.match_info.get("version"))
+        return self._json({
+            "model_spec": {"name": self.model_name, "signature_name": "", "version": str(servable.version)},
+            "metadata": {"signature_def": {"signature_def": servable.signature_defs}},
+        })
+
+    async def _predict(self, request):
+        servable = self._get(request.match_info["name"], request.match_info.get("version"))
+        if self._pending >= self.max_pending:
+            raise protocol.RequestError(503, f"Server busy: {self._pending} requests pending; retry later")
+        self._pending += 1
+        try:
+            try:
+                body = await asyncio.wait_for(request.read(), self.read_timeout)
+            except asyncio.TimeoutError:
+                raise protocol.RequestError(408, f"Request body not received within {self.read_timeout:g} s")
+            signature_name, tensors, columnar = protocol.parse_request(servable, body, self.max_images)
+            loop = asyncio.get_running_loop()
+            try:
+                outputs = await loop.run_in_executor(self._executor, servable.run, signature_name, tensors)
+            except Exception as error:
+                import tensorflow as tf
+
+                if isinstance(error, (tf.errors.InvalidArgumentError, ValueError, TypeError)):
+                    message = getattr(error, "message", None) or str(error)
+                    raise protocol.RequestError(400, " ".join(message.split())[:2000])
+                raise
+        finally:
+            self._pending -= 1
+        if columnar:
+            result = {k: protocol.to_json(v) for k, v in outputs.items()}
+            return self._json({"outputs": next(iter(result.values())) if len(result) == 1 else result})
+        batch = len(next(iter(outputs.values())))
+        names = sorted(outputs)
+        if len(names) == 1:
+            predictions = protocol.to_json(outputs[names[0]])
+        else:
+            columns = {k: protocol.to_json(outputs[k]) for k in names}
+            predictions = [{k: columns[k][i] for k in names} for i in range(batch)]
+        return self._json({"predictions": predictions})
+
+    @staticmethod
+    def _json(payload, status=200):
+        web = _aiohttp_web()
+
+        return web.json_response(payload, status=status, dumps=lambda o: json.dumps(o, allow_nan=True))
+
+    def _app(self):
+        web = _aiohttp_web()
+
+        @web.middleware
+        async def errors(request, handler):
+            try:
+                return await handler(request)
+            except protocol.RequestError as error:
+                headers = {"Retry-After": "1"} if error.status == 503 else None
+                response = self._json({"error": error.message}, status=error.status)
+                if headers:
+                    response.headers.update(headers)
+                return response
+            except web.HTTPException as error:
+                if error.status == 413:
+                    message = f"Request body larger than the limit of {self.max_body_bytes} bytes"
+                else:
+                    message = error.reason
+                return self._json({"error": message}, status=error.status)
+            except Exception as error:  # never take the server down
+                logger.exception("keras-vit serve: error in %s", request.path)
+                return self._json({"error": f"Internal error: {type(error).__name__}: {error}"}, status=500)
+
+        app = web.Application(middlewares=[errors], client_max_size=self.max_body_bytes)
+        name = r"{name:[^/:]+}"
+        version = r"/versions/{version:\d+}"
+        for prefix in (f"/v1/models/{name}", f"/v1/models/{name}{version}"):
+            app.router.add_get(prefix, self._status)
+            app.router.add_get(prefix + "/metadata", self._metadata)
+            app.router.add_post(prefix + ":predict", self._predict)
+        return app
+
+    async def _poll(self):
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.poll_seconds)
+            try:
+                await loop.run_in_executor(None, self.refresh)
+            except Exception:  # keep polling
+                logger.exception("keras-vit serve: polling %s failed", self.base_dir)
+
+    async def _start_async(self):
+        web = _aiohttp_web()
+
+        self._runner = web.AppRunner(self._app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+        self._poller = asyncio.get_running_loop().create_task(self._poll())
+
+    @property
+    def url(self):
+        return f"http://{self.host}:{self.port}"
+
+    def start(self):
+        """Loads the newest version and serves in a background thread;
+        returns once the port is open."""
+        self.refresh()
+
+        def run():
+            self._loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self._loop)
+            try:
+                self._loop.run_until_complete(self._start_async())
+            except Exception as error:
+                self._start_error = error
+                self._started.set()
+                return
+            self._started.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="keras-vit-serve", daemon=True)
+        self._thread.start()
+        self._started.wait()
+        if self._start_error is not None:
+            raise OSError(f"Cannot serve on {self.host}:{self.port}: {self._start_error}")
+        return self
+
+    def stop(self):
+        """Stops serving and waits for the background thread."""
+        if self._loop is None:
+            return
+
+        async def shutdown():
+            self._poller.cancel()
+            await self._runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=30)
+        self._executor.shutdown(wait=False)
+        self._loop = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    @property
+    def version(self):
+        """The version being served (None while there is none)."""
+        return self._servable.version if self._servable else None
+
+    def serve_forever(self):
+        """Serves until interrupted (Ctrl-C), starting first if `start()` was
+        not called."""
+        if self._loop is None:
+            self.start()
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()

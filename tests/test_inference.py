@@ -1,0 +1,123 @@
+"""Tests of keras_vit.inference: dtype-policy copies, flip TTA, the CPU test."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_vit
+from keras_vit import inference
+from tests.conftest import TINY_SHAPE, TINY_VARIANT, randomize
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+@pytest.mark.parametrize("kwargs", [dict(classes=5), dict(include_top=False, pooling="avg")])
+def test_with_dtype_policy_copies_a_float32_model(policy, kwargs, rng, tmp_path):
+    images = rng.uniform(-1, 1, (3,) + TINY_SHAPE).astype("float32")
+    model = randomize(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, drop_path_rate=0.1, **kwargs))
+    # A loaded .keras file records float32 on every layer: the case this is for.
+    model.save(tmp_path / "model.keras")
+    model = keras_vit.load_model(tmp_path / "model.keras")
+    expected = model.predict(images, verbose=0)
+    fast = inference.with_dtype_policy(model, policy)
+    compute = policy.split("_")[1]
+    assert fast.get_layer("block_0").compute_dtype == compute
+    assert fast.get_layer("block_0").attn.compute_dtype == compute
+    assert fast.get_layer("encoder_norm").compute_dtype == compute
+    assert fast.layers[-1].compute_dtype == "float32"  # the output layer keeps its policy
+    assert all(keras.backend.standardize_dtype(w.dtype) == "float32" for w in fast.weights)
+    for original, copied in zip(model.weights, fast.weights):
+        np.testing.assert_array_equal(original.numpy(), copied.numpy())
+    out = fast.predict(images, verbose=0)
+    assert out.dtype == np.float32
+    assert not np.array_equal(out, expected)  # computed in 16 bits, so not bit-equal
+    np.testing.assert_allclose(out, expected, atol=0.05, rtol=0.05)
+    # The original is untouched.
+    assert model.get_layer("block_0").compute_dtype == "float32"
+    np.testing.assert_array_equal(model.predict(images, verbose=0), expected)
+
+
+@pytest.mark.parametrize("policy", ["int8", "float128", "mixed_nothing", 3])
+def test_with_dtype_policy_rejects_bad_policies(policy):
+    model = keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5)
+    with pytest.raises(ValueError, match=str(policy)):
+        inference.with_dtype_policy(model, policy)
+    with pytest.raises(TypeError, match="keras.Model"):
+        inference.with_dtype_policy("model.keras", "mixed_bfloat16")
+
+
+def test_with_flip_tta_averages_each_image_and_its_mirror_image(rng, tmp_path):
+    model = randomize(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5))
+    images = rng.uniform(0, 255, (4,) + TINY_SHAPE).astype("float32")
+    mirrored = images[:, :, ::-1]  # left-right: the width axis
+    plain = model.predict(images, verbose=0)
+    expected = (plain + model.predict(mirrored, verbose=0)) / 2
+    tta = keras_vit.with_flip_tta(model)
+    assert tta.name == f"{model.name}_flip_tta"
+    out = tta.predict(images, verbose=0)
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    assert np.abs(out - plain).max() > 1e-3  # the random model is not flip-invariant
+    # The average is the same for an image and its mirror image.
+    np.testing.assert_allclose(tta.predict(mirrored, verbose=0), out, atol=1e-6)
+    np.testing.assert_allclose(tta(images), out, atol=1e-6)
+    # Shared weights: changing the model changes the wrapper.
+    assert len(tta.weights) == len(model.weights)
+    model.get_layer("head").kernel.assign(np.zeros(model.get_layer("head").kernel.shape))
+    new = tta.predict(images, verbose=0)
+    np.testing.assert_allclose(new, (model.predict(images, verbose=0) + model.predict(mirrored, verbose=0)) / 2,
+                               atol=1e-6)
+    # A .keras file holds the wrapper, loaded in safe mode without custom objects.
+    tta.save(tmp_path / "tta.keras")
+    loaded = keras.saving.load_model(tmp_path / "tta.keras")
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), new, atol=1e-6)
+
+
+def test_with_flip_tta_evaluates_and_keeps_float32_outputs_under_mixed_precision(rng):
+    model = randomize(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5))
+    fast = keras_vit.with_flip_tta(inference.with_dtype_policy(model, "mixed_bfloat16"))
+    images = rng.uniform(0, 255, (6,) + TINY_SHAPE).astype("float32")
+    assert fast(images).dtype == "float32"
+    assert fast.get_layer("mirror").compute_dtype == "float32"
+    tta = keras_vit.with_flip_tta(model)
+    tta.compile(loss="categorical_crossentropy", metrics=["accuracy"])
+    labels = np.eye(5, dtype="float32")[[0, 1, 2, 3, 4, 0]]
+    probabilities = tta.predict(images, verbose=0)
+    accuracy = tta.evaluate(images, labels, verbose=0, return_dict=True)["accuracy"]
+    assert accuracy == pytest.approx(np.mean(probabilities.argmax(-1) == labels.argmax(-1)))
+
+
+def test_with_flip_tta_rejects_what_it_cannot_wrap():
+    with pytest.raises(TypeError, match="keras.Model, received str"):
+        keras_vit.with_flip_tta("model.keras")
+    tokens = keras.Input((5, 8))
+    with pytest.raises(ValueError, match=r"image input .* input shape \(None, 5, 8\)"):
+        keras_vit.with_flip_tta(keras.Model(tokens, keras.layers.Dense(2)(tokens)))
+    images = keras.Input(TINY_SHAPE)
+    two = keras.Model(images, [keras.layers.Flatten()(images)] * 2)
+    with pytest.raises(ValueError, match="1 inputs and 2 outputs"):
+        keras_vit.with_flip_tta(two)
+    with pytest.raises(ValueError, match="tta must be one of 'none', 'flip'; received tta='hflip'"):
+        inference.with_tta(two, "hflip")
+
+
+def test_bfloat16_cpu_reads_cpu_flags(monkeypatch, tmp_path):
+    # (vendor, flags, expected): AMD's AVX-512-BF16 runs bfloat16 dot
+    # products at twice the float32 rate, Intel's without AMX at the same
+    # rate (measured slower end to end), AMX is fast on any Intel CPU.
+    cpus = {
+        "plain": ("GenuineIntel", "fpu sse avx2", False),
+        "zen4": ("AuthenticAMD", "fpu avx512f avx512_bf16", True),
+        "zen3": ("AuthenticAMD", "fpu avx2", False),
+        "spr_without_amx": ("GenuineIntel", "fpu avx512f avx512_bf16 avx512_fp16", False),
+        "spr": ("GenuineIntel", "fpu avx512_bf16 amx_bf16 amx_tile", True),
+    }
+    import builtins
+
+    real_open = builtins.open
+    for name, (vendor, line, expected) in cpus.items():
+        cpuinfo = tmp_path / name
+        cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\nflags\t\t: {line}\n")
+        monkeypatch.setattr(builtins, "open", lambda path, *a, _c=cpuinfo, **k: real_open(
+            _c if path == "/proc/cpuinfo" else path, *a, **k))
+        assert inference.bfloat16_cpu() is expected, name
+    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: real_open(tmp_path / "absent", *a, **k))
+    assert inference.bfloat16_cpu() is False
