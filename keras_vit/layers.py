@@ -20,6 +20,22 @@ from keras_vit._validation import check_positive_int, check_rate
 LAYER_NORM_EPSILON = 1e-6
 
 
+def _quantized_sublayers(layer):
+    """`{sublayer name: quantization mode}` of the quantized sublayers."""
+    return {sub.name: sub.quantization_mode for sub in layer._flatten_layers(include_self=False)
+            if sub.quantization_mode}
+
+
+def _quantize_sublayers(layer, modes):
+    # Keras' quantize() replaces a sublayer's kernel with quantized variables,
+    # but the composite layer's config rebuilds float sublayers; quantizing
+    # them again when built gives `.keras` files the variables they hold.
+    for sub in layer._flatten_layers(include_self=False):
+        mode = modes.get(sub.name)
+        if mode and sub.quantization_mode != mode:
+            sub.quantize(mode)
+
+
 @keras.saving.register_keras_serializable(package="keras_vit")
 class Patches(keras.layers.Layer):
     """Cuts images into non-overlapping square patches and flattens each one.
@@ -114,6 +130,9 @@ class PatchEncoder(keras.layers.Layer):
             images and 16x16 patches).
         hidden_dim: int, the model width (768 for ViT-B).
         dropout_rate: float in [0, 1), dropout after adding positions.
+        quantized_sublayers: `{sublayer name: mode}` of sublayers that
+            Keras' `quantize` changed, written by `get_config` so that a
+            `.keras` file of a quantized model loads; not set by hand.
         **kwargs: standard layer arguments (`name`, `dtype`, ...).
 
     Input shape:
@@ -131,8 +150,9 @@ class PatchEncoder(keras.layers.Layer):
     (1, 197, 768)
     """
 
-    def __init__(self, num_patches, hidden_dim, dropout_rate=0.0, **kwargs):
+    def __init__(self, num_patches, hidden_dim, dropout_rate=0.0, quantized_sublayers=None, **kwargs):
         super().__init__(**kwargs)
+        self._quantized = dict(quantized_sublayers or {})
         self.num_patches = check_positive_int("num_patches", num_patches)
         self.hidden_dim = check_positive_int("hidden_dim", hidden_dim)
         self.dropout_rate = check_rate("dropout_rate", dropout_rate)
@@ -171,6 +191,7 @@ class PatchEncoder(keras.layers.Layer):
             initializer=keras.initializers.RandomNormal(stddev=0.02),
             name="position_embedding",
         )
+        _quantize_sublayers(self, self._quantized)
         self.built = True
 
     def call(self, patches, training=None):
@@ -196,6 +217,7 @@ class PatchEncoder(keras.layers.Layer):
                 "dropout_rate": self.dropout_rate,
             }
         )
+        config["quantized_sublayers"] = _quantized_sublayers(self) or None
         return config
 
 
@@ -318,6 +340,9 @@ class TransformerBlock(keras.layers.Layer):
         drop_path_rate: float, stochastic depth rate of both residual
             branches.
         layer_norm_epsilon: float, LayerNorm epsilon (1e-6 in the original).
+        quantized_sublayers: `{sublayer name: mode}` of sublayers that
+            Keras' `quantize` changed, written by `get_config` so that a
+            `.keras` file of a quantized model loads; not set by hand.
         **kwargs: standard layer arguments.
 
     Call arguments:
@@ -352,9 +377,11 @@ class TransformerBlock(keras.layers.Layer):
         attention_dropout_rate=0.0,
         drop_path_rate=0.0,
         layer_norm_epsilon=LAYER_NORM_EPSILON,
+        quantized_sublayers=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self._quantized = dict(quantized_sublayers or {})
         self.hidden_dim = check_positive_int("hidden_dim", hidden_dim)
         self.num_heads = check_positive_int("num_heads", num_heads)
         self.mlp_dim = check_positive_int("mlp_dim", mlp_dim)
@@ -438,6 +465,10 @@ class TransformerBlock(keras.layers.Layer):
         self.norm2.build(input_shape)
         self.mlp_fc1.build(input_shape)
         self.mlp_fc2.build(tuple(input_shape[:-1]) + (self.mlp_dim,))
+        # Built here too: a functional model is traced through
+        # compute_output_shape, and Keras' quantize() refuses unbuilt layers.
+        self.drop_path.build(input_shape)
+        _quantize_sublayers(self, self._quantized)
         self.built = True
 
     def _attention(self, x, training, class_token_only):
@@ -502,6 +533,7 @@ class TransformerBlock(keras.layers.Layer):
                 "layer_norm_epsilon": self.layer_norm_epsilon,
             }
         )
+        config["quantized_sublayers"] = _quantized_sublayers(self) or None
         return config
 
 
