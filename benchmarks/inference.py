@@ -11,9 +11,11 @@ numbers):
 Systems (random weights: speed does not depend on their values):
     keras_vit            keras_vit.ViTB16(weights=None), float32, model.predict_on_batch (the user path)
     keras_vit_call       the same model called directly, model(x, training=False)
-    keras_vit_bf16       keras_vit.with_dtype_policy(ViTB16(weights=None), "mixed_bfloat16"), predict_on_batch
+    keras_vit_bf16       keras_vit.with_precision(ViTB16(weights=None), "bfloat16"), predict_on_batch
+    keras_vit_int8       keras_vit.with_precision(ViTB16(weights=None), "int8") (Keras' quantize), predict_on_batch
     keras_vit_savedmodel keras_vit.export's SavedModel, `predict_images` signature
     timm                 timm vit_base_patch16_224, eval(), torch.inference_mode(), eager
+    timm_bf16            the same under torch.autocast("cpu", dtype=torch.bfloat16)
     keras_hub            keras_hub.models.ViTImageClassifier (ViT-B/16 sizes), predict_on_batch
     matmul_floor         only keras_vit's ViT-B/16 matrix products (patch embedding, q/k/v,
                          attention, projection, MLP, head; same shapes, float32; the last
@@ -42,8 +44,8 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
-SYSTEMS = ("keras_vit", "keras_vit_call", "keras_vit_bf16", "keras_vit_savedmodel", "timm", "keras_hub",
-           "matmul_floor")
+SYSTEMS = ("keras_vit", "keras_vit_call", "keras_vit_bf16", "keras_vit_int8", "keras_vit_savedmodel", "timm",
+           "timm_bf16", "keras_hub", "matmul_floor")
 REFERENCES = ("timm", "keras_hub")
 
 
@@ -67,10 +69,10 @@ def _keras_vit(system, batch):
     import keras_vit
 
     model = keras_vit.ViTB16(weights=None)
-    if system == "keras_vit_bf16":
+    if system in ("keras_vit_bf16", "keras_vit_int8"):
         # The documented way: a float32 model (e.g. loaded from a file)
-        # copied to compute in bfloat16.
-        model = keras_vit.with_dtype_policy(model, "mixed_bfloat16")
+        # copied to compute at another precision.
+        model = keras_vit.with_precision(model, "bfloat16" if system == "keras_vit_bf16" else "int8")
     x = np.random.default_rng(0).uniform(-1, 1, (batch, 224, 224, 3)).astype("float32")
     versions = {"keras_vit": keras_vit.__version__, "tensorflow": tf.__version__, "keras": keras.__version__}
     if system == "keras_vit_call":
@@ -85,16 +87,19 @@ def _keras_vit(system, batch):
     return (lambda: model.predict_on_batch(x)), versions
 
 
-def _timm(batch):
+def _timm(batch, bfloat16=False):
+    import contextlib
+
     import numpy as np
     import timm
     import torch
 
     model = timm.create_model("vit_base_patch16_224", pretrained=False).eval()
     x = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (batch, 3, 224, 224)).astype("float32"))
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bfloat16 else contextlib.nullcontext
 
     def run():
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast():
             return model(x)
 
     return run, {"timm": timm.__version__, "torch": torch.__version__}
@@ -161,8 +166,8 @@ def _matmul_floor(batch):
 def worker(system, batch, repeats, warmup):
     if system == "matmul_floor":
         run, versions = _matmul_floor(batch)
-    elif system == "timm":
-        run, versions = _timm(batch)
+    elif system in ("timm", "timm_bf16"):
+        run, versions = _timm(batch, bfloat16=system == "timm_bf16")
     elif system == "keras_hub":
         run, versions = _keras_hub(batch)
     else:

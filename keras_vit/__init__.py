@@ -55,7 +55,7 @@ from keras_vit.models import (  # noqa: E402
     ViTTi16,
     preprocess_input,
 )
-from keras_vit.inference import bfloat16_cpu, with_dtype_policy, with_flip_tta  # noqa: E402
+from keras_vit.inference import bfloat16_cpu, with_dtype_policy, with_flip_tta, with_precision  # noqa: E402
 from keras_vit.imagenet import decode_predictions  # noqa: E402
 from keras_vit.version import __version__  # noqa: E402
 from keras_vit.weights.hub import from_pretrained  # noqa: E402
@@ -116,4 +116,5 @@ __all__ = [
     "weights",
     "with_dtype_policy",
     "with_flip_tta",
+    "with_precision",
 ]

@@ -51,9 +51,15 @@ def _pretrained_arguments(parser):
     parser.add_argument("--image-size", type=int, help="input resolution with --weights (default: the checkpoint's)")
 
 
-_MIXED_HELP = ("compute in 16 bits: mixed_bfloat16 on a CPU (faster where keras_vit.bfloat16_cpu() is True: "
-               "AMX, or AVX-512-BF16 on AMD; slower elsewhere), "
-               "mixed_float16 on a GPU")
+def _precision_arguments(parser):
+    # Spelled out (not keras_vit.inference.PRECISIONS) so that parsing imports
+    # no Keras; a test keeps the two the same.
+    parser.add_argument("--precision", choices=("auto", "float32", "bfloat16", "int8"),
+                        help="compute at this precision (inputs and outputs stay float32): bfloat16 is faster "
+                             "where keras_vit.bfloat16_cpu() is True (AMX, or AVX-512-BF16 on AMD) and slower "
+                             "elsewhere; int8 is Keras' quantize(); auto: bfloat16 where it is faster, else "
+                             "float32; default: the model as saved")
+    parser.add_argument("--mixed-precision", action="store_true", help=argparse.SUPPRESS)  # = --precision bfloat16
 
 
 def _parser():
@@ -120,6 +126,7 @@ def _parser():
                                           "writes evaluation.json and confusion.png into the run.")
     _run_arguments(evaluate)
     _tta_argument(evaluate, "the run's own (as its test accuracy was measured)")
+    _precision_arguments(evaluate)
 
     predict = sub.add_parser(
         "predict", help="classify image files with a run's model, pretrained weights or a server",
@@ -140,7 +147,7 @@ def _parser():
     predict.add_argument("--server", help="TF Serving (or keras-vit serve) URL, e.g. http://localhost:8501")
     predict.add_argument("--model-name", help="the served model's name (with --server)")
     predict.add_argument("--timeout", type=float, default=30.0, help="seconds per request (with --server)")
-    _bool_flag(predict, "mixed-precision", _MIXED_HELP, default=False)
+    _precision_arguments(predict)
     _tta_argument(predict, "the run's own (not with --server: the served model decides)")
 
     export = sub.add_parser(
@@ -158,7 +165,7 @@ def _parser():
                         help="version number (default: the next free one)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing --version")
     export.add_argument("--top-k", type=int, help="classes in the top_k_* outputs (default: 5)")
-    _bool_flag(export, "mixed-precision", _MIXED_HELP + " (inputs and outputs stay float32)", default=False)
+    _precision_arguments(export)
     _tta_argument(export, "the run's own")
 
     serve = sub.add_parser(
@@ -280,25 +287,29 @@ def _evaluate(args):
     from keras_vit import runs
 
     started = time.time()
-    result = runs.evaluate(args.run, which=args.model, tta=args.tta)
+    result = runs.evaluate(args.run, which=args.model, tta=args.tta, precision=_precision(args))
     tta = "" if result["tta"] == "none" else f" with {result['tta']} TTA"
-    print(f"test accuracy {result['accuracy']:.4f}{tta}, test loss {result['loss']:.4f} on "
+    print(f"test accuracy {result['accuracy']:.4f}{tta} ({result['precision']}), test loss {result['loss']:.4f} on "
           f"{result['num_examples']} images; confusion matrix {result['confusion_png']} "
           f"({time.time() - started:.1f} s)")
 
 
-def _inference_policy(mixed_precision):
-    if not mixed_precision:
-        return None
-    from keras_vit import inference, training
+def _precision(args):
+    """The precision asked for (`--precision`, or the old `--mixed-precision`)."""
+    precision = args.precision
+    if args.mixed_precision:
+        if precision not in (None, "bfloat16"):
+            raise ValueError(f"--mixed-precision means --precision bfloat16; received --precision {precision} too.")
+        precision = "bfloat16"
+    if precision == "bfloat16":
+        from keras_vit import inference
 
-    policy = training.mixed_precision_policy()
-    if policy == "mixed_bfloat16" and not inference.bfloat16_cpu():
-        # The user asked for it: keep it, but say it is the slow choice here.
-        print("keras-vit: warning: this CPU has no fast bfloat16 (keras_vit.bfloat16_cpu() is False: "
-              "neither AMX nor AMD's AVX-512-BF16); mixed_bfloat16 will likely run slower than float32",
-              file=sys.stderr)
-    return policy
+        if not inference.bfloat16_cpu():
+            # The user asked for it: keep it, but say it is the slow choice here.
+            print("keras-vit: warning: this CPU has no fast bfloat16 (keras_vit.bfloat16_cpu() is False: "
+                  "neither AMX nor AMD's AVX-512-BF16); mixed_bfloat16 will likely run slower than float32",
+                  file=sys.stderr)
+    return precision
 
 
 def _print_ranked(path, ranked):
@@ -312,6 +323,9 @@ def _predict(args):
                              "(keras-vit export --tta).")
         if not args.model_name:
             raise ValueError("--server needs --model-name (the served model's name).")
+        if args.precision or args.mixed_precision:
+            raise ValueError("--precision applies to a run's model or --weights; with --server the exported "
+                             "model decides (keras-vit export --precision).")
         from keras_vit import serving
 
         if args.top_k < 1:
@@ -327,7 +341,7 @@ def _predict(args):
 
         model = pretrained.classifier(args.weights, args.variant, args.image_size)
         predictions = runs.classify(model, args.inputs, top_k=args.top_k,
-                                    dtype_policy=_inference_policy(args.mixed_precision), tta=args.tta or "none")
+                                    precision=_precision(args), tta=args.tta or "none")
         for path, ranked in zip(args.inputs, predictions):
             _print_ranked(path, ranked)
         return
@@ -338,7 +352,7 @@ def _predict(args):
 
     run, images = args.inputs[0], args.inputs[1:]
     predictions = runs.predict(run, images, top_k=args.top_k, which=args.model,
-                               dtype_policy=_inference_policy(args.mixed_precision), tta=args.tta)
+                               precision=_precision(args), tta=args.tta)
     for path, ranked in zip(images, predictions):
         _print_ranked(path, ranked)
 
@@ -360,9 +374,9 @@ def _export(args):
         from keras_vit.weights import pretrained
 
         model = pretrained.classifier(args.weights, args.variant, args.image_size)
-        policy = _inference_policy(args.mixed_precision)
-        if policy is not None:
-            model = inference.with_dtype_policy(model, policy)
+        precision = _precision(args)
+        if precision is not None:
+            model = inference.with_precision(model, precision)
         path = export.export_saved_model(model, args.output or f"export/{model.name}",
                                          version=args.export_version, overwrite=args.overwrite,
                                          top_k=args.top_k, tta=args.tta or "none")
@@ -375,7 +389,7 @@ def _export(args):
 
     path = runs.export_run(args.run, args.output, version=args.export_version, overwrite=args.overwrite,
                            top_k=args.top_k, which=args.model,
-                           dtype_policy=_inference_policy(args.mixed_precision), tta=args.tta)
+                           precision=_precision(args), tta=args.tta)
     print(f"exported {args.run} ({args.model} model) to {path}")
 
 

@@ -16,11 +16,16 @@ names are all in its graph. Signatures:
 - `embeddings`: `image_bytes` -> `embeddings`, the class-token features
   the head reads (for retrieval).
 
+Each version records how it computes in `assets.extra/keras_vit.json`
+(`precision`, `tta`, `top_k`, `classes`, keras_vit's version; TF Serving
+ignores the file, `read_metadata` reads it).
+
 A version is written to a hidden temporary directory in the base directory
 (TF Serving only loads integer-named directories) and renamed into place, so
 a server watching the base never sees a half-written version.
 """
 
+import json
 import os
 import pathlib
 import shutil
@@ -32,10 +37,12 @@ import tensorflow as tf
 from keras_vit import images as vit_images
 from keras_vit import inference, models
 from keras_vit._validation import check_int
+from keras_vit.version import __version__
 
 DEFAULT_TOP_K = 5
 SIGNATURES = ("serving_default", "predict_images", "embeddings")
 _TEMP_PREFIX = ".tmp-keras-vit-"
+METADATA = "assets.extra/keras_vit.json"
 
 
 def list_versions(base_dir):
@@ -188,6 +195,14 @@ def export_saved_model(model, base_dir, class_names=None, version=None, overwrit
     """
     archive = build_archive(model, class_names=class_names, top_k=top_k,
                             max_image_pixels=max_image_pixels, tta=tta)
+    _, classes = _check_model(model)
+    metadata = {
+        "precision": inference.precision_of(model),
+        "tta": tta,
+        "top_k": top_k if top_k is not None else min(DEFAULT_TOP_K, classes),
+        "classes": classes,
+        "keras_vit_version": __version__,
+    }
     base = pathlib.Path(base_dir)
     if base.exists() and not base.is_dir():
         raise NotADirectoryError(f"{base} exists and is not a directory.")
@@ -197,6 +212,8 @@ def export_saved_model(model, base_dir, class_names=None, version=None, overwrit
     temp = pathlib.Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=base))
     try:
         archive.write_out(str(temp / "model"), verbose=False)
+        (temp / "model" / METADATA).parent.mkdir()
+        (temp / "model" / METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
         if target.exists():
             # Replace: move the old version aside first, so a reader sees the
             # old one or the new one, never a mixture.
@@ -206,3 +223,16 @@ def export_saved_model(model, base_dir, class_names=None, version=None, overwrit
     finally:
         shutil.rmtree(temp, ignore_errors=True)
     return str(target)
+
+
+def read_metadata(version_dir):
+    """The metadata an export recorded (`precision`, `tta`, `top_k`,
+    `classes`, `keras_vit_version`), or `{}` for a SavedModel without it.
+
+    Args:
+        version_dir: a version directory, e.g. `export/vit/1`.
+    """
+    path = pathlib.Path(version_dir) / METADATA
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text())

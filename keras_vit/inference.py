@@ -6,6 +6,8 @@ itself), so `evaluate`, `predict`, exports and the CLI apply them in the
 same way.
 """
 
+import warnings
+
 import keras
 
 from keras_vit import layers as vit_layers
@@ -91,10 +93,98 @@ def with_dtype_policy(model, policy):
     for layer in copy._flatten_layers(include_self=False, recursive=True):
         if id(layer) not in outputs:
             layer.dtype_policy = policy
-    copy.set_weights(model.get_weights())
+    # Variable by variable rather than set_weights(get_weights()): no third,
+    # NumPy copy of every weight at once (ViT-B/16: 344 MB at the peak).
+    if len(copy.weights) != len(model.weights):
+        raise ValueError(f"The copy of {model.name!r} has {len(copy.weights)} weights, the model "
+                         f"{len(model.weights)}: is it quantized? Copy the float model.")
+    for target, source in zip(copy.weights, model.weights):
+        target.assign(source)
     if isinstance(copy, models.VisionTransformer):
         copy.class_names = getattr(model, "class_names", None)
     return copy
+
+
+PRECISIONS = ("auto", "float32", "bfloat16", "int8")
+
+
+def auto_precision():
+    """The precision that `"auto"` picks on this CPU: `"bfloat16"` where
+    `bfloat16_cpu()` is True, else `"float32"`.
+
+    int8 is never picked automatically: TensorFlow runs its int8 products
+    slower than float32 on the CPUs measured (BENCHMARKS.md), so it is a
+    choice the user makes (smaller files, a check of quantization).
+    """
+    return "bfloat16" if bfloat16_cpu() else "float32"
+
+
+def with_precision(model, precision):
+    """`model` computing at `precision`: the one knob for inference precision.
+
+    - `"float32"`: `model` itself when it computes in float32, else a float32
+      copy;
+    - `"bfloat16"`: `with_dtype_policy(model, "mixed_bfloat16")`;
+    - `"int8"`: a copy quantized by Keras (`model.quantize("int8")`): every
+      `Dense` and `EinsumDense` kernel (patch projection, attention, MLP,
+      head) is stored in int8 with a per-channel scale, and its matrix
+      product runs on int8 inputs quantized per token;
+    - `"auto"`: `auto_precision()`.
+
+    Outputs stay float32 at every precision. `model` is never changed.
+
+    Args:
+        model: a `keras.Model` computing in float32 (a keras_vit model or any
+            functional model).
+        precision: one of `PRECISIONS`.
+
+    Returns:
+        A `keras.Model`.
+
+    Example:
+
+    >>> model = keras_vit.ViT("Test/4", input_shape=(16, 16, 3), classes=3)
+    >>> fast = keras_vit.with_precision(model, "int8")
+    >>> fast.get_layer("head").quantization_mode, model.get_layer("head").quantization_mode
+    ('int8', None)
+    >>> fast(np.zeros((1, 16, 16, 3), "float32")).dtype.name
+    'float32'
+    """
+    check_choice("precision", precision, PRECISIONS)
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"model must be a keras.Model, received {type(model).__name__}.")
+    current = precision_of(model)
+    if current == "int8":
+        raise ValueError(f"Model {model.name!r} is already quantized; with_precision takes the float32 model.")
+    if precision == "auto":
+        precision = auto_precision()
+    if precision == "bfloat16":
+        return with_dtype_policy(model, "mixed_bfloat16")
+    if precision == "float32" and current == "float32":
+        return model
+    copy = with_dtype_policy(model, "float32")  # a copy, also because quantize() changes a model in place
+    if precision == "int8":
+        with warnings.catch_warnings():
+            # Keras names every layer without weights to quantize (Patches,
+            # Dropout, ...): nothing to act on.
+            warnings.filterwarnings("ignore", message=".*does not have a `quantize` method")
+            copy.quantize("int8")
+    return copy
+
+
+def precision_of(model):
+    """The precision `model` computes at: `"int8"` if any layer is quantized
+    to int8, else `"bfloat16"` or `"float16"` if any layer with weights
+    computes in it (mixed policies keep some layers in float32), else
+    `"float32"`."""
+    layers = model._flatten_layers(include_self=False, recursive=True)
+    dtypes = set()
+    for layer in layers:
+        if getattr(layer, "quantization_mode", None) == "int8":
+            return "int8"
+        if layer.weights:
+            dtypes.add(layer.compute_dtype)
+    return next((name for name in ("bfloat16", "float16") if name in dtypes), "float32")
 
 
 TTA_MODES = ("none", "flip")

@@ -62,7 +62,10 @@ def exported(tmp_path_factory):
 
 def test_layout_and_versions(exported, tmp_path):
     assert exported["version"] == str(exported["base"] / "1")
-    assert sorted(os.listdir(exported["version"])) == ["assets", "fingerprint.pb", "saved_model.pb", "variables"]
+    assert sorted(os.listdir(exported["version"])) == ["assets", "assets.extra", "fingerprint.pb", "saved_model.pb",
+                                                       "variables"]
+    assert export.read_metadata(exported["version"]) == {
+        "precision": "float32", "tta": "none", "top_k": 5, "classes": 6, "keras_vit_version": keras_vit.__version__}
     # Serving graphs use the plain ops: the XLA-compiled training kernels
     # (keras_vit.backend.tensorflow) would need a TF Serving built with XLA.
     with open(os.path.join(exported["version"], "saved_model.pb"), "rb") as f:

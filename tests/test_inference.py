@@ -121,3 +121,52 @@ def test_bfloat16_cpu_reads_cpu_flags(monkeypatch, tmp_path):
         assert inference.bfloat16_cpu() is expected, name
     monkeypatch.setattr(builtins, "open", lambda path, *a, **k: real_open(tmp_path / "absent", *a, **k))
     assert inference.bfloat16_cpu() is False
+
+
+def test_with_precision_copies_and_never_changes_the_model(rng, monkeypatch):
+    model = randomize(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5))
+    x = rng.uniform(-1, 1, (4,) + TINY_SHAPE).astype("float32")
+    expected = model.predict_on_batch(x)
+    assert inference.with_precision(model, "float32") is model
+    for precision in ("bfloat16", "int8"):
+        copy = inference.with_precision(model, precision)
+        assert copy is not model and inference.precision_of(copy) == precision
+        got = copy.predict_on_batch(x)
+        assert got.dtype == np.float32 and not np.array_equal(got, expected)
+        np.testing.assert_allclose(got, expected, atol=0.05)
+    assert inference.precision_of(model) == "float32"
+    np.testing.assert_array_equal(model.predict_on_batch(x), expected)
+    int8 = inference.with_precision(model, "int8")
+    assert all(layer.quantization_mode == "int8" for layer in int8._flatten_layers()
+               if isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense)))
+    # A bfloat16 model comes back to float32 on request.
+    back = inference.with_precision(inference.with_precision(model, "bfloat16"), "float32")
+    assert inference.precision_of(back) == "float32"
+    np.testing.assert_allclose(back.predict_on_batch(x), expected, atol=1e-6)
+    for fast_cpu, chosen in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(inference, "bfloat16_cpu", lambda fast_cpu=fast_cpu: fast_cpu)
+        assert inference.auto_precision() == chosen
+        assert inference.precision_of(inference.with_precision(model, "auto")) == chosen
+
+
+def test_with_precision_rejects_what_it_cannot_do():
+    model = keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5)
+    with pytest.raises(ValueError, match="precision must be one of 'auto', 'float32', 'bfloat16', 'int8'; "
+                                         "received precision='fp16'"):
+        inference.with_precision(model, "fp16")
+    with pytest.raises(TypeError, match="model must be a keras.Model"):
+        inference.with_precision("model.keras", "int8")
+    with pytest.raises(ValueError, match="already quantized"):
+        inference.with_precision(inference.with_precision(model, "int8"), "bfloat16")
+
+
+def test_int8_copy_saves_and_loads_value_for_value(rng, tmp_path):
+    model = randomize(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5))
+    int8 = inference.with_precision(model, "int8")
+    x = rng.uniform(-1, 1, (3,) + TINY_SHAPE).astype("float32")
+    int8.save(tmp_path / "int8.keras")
+    loaded = keras_vit.load_model(tmp_path / "int8.keras")
+    assert inference.precision_of(loaded) == "int8"
+    for saved, restored in zip(int8.weights, loaded.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(saved), keras.ops.convert_to_numpy(restored))
+    np.testing.assert_array_equal(loaded.predict_on_batch(x), int8.predict_on_batch(x))

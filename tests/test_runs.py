@@ -97,7 +97,7 @@ def test_predict_on_image_files(trained_run, tmp_path, capsys, monkeypatch):
     for row, probs in zip(runs.predict(trained_run, paths, top_k=1, which="best"), best):
         assert row[0][1] == pytest.approx(float(probs.max()), abs=1e-5)
     # In 16 bits: close to float32, not bit-equal (so it did compute in bfloat16).
-    fast = runs.predict(trained_run, paths, top_k=10, dtype_policy="mixed_bfloat16")
+    fast = runs.predict(trained_run, paths, top_k=10, precision="bfloat16")
     for row, probs in zip(fast, expected):
         by_name = dict(row)
         fast_probs = np.array([by_name[str(i)] for i in range(10)])
@@ -110,6 +110,53 @@ def test_predict_on_image_files(trained_run, tmp_path, capsys, monkeypatch):
         captured = capsys.readouterr()
         assert len(captured.out.strip().splitlines()) == 3
         assert ("mixed_bfloat16 will likely run slower than float32" in captured.err) is not fast_cpu
+
+
+def test_bfloat16_and_int8_agree_with_float32_on_the_digits_test_split(trained_run, capsys):
+    model = runs.load_run_model(trained_run)
+    (ds_test, _) = data.load("digits", image_size=model.input_shape[1], batch_size=128, splits=("test",))
+    images = np.concatenate([x.numpy() for x, _ in ds_test])
+    labels = np.concatenate([np.argmax(y.numpy(), axis=-1) for _, y in ds_test])
+    reference = model.predict(images, verbose=0)
+    top1 = np.argmax(reference, axis=-1)
+    print(f"float32 accuracy {np.mean(top1 == labels):.4f}", file=sys.stderr)
+    for precision, minimum in (("bfloat16", 0.99), ("int8", 0.97)):
+        copy = inference.with_precision(model, precision)
+        assert inference.precision_of(copy) == precision and inference.precision_of(model) == "float32"
+        probabilities = copy.predict(images, verbose=0)
+        assert probabilities.dtype == np.float32
+        assert not np.array_equal(probabilities, reference)  # it did compute at that precision
+        agreement = np.mean(np.argmax(probabilities, axis=-1) == top1)
+        print(f"{precision}: top-1 agreement {agreement:.4f}, accuracy "
+              f"{np.mean(np.argmax(probabilities, axis=-1) == labels):.4f}", file=sys.stderr)
+        assert agreement >= minimum, (precision, agreement)
+    # The CLI's evaluate at int8 says so, and its accuracy is the copy's.
+    assert cli.main(["evaluate", str(trained_run), "--precision", "int8"]) == 0
+    assert "(int8)" in capsys.readouterr().out
+    assert json.loads((trained_run / "evaluation.json").read_text())["precision"] == "int8"
+
+
+def test_export_at_int8_records_its_precision_and_serves_with_tensorflow_alone(trained_run, tmp_path):
+    import tensorflow as tf
+
+    from keras_vit import export
+
+    path = runs.export_run(trained_run, tmp_path / "vit", precision="int8")
+    assert export.read_metadata(path)["precision"] == "int8"
+    assert export.read_metadata(runs.export_run(trained_run, tmp_path / "vit"))["precision"] == "float32"
+    quantized = inference.with_precision(runs.load_run_model(trained_run), "int8")
+    size = quantized.input_shape[1]
+    images = np.random.default_rng(0).uniform(0, 255, (3, size, size, 3)).astype("float32")
+    served = tf.saved_model.load(path).signatures["predict_images"](images=tf.constant(images))
+    np.testing.assert_allclose(served["probabilities"].numpy(), quantized.predict(images, verbose=0), atol=1e-5)
+
+
+def test_cli_offers_exactly_the_librarys_precisions():
+    sub = next(a for a in cli._parser()._actions if a.dest == "command")
+    found = {name: next(a.choices for a in parser._actions if a.dest == "precision")
+             for name, parser in sub.choices.items() if any(a.dest == "precision" for a in parser._actions)}
+    assert sorted(found) == ["evaluate", "export", "predict"]
+    assert all(tuple(choices) == inference.PRECISIONS for choices in found.values()), found
 
 
 def test_finished_run_is_never_overwritten_silently(trained_run, capsys):

@@ -51,7 +51,7 @@ def _check_top_k(top_k, classes):
     check_int("top_k", top_k, high=classes)
 
 
-def evaluate(run_dir, which="last", batch_size=256, tta=None):
+def evaluate(run_dir, which="last", batch_size=256, tta=None, precision=None):
     """Evaluates a run's model on its data set's test split.
 
     Writes `evaluation.json` and `confusion.png` (the confusion matrix) in
@@ -64,14 +64,18 @@ def evaluate(run_dir, which="last", batch_size=256, tta=None):
         tta: test-time augmentation, `"none"` or `"flip"` (the mean over each
             image and its mirror image); `None`: the run's own setting, as
             in its `results.json`.
+        precision: `None` (the model as saved) or one of
+            `keras_vit.inference.PRECISIONS` (see `keras_vit.with_precision`).
 
     Returns:
-        A dict with `accuracy`, `loss`, `confusion_matrix`, `tta` and paths.
+        A dict with `accuracy`, `loss`, `confusion_matrix`, `tta`,
+        `precision` and paths.
     """
     config = read_run(run_dir)
     tta = _run_tta(config, tta)
     model = load_run_model(run_dir, which)
-    augmented = inference.with_tta(model, tta)
+    computing = model if precision is None else inference.with_precision(model, precision)
+    augmented = inference.with_tta(computing, tta)
     (ds_test, info) = vit_data.load(
         config["data"], image_size=_input_size(model), batch_size=batch_size,
         validation_split=config["validation_split"],
@@ -102,12 +106,13 @@ def evaluate(run_dir, which="last", batch_size=256, tta=None):
         "confusion_png": str(png),
         "model": which,
         "tta": tta,
+        "precision": inference.precision_of(computing),
     }
     files.write_json_atomic(run_dir / "evaluation.json", result)
     return result
 
 
-def predict(run_dir, paths, top_k=3, which="last", dtype_policy=None, tta=None):
+def predict(run_dir, paths, top_k=3, which="last", precision=None, tta=None):
     """Classifies image files with a run's model.
 
     Args:
@@ -115,8 +120,8 @@ def predict(run_dir, paths, top_k=3, which="last", dtype_policy=None, tta=None):
         paths: image files.
         top_k: classes per image.
         which: `"last"` or `"best"` model of the run.
-        dtype_policy: compute under this policy instead of the saved one,
-            e.g. `"mixed_bfloat16"` (see `keras_vit.with_dtype_policy`).
+        precision: `None` (the model as saved) or one of
+            `keras_vit.inference.PRECISIONS` (see `keras_vit.with_precision`).
         tta: test-time augmentation, `"none"` or `"flip"`; `None`: the run's
             own setting.
 
@@ -128,10 +133,10 @@ def predict(run_dir, paths, top_k=3, which="last", dtype_policy=None, tta=None):
     tta = _run_tta(config, tta)
     model = load_run_model(run_dir, which)
     return classify(model, paths, top_k=top_k, class_names=config["class_names"],
-                    dtype_policy=dtype_policy, tta=tta)
+                    precision=precision, tta=tta)
 
 
-def classify(model, paths, top_k=3, class_names=None, dtype_policy=None, tta="none"):
+def classify(model, paths, top_k=3, class_names=None, precision=None, tta="none"):
     """Classifies image files with a model that takes pixels in [0, 255].
 
     Args:
@@ -141,7 +146,8 @@ def classify(model, paths, top_k=3, class_names=None, dtype_policy=None, tta="no
         top_k: classes per image.
         class_names: one name per class; default: `model.class_names`, else
             the class indices.
-        dtype_policy: compute under this policy, e.g. `"mixed_bfloat16"`.
+        precision: `None` (the model as it is) or one of
+            `keras_vit.inference.PRECISIONS` (see `keras_vit.with_precision`).
         tta: `"none"` or `"flip"` (see `keras_vit.with_flip_tta`).
 
     Returns:
@@ -151,8 +157,8 @@ def classify(model, paths, top_k=3, class_names=None, dtype_policy=None, tta="no
     if class_names is None:
         class_names = getattr(model, "class_names", None) or [str(i) for i in range(classes)]
     _check_top_k(top_k, classes)
-    if dtype_policy is not None:
-        model = inference.with_dtype_policy(model, dtype_policy)
+    if precision is not None:
+        model = inference.with_precision(model, precision)
     model = inference.with_tta(model, tta)
     images = vit_images.load_images(paths, _input_size(model))
     probabilities = model.predict(images, verbose=0)
@@ -164,7 +170,7 @@ def classify(model, paths, top_k=3, class_names=None, dtype_policy=None, tta="no
 
 
 def export_run(run_dir, base_dir=None, version=None, overwrite=False, top_k=None, which="last",
-               dtype_policy=None, tta=None):
+               precision=None, tta=None):
     """Exports a training run's model (`keras-vit export RUN`) with the
     class names the run recorded.
 
@@ -173,10 +179,10 @@ def export_run(run_dir, base_dir=None, version=None, overwrite=False, top_k=None
         base_dir: where to write versions (default: `export/<run name>`).
         which: `"best"` or `"last"` model of the run.
         version, overwrite, top_k: as in `keras_vit.export.export_saved_model`.
-        dtype_policy: export the model computing under this policy, e.g.
-            `"mixed_bfloat16"` for CPUs with fast bfloat16 (see `keras_vit.bfloat16_cpu`,
-            `keras_vit.with_dtype_policy`); the signatures' inputs and
-            outputs stay float32.
+        precision: `None` (the model as saved) or one of
+            `keras_vit.inference.PRECISIONS` (see `keras_vit.with_precision`);
+            the signatures' inputs and outputs stay float32, and the export
+            records its precision.
         tta: as in `export_saved_model`; `None`: the run's own setting (the
             one its test accuracy was measured with).
 
@@ -186,8 +192,8 @@ def export_run(run_dir, base_dir=None, version=None, overwrite=False, top_k=None
     config = read_run(run_dir)
     tta = _run_tta(config, tta)
     model = load_run_model(run_dir, which)
-    if dtype_policy is not None:
-        model = inference.with_dtype_policy(model, dtype_policy)
+    if precision is not None:
+        model = inference.with_precision(model, precision)
     if base_dir is None:
         base_dir = pathlib.Path("export") / pathlib.Path(run_dir).resolve().name
     return export.export_saved_model(model, base_dir, class_names=config["class_names"], version=version,
