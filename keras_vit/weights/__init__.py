@@ -5,6 +5,7 @@ model through one reconciliation policy, and finding them by name
 | module | holds |
 |---|---|
 | `resample` | `resample_position_embedding` and its interpolation weights |
+| `source` | what a builder's `weights=` names, and loading it into the built model |
 | `formats` | reading `.npz` and `.safetensors` into Google's names, `CheckpointError` |
 | `layout` | the model's checkpoint variables, `.weights.h5` files, `save_npz` |
 | `loading` | `reconcile` (the one policy), `load_weights`, `check_checkpoint`, `load_model` |
