@@ -193,13 +193,15 @@ def export_saved_model(model, base_dir, class_names=None, version=None, overwrit
     Returns:
         The path of the version directory, e.g. `export/vit/1`.
     """
+    _, classes = _check_model(model)
+    if top_k is None:
+        top_k = min(DEFAULT_TOP_K, classes)  # resolved here so the metadata records it
     archive = build_archive(model, class_names=class_names, top_k=top_k,
                             max_image_pixels=max_image_pixels, tta=tta)
-    _, classes = _check_model(model)
     metadata = {
         "precision": inference.precision_of(model),
         "tta": tta,
-        "top_k": top_k if top_k is not None else min(DEFAULT_TOP_K, classes),
+        "top_k": top_k,
         "classes": classes,
         "keras_vit_version": __version__,
     }
