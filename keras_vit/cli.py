@@ -166,6 +166,9 @@ def _parser():
     export.add_argument("--overwrite", action="store_true", help="replace an existing --version")
     export.add_argument("--top-k", type=int, help="classes in the top_k_* outputs (default: 5)")
     _precision_arguments(export)
+    export.add_argument("--jit-compile", action="store_true",
+                        help="compile the model's computation with XLA (int8: about 4x faster); TF Serving's "
+                             "CPU builds then need --xla_cpu_compilation_enabled=true")
     _tta_argument(export, "the run's own")
 
     serve = sub.add_parser(
@@ -352,7 +355,7 @@ def _predict(args):
 
     run, images = args.inputs[0], args.inputs[1:]
     predictions = runs.predict(run, images, top_k=args.top_k, which=args.model,
-                               precision=_precision(args), tta=args.tta)
+                               precision=_precision(args), tta=args.tta, jit_compile=args.jit_compile)
     for path, ranked in zip(images, predictions):
         _print_ranked(path, ranked)
 
@@ -376,10 +379,11 @@ def _export(args):
         model = pretrained.classifier(args.weights, args.variant, args.image_size)
         precision = _precision(args)
         if precision is not None:
-            model = inference.with_precision(model, precision)
+            model = inference.with_precision(model, precision, copy=False)
         path = export.export_saved_model(model, args.output or f"export/{model.name}",
                                          version=args.export_version, overwrite=args.overwrite,
-                                         top_k=args.top_k, tta=args.tta or "none")
+                                         top_k=args.top_k, tta=args.tta or "none",
+                                         jit_compile=args.jit_compile)
         print(f"exported {model.name} ({args.weights}) to {path}")
         return
     _refuse_without_weights(args)
@@ -389,7 +393,7 @@ def _export(args):
 
     path = runs.export_run(args.run, args.output, version=args.export_version, overwrite=args.overwrite,
                            top_k=args.top_k, which=args.model,
-                           precision=_precision(args), tta=args.tta)
+                           precision=_precision(args), tta=args.tta, jit_compile=args.jit_compile)
     print(f"exported {args.run} ({args.model} model) to {path}")
 
 

@@ -42,6 +42,20 @@ def bfloat16_cpu():
     return False
 
 
+def _set_policy(model, policy):
+    """Sets `policy` on every layer of `model` but its output layers, in
+    place; returns `model`."""
+    outputs = {id(tensor._keras_history.operation) for tensor in model.outputs}
+    # Setting each layer's policy (a Keras 3 property) instead of editing the
+    # nested configs: it reaches the sub-layers that blocks create themselves.
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if id(layer) not in outputs:
+            layer.dtype_policy = policy
+    # Functions Keras traced before compute at the old policy.
+    model.predict_function = model.test_function = model.train_function = None
+    return model
+
+
 def with_dtype_policy(model, policy):
     """A copy of `model` that computes under another dtype policy.
 
@@ -86,13 +100,7 @@ def with_dtype_policy(model, policy):
         raise ValueError(
             f"policy {policy.name!r} is a quantization policy; use model.quantize() for that."
         )
-    copy = keras.models.clone_model(model)
-    outputs = {id(tensor._keras_history.operation) for tensor in copy.outputs}
-    # Setting each layer's policy (a Keras 3 property) instead of editing the
-    # nested configs: it reaches the sub-layers that blocks create themselves.
-    for layer in copy._flatten_layers(include_self=False, recursive=True):
-        if id(layer) not in outputs:
-            layer.dtype_policy = policy
+    copy = _set_policy(keras.models.clone_model(model), policy)
     # Variable by variable rather than set_weights(get_weights()): no third,
     # NumPy copy of every weight at once (ViT-B/16: 344 MB at the peak).
     if len(copy.weights) != len(model.weights):
@@ -112,14 +120,14 @@ def auto_precision():
     """The precision that `"auto"` picks on this CPU: `"bfloat16"` where
     `bfloat16_cpu()` is True, else `"float32"`.
 
-    int8 is never picked automatically: TensorFlow runs its int8 products
-    slower than float32 on the CPUs measured (BENCHMARKS.md), so it is a
-    choice the user makes (smaller files, a check of quantization).
+    int8 is never picked automatically: it changes the weights (Keras'
+    quantization rounds them), and on CPUs without AMX it runs slower than
+    bfloat16 (BENCHMARKS.md), so it is a choice the user makes.
     """
     return "bfloat16" if bfloat16_cpu() else "float32"
 
 
-def with_precision(model, precision):
+def with_precision(model, precision, copy=True):
     """`model` computing at `precision`: the one knob for inference precision.
 
     - `"float32"`: `model` itself when it computes in float32, else a float32
@@ -128,15 +136,22 @@ def with_precision(model, precision):
     - `"int8"`: a copy quantized by Keras (`model.quantize("int8")`): every
       `Dense` and `EinsumDense` kernel (patch projection, attention, MLP,
       head) is stored in int8 with a per-channel scale, and its matrix
-      product runs on int8 inputs quantized per token;
+      product runs on int8 inputs quantized per token; on TensorFlow the
+      copy's `predict`, `evaluate` and `predict_on_batch` are compiled by
+      XLA (`jit_compile`, see `with_xla_if_int8`);
     - `"auto"`: `auto_precision()`.
 
-    Outputs stay float32 at every precision. `model` is never changed.
+    Outputs stay float32 at every precision. `model` is never changed,
+    unless `copy=False`.
 
     Args:
         model: a `keras.Model` computing in float32 (a keras_vit model or any
             functional model).
         precision: one of `PRECISIONS`.
+        copy: `False`: change `model` itself and return it, as Keras'
+            `quantize` does, instead of a copy: no second copy of the weights
+            (ViT-B/16: 344 MB), for a model loaded only to run at
+            `precision`.
 
     Returns:
         A `keras.Model`.
@@ -151,6 +166,8 @@ def with_precision(model, precision):
     'float32'
     """
     check_choice("precision", precision, PRECISIONS)
+    if not isinstance(copy, bool):
+        raise ValueError(f"copy must be True or False, received {copy!r}.")
     if not isinstance(model, keras.Model):
         raise TypeError(f"model must be a keras.Model, received {type(model).__name__}.")
     current = precision_of(model)
@@ -158,18 +175,40 @@ def with_precision(model, precision):
         raise ValueError(f"Model {model.name!r} is already quantized; with_precision takes the float32 model.")
     if precision == "auto":
         precision = auto_precision()
-    if precision == "bfloat16":
-        return with_dtype_policy(model, "mixed_bfloat16")
-    if precision == "float32" and current == "float32":
+    if precision == current and (precision == "float32" or not copy):
         return model
-    copy = with_dtype_policy(model, "float32")  # a copy, also because quantize() changes a model in place
+    if precision == "bfloat16":
+        return with_dtype_policy(model, "mixed_bfloat16") if copy else _set_policy(model, "mixed_bfloat16")
+    if copy:
+        model = with_dtype_policy(model, "float32")  # also because quantize() changes a model in place
+    elif current != "float32":
+        _set_policy(model, "float32")
     if precision == "int8":
         with warnings.catch_warnings():
             # Keras names every layer without weights to quantize (Patches,
             # Dropout, ...): nothing to act on.
             warnings.filterwarnings("ignore", message=".*does not have a `quantize` method")
-            copy.quantize("int8")
-    return copy
+            model.quantize("int8")
+        model.predict_function = model.test_function = model.train_function = None
+    return with_xla_if_int8(model)
+
+
+def with_xla_if_int8(model):
+    """Sets `model.jit_compile = True` when `model` is quantized to int8 and
+    Keras runs on TensorFlow; returns `model`.
+
+    TensorFlow's own CPU kernel for the int8 x int8 -> int32 matrix products
+    that Keras' quantized `Dense` and `EinsumDense` run (`BatchMatMulV3`) is
+    a generic one: a (1576, 768) x (768, 3072) product takes 131 ms where
+    float32 takes 42 ms (AMD EPYC, 2 cores); XLA's takes 28 ms. With XLA an
+    int8 ViT-B/16 runs about 4x faster than without (BENCHMARKS.md). Keras
+    compiles a model's predict, evaluate and train steps with XLA when its
+    `jit_compile` is True, and `with_precision`, `keras_vit.load_model` and
+    the wrappers of this module set it for int8 models.
+    """
+    if keras.backend.backend() == "tensorflow" and precision_of(model) == "int8":
+        model.jit_compile = True
+    return model
 
 
 def precision_of(model):
@@ -211,7 +250,7 @@ def with_probabilities(model):
     if activation is not None and getattr(activation, "__name__", "") != "linear":
         return model
     probabilities = keras.layers.Softmax(dtype="float32", name="probabilities")(model.outputs[0])
-    return keras.Model(model.inputs, probabilities, name=f"{model.name}_probabilities")
+    return with_xla_if_int8(keras.Model(model.inputs, probabilities, name=f"{model.name}_probabilities"))
 
 
 def with_flip_tta(model):
@@ -262,4 +301,4 @@ def with_flip_tta(model):
     average = keras.layers.Average(name="flip_average", dtype=output_dtype)(
         [model(images), model(mirrored)]
     )
-    return keras.Model(images, average, name=f"{model.name}_flip_tta")
+    return with_xla_if_int8(keras.Model(images, average, name=f"{model.name}_flip_tta"))

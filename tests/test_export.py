@@ -15,7 +15,7 @@ import skimage.data
 from PIL import Image
 
 import keras_vit
-from keras_vit import cli, export
+from keras_vit import cli, export, inference
 from keras_vit import images as vit_images
 from tests.conftest import randomize
 
@@ -65,7 +65,8 @@ def test_layout_and_versions(exported, tmp_path):
     assert sorted(os.listdir(exported["version"])) == ["assets", "assets.extra", "fingerprint.pb", "saved_model.pb",
                                                        "variables"]
     assert export.read_metadata(exported["version"]) == {
-        "precision": "float32", "tta": "none", "top_k": 5, "classes": 6, "keras_vit_version": keras_vit.__version__}
+        "precision": "float32", "jit_compile": False, "tta": "none", "top_k": 5, "classes": 6,
+        "keras_vit_version": keras_vit.__version__}
     # Serving graphs use the plain ops: the XLA-compiled training kernels
     # (keras_vit.backend.tensorflow) would need a TF Serving built with XLA.
     with open(os.path.join(exported["version"], "saved_model.pb"), "rb") as f:
@@ -261,9 +262,31 @@ def test_logits_model_exports_probabilities(tmp_path):
     np.testing.assert_allclose(out["probabilities"].numpy(), (expected + softmax(mirrored)) / 2, atol=1e-6)
 
 
+def test_int8_export_compiled_by_xla_on_request(tmp_path):
+    import tensorflow as tf
+
+    model = inference.with_precision(classifier(), "int8")
+    images = np.random.default_rng(0).uniform(0, 255, (3,) + SIZE + (3,)).astype("float32")
+    expected = model.predict(images, verbose=0)
+    plain = export.export_saved_model(model, tmp_path / "vit", class_names=NAMES)
+    compiled = export.export_saved_model(model, tmp_path / "vit", class_names=NAMES, jit_compile=True)
+    for path, jit in ((plain, False), (compiled, True)):
+        assert export.read_metadata(path)["jit_compile"] is jit
+        assert export.read_metadata(path)["precision"] == "int8"
+        with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+            assert (b"_XlaMustCompile" in f.read()) is jit
+        loaded = tf.saved_model.load(path)
+        out = loaded.signatures["predict_images"](images=tf.constant(images))
+        np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=1e-5)
+        embeddings = loaded.signatures["embeddings"](
+            image_bytes=tf.constant([tf.io.encode_png(images[0].astype("uint8")).numpy()]))["embeddings"]
+        assert embeddings.shape == (1, model.get_layer("head").input.shape[-1])
+
+
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
+        (dict(jit_compile="yes"), ValueError, "jit_compile must be True or False, received 'yes'"),
         (dict(class_names=["a", "b"]), ValueError, "class_names has 2 names but the model has 6 classes"),
         (dict(class_names="abcdef"), TypeError, "class_names must be a list of strings"),
         (dict(top_k=7), ValueError, r"top_k must be an integer in \[1, 6\], received top_k=7"),

@@ -149,6 +149,24 @@ def test_with_precision_copies_and_never_changes_the_model(rng, monkeypatch):
         assert inference.precision_of(inference.with_precision(model, "auto")) == chosen
 
 
+def test_with_precision_in_place_changes_the_model_itself(rng):
+    model = randomize(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5))
+    x = rng.uniform(-1, 1, (4,) + TINY_SHAPE).astype("float32")
+    expected = {p: inference.with_precision(model, p).predict_on_batch(x) for p in ("bfloat16", "int8")}
+    model.predict_on_batch(x)  # a float32 predict function traced before
+    weights = len(model.weights)
+    assert inference.with_precision(model, "bfloat16", copy=False) is model
+    assert inference.precision_of(model) == "bfloat16" and len(model.weights) == weights
+    np.testing.assert_array_equal(model.predict_on_batch(x), expected["bfloat16"])
+    assert inference.with_precision(model, "bfloat16", copy=False) is model
+    # From bfloat16 to int8 in place: float32 first, as the copy would be.
+    assert inference.with_precision(model, "int8", copy=False) is model
+    assert inference.precision_of(model) == "int8" and model.jit_compile is True
+    np.testing.assert_allclose(model.predict_on_batch(x), expected["int8"], atol=1e-6)
+    with pytest.raises(ValueError, match="copy must be True or False, received 'no'"):
+        inference.with_precision(model, "float32", copy="no")
+
+
 def test_with_precision_rejects_what_it_cannot_do():
     model = keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5)
     with pytest.raises(ValueError, match="precision must be one of 'auto', 'float32', 'bfloat16', 'int8'; "
@@ -160,13 +178,53 @@ def test_with_precision_rejects_what_it_cannot_do():
         inference.with_precision(inference.with_precision(model, "int8"), "bfloat16")
 
 
+def _matmuls(model, shape):
+    """`{(op type, input dtypes): count}` of the matrix products in the graph
+    of `model`'s call, nested functions included."""
+    import collections
+
+    import tensorflow as tf
+
+    function = tf.function(lambda x: model(x, training=False))
+    graph = function.get_concrete_function(tf.TensorSpec((2,) + shape, tf.float32)).graph
+    found, graphs = collections.Counter(), [graph]
+    while graphs:
+        g = graphs.pop()
+        graphs.extend(f.graph for f in g._functions.values() if hasattr(f, "graph"))
+        for op in g.get_operations():
+            if op.type in ("MatMul", "BatchMatMulV2", "BatchMatMulV3", "Einsum", "_FusedMatMul"):
+                found[(op.type, tuple(t.dtype.name for t in op.inputs))] += 1
+    return found
+
+
+def test_int8_runs_every_projection_and_mlp_product_in_int8_under_xla(rng):
+    model = randomize(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5))
+    depth = len(keras_vit.models.get_blocks(model))
+    int8 = inference.with_precision(model, "int8")
+    # The patch projection, q, k, v, the attention output, both MLP layers of
+    # every block and the head: int8 products. Only attention's two products
+    # per block (of activations with activations) stay float.
+    found = _matmuls(int8, TINY_SHAPE)
+    assert found.pop(("BatchMatMulV3", ("int8", "int8"))) == 1 + 6 * depth + 1, found
+    assert sum(found.values()) == 2 * depth and all("int8" not in dtypes for _, dtypes in found), found
+    assert not any("int8" in dtypes for _, dtypes in _matmuls(model, TINY_SHAPE))
+    # Keras compiles the int8 copy's steps (and its wrappers') with XLA;
+    # the float model keeps the default.
+    assert int8.jit_compile is True and model.jit_compile is False
+    assert inference.with_probabilities(int8).jit_compile is True
+    assert inference.with_flip_tta(int8).jit_compile is True
+    assert inference.with_flip_tta(model).jit_compile is False
+    x = rng.uniform(-1, 1, (4,) + TINY_SHAPE).astype("float32")
+    np.testing.assert_allclose(int8.predict_on_batch(x), keras.ops.convert_to_numpy(int8(x)), atol=1e-5)
+
+
 def test_int8_copy_saves_and_loads_value_for_value(rng, tmp_path):
     model = randomize(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5))
     int8 = inference.with_precision(model, "int8")
     x = rng.uniform(-1, 1, (3,) + TINY_SHAPE).astype("float32")
     int8.save(tmp_path / "int8.keras")
     loaded = keras_vit.load_model(tmp_path / "int8.keras")
-    assert inference.precision_of(loaded) == "int8"
+    assert inference.precision_of(loaded) == "int8" and loaded.jit_compile is True
     for saved, restored in zip(int8.weights, loaded.weights):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(saved), keras.ops.convert_to_numpy(restored))
     np.testing.assert_array_equal(loaded.predict_on_batch(x), int8.predict_on_batch(x))

@@ -74,7 +74,7 @@ def evaluate(run_dir, which="last", batch_size=256, tta=None, precision=None):
     config = read_run(run_dir)
     tta = _run_tta(config, tta)
     model = load_run_model(run_dir, which)
-    computing = model if precision is None else inference.with_precision(model, precision)
+    computing = model if precision is None else inference.with_precision(model, precision, copy=False)
     augmented = inference.with_tta(computing, tta)
     (ds_test, info) = vit_data.load(
         config["data"], image_size=_input_size(model), batch_size=batch_size,
@@ -132,8 +132,9 @@ def predict(run_dir, paths, top_k=3, which="last", precision=None, tta=None):
     _check_top_k(top_k, len(config["class_names"]))
     tta = _run_tta(config, tta)
     model = load_run_model(run_dir, which)
-    return classify(model, paths, top_k=top_k, class_names=config["class_names"],
-                    precision=precision, tta=tta)
+    if precision is not None:
+        model = inference.with_precision(model, precision, copy=False)  # loaded for this alone
+    return classify(model, paths, top_k=top_k, class_names=config["class_names"], tta=tta)
 
 
 def classify(model, paths, top_k=3, class_names=None, precision=None, tta="none"):
@@ -170,7 +171,7 @@ def classify(model, paths, top_k=3, class_names=None, precision=None, tta="none"
 
 
 def export_run(run_dir, base_dir=None, version=None, overwrite=False, top_k=None, which="last",
-               precision=None, tta=None):
+               precision=None, tta=None, jit_compile=False):
     """Exports a training run's model (`keras-vit export RUN`) with the
     class names the run recorded.
 
@@ -178,7 +179,8 @@ def export_run(run_dir, base_dir=None, version=None, overwrite=False, top_k=None
         run_dir: a run directory written by `keras_vit.runs.train`.
         base_dir: where to write versions (default: `export/<run name>`).
         which: `"best"` or `"last"` model of the run.
-        version, overwrite, top_k: as in `keras_vit.export.export_saved_model`.
+        version, overwrite, top_k, jit_compile: as in
+            `keras_vit.export.export_saved_model`.
         precision: `None` (the model as saved) or one of
             `keras_vit.inference.PRECISIONS` (see `keras_vit.with_precision`);
             the signatures' inputs and outputs stay float32, and the export
@@ -193,11 +195,11 @@ def export_run(run_dir, base_dir=None, version=None, overwrite=False, top_k=None
     tta = _run_tta(config, tta)
     model = load_run_model(run_dir, which)
     if precision is not None:
-        model = inference.with_precision(model, precision)
+        model = inference.with_precision(model, precision, copy=False)
     if base_dir is None:
         base_dir = pathlib.Path("export") / pathlib.Path(run_dir).resolve().name
     return export.export_saved_model(model, base_dir, class_names=config["class_names"], version=version,
-                                     overwrite=overwrite, top_k=top_k, tta=tta)
+                                     overwrite=overwrite, top_k=top_k, tta=tta, jit_compile=jit_compile)
 
 
 def explain_run(run_dir, paths, png_path, layer=None, head=None, head_fusion="mean", discard_ratio=0.9,

@@ -12,6 +12,7 @@ import numpy as np
 
 from keras_vit import models, variants
 from keras_vit._validation import check_choice
+from keras_vit.inference import with_xla_if_int8
 from keras_vit.weights.formats import CheckpointError, read_checkpoint, sniff_format
 from keras_vit.weights.layout import checkpoint_variables, read_keras_h5
 from keras_vit.weights.resample import INTERPOLATIONS, resample_position_embedding
@@ -179,7 +180,8 @@ def load_model(path, safe_mode=True, compile=True):
     bytecode), so loading a file from elsewhere never runs code from it. A
     damaged file (truncated, corrupted, not a `.keras` archive) raises
     `CheckpointError` naming it, where Keras alone may say "File not found"
-    or fail deep inside its loader.
+    or fail deep inside its loader. An int8 model (`with_precision(model,
+    "int8")`, saved) comes back compiled by XLA, as `with_xla_if_int8`.
 
     Args:
         path: the `.keras` file.
@@ -201,10 +203,11 @@ def load_model(path, safe_mode=True, compile=True):
             "archive); the file is truncated or corrupted."
         )
     try:
-        return keras.saving.load_model(path, safe_mode=safe_mode, compile=compile)
+        model = keras.saving.load_model(path, safe_mode=safe_mode, compile=compile)
     except Exception as error:  # noqa: BLE001 -- Keras raises many kinds here
         message = " ".join(str(error).split())
         raise CheckpointError(f"Cannot load {path}: {message}") from error
+    return with_xla_if_int8(model)
 
 
 def check_checkpoint(path, variant, classes, image_size):
