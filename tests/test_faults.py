@@ -176,6 +176,7 @@ def test_full_disk_during_checkpointing_fails_clearly_and_keeps_the_last_good_on
     if not _mount_tmpfs(disk, "64m"):
         _full_disk_injected(tmp_path)
         return
+    process = None
     try:
         output = disk / "run"
         command = _train_command(output, epochs=10)
@@ -206,7 +207,12 @@ def test_full_disk_during_checkpointing_fails_clearly_and_keeps_the_last_good_on
         assert "(resumed)" in completed.stdout
         assert [int(row[0]) for row in _rows(output)] == list(range(10))
     finally:
-        subprocess.run(["umount", str(disk)], capture_output=True)
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+        # Lazy: a failed assertion can leave files open there, and a plain
+        # umount would then leave the tmpfs mounted after the test.
+        subprocess.run(["umount", "--lazy", str(disk)], capture_output=True)
 
 
 def _full_disk_injected(tmp_path):
