@@ -154,6 +154,9 @@ def test_status_and_metadata(served):
     assert [d["size"] for d in signatures["predict_images"]["inputs"]["images"]["tensor_shape"]["dim"]] == [
         "-1", "32", "32", "3"]
     assert default["method_name"] == "tensorflow/serving/predict"
+    # How the version was exported: its precision and the rest of its metadata.
+    assert metadata["keras_vit"] == export.read_metadata(served["base"] / "1")
+    assert metadata["keras_vit"]["precision"] == "float32"
 
 
 BAD_REQUESTS = [
@@ -250,9 +253,9 @@ def test_server_bad_arguments(tmp_path):
         serving.Server(tmp_path, port=70000)
 
 
-def test_new_version_is_served_without_restart(tmp_path):
+def test_new_version_is_served_without_restart(tmp_path, caplog):
     base = tmp_path / "vit"
-    first, second = _classifier(seed=1), _classifier(seed=2)
+    first, second = _classifier(seed=1), keras_vit.with_precision(_classifier(seed=2), "int8")
     export.export_saved_model(first, base, class_names=NAMES)
     image = _png(skimage.data.chelsea())
     with serving.Server(base, port=0, poll_seconds=0.2) as server, serving.Client(server.url, "vit") as client:
@@ -268,6 +271,10 @@ def test_new_version_is_served_without_restart(tmp_path):
         after = client.predict([image])[0]
     assert before.labels[0].islower() and after.labels[0].isupper()
     assert before.probabilities != after.probabilities
+    # The log names each version's precision, from the export's metadata.
+    served = [r.getMessage() for r in caplog.records if "keras-vit serve: serving" in r.getMessage()]
+    assert served == [f"keras-vit serve: serving vit version {v} from {base / str(v)} ({p}, tta none)"
+                      for v, p in ((1, "float32"), (8, "int8"))], served
 
 
 def test_broken_version_keeps_the_served_one(tmp_path):

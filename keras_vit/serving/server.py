@@ -29,9 +29,14 @@ class _Servable:
         from google.protobuf import json_format
         from tensorflow.core.protobuf import saved_model_pb2
 
+        from keras_vit.export import read_metadata
+
         self.version = version
         self.path = path
         self.loaded = tf.saved_model.load(str(path))
+        # How keras-vit export made it (precision, jit_compile, tta, ...);
+        # {} for other SavedModels.
+        self.keras_vit = read_metadata(path)
         proto = saved_model_pb2.SavedModel()
         proto.ParseFromString((path / "saved_model.pb").read_bytes())
         defs = proto.meta_graphs[0].signature_def
@@ -159,8 +164,10 @@ class Server:
                     logger.error("keras-vit serve: cannot load version %s: %s", version, error)
                     continue
                 self._servable = servable
-                logger.warning("keras-vit serve: serving %s version %s from %s",
-                               self.model_name, version, servable.path)
+                made = servable.keras_vit
+                logger.warning("keras-vit serve: serving %s version %s from %s%s", self.model_name, version,
+                               servable.path, f" ({made['precision']}, tta {made.get('tta', 'none')})"
+                               if "precision" in made else "")
                 break
             return self.version
 
@@ -191,6 +198,9 @@ class Server:
         return self._json({
             "model_spec": {"name": self.model_name, "signature_name": "", "version": str(servable.version)},
             "metadata": {"signature_def": {"signature_def": servable.signature_defs}},
+            # Beyond TF Serving's answer, which clients ignore: how keras-vit
+            # export made the version (its precision, TTA, top-k, ...).
+            **({"keras_vit": servable.keras_vit} if servable.keras_vit else {}),
         })
 
     async def _predict(self, request):
