@@ -26,6 +26,15 @@ def cpu_model():
         return platform.processor() or platform.machine()
 
 
+def cpu_flags():
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return set(re.search(r"^flags\s*:\s*(.*)$", f.read(), re.M).group(1).split())
+    except (OSError, AttributeError):
+        return set()
+
+
 def report(result):
     """What a worker prints for `run_worker` to read."""
     print("RESULT " + json.dumps(result), flush=True)

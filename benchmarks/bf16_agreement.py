@@ -1,13 +1,13 @@
-"""Top-1 agreement of `mixed_bfloat16` inference with float32.
+"""Top-1 agreement of bfloat16 and int8 inference with float32.
 
     python benchmarks/bf16_agreement.py                   # trains the main job (digits) first, ~3 min
     python benchmarks/bf16_agreement.py runs/fmnist runs/digits --write
 
 For each trained run: its final model on its data set's whole test split,
-once in float32 and once through `keras_vit.with_dtype_policy(model,
-"mixed_bfloat16")` (the documented fast path): the fraction of images whose
-top-1 class is the same, both test accuracies and the largest probability
-difference. Then ViT-B/16 at 224 with random weights (there are no trained
+in float32 and through `keras_vit.with_precision(model, "bfloat16")` and
+`(model, "int8")` (Keras' quantization): per precision, the fraction of
+images whose top-1 class is the same as in float32, both test accuracies
+and the largest probability difference. Then ViT-B/16 at 224 with random weights (there are no trained
 ViT-B weights offline) on 64 crops of the scikit-image and matplotlib demo
 photos: random weights make a hard case, since nothing separates the
 classes but noise, so small rounding flips more top-1 decisions than in a
@@ -25,20 +25,26 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 
+PRECISIONS = ("bfloat16", "int8")
+
+
 def _compare(name, model, images, labels=None):
     import numpy as np
 
     import keras_vit
 
     reference = model.predict(images, batch_size=64, verbose=0)
-    fast = keras_vit.with_dtype_policy(model, "mixed_bfloat16").predict(images, batch_size=64, verbose=0)
-    row = {"model": name, "images": len(images),
-           "agreement": float(np.mean(reference.argmax(-1) == fast.argmax(-1))),
-           "max_prob_diff": float(np.abs(reference - fast).max())}
-    if labels is not None:
-        row["accuracy_float32"] = float(np.mean(reference.argmax(-1) == labels))
-        row["accuracy_bf16"] = float(np.mean(fast.argmax(-1) == labels))
-    return row
+    rows = []
+    for precision in PRECISIONS:
+        fast = keras_vit.with_precision(model, precision).predict(images, batch_size=64, verbose=0)
+        row = {"model": name, "precision": precision, "images": len(images),
+               "agreement": float(np.mean(reference.argmax(-1) == fast.argmax(-1))),
+               "max_prob_diff": float(np.abs(reference - fast).max())}
+        if labels is not None:
+            row["accuracy_float32"] = float(np.mean(reference.argmax(-1) == labels))
+            row["accuracy"] = float(np.mean(fast.argmax(-1) == labels))
+        rows.append(row)
+    return rows
 
 
 def _run_rows(run_dir):
@@ -91,19 +97,19 @@ def worker(run_dirs):
 
     import keras_vit
 
-    rows = [_run_rows(run) for run in run_dirs] + [_vit_b16_rows()]
+    rows = [row for run in run_dirs for row in _run_rows(run)] + _vit_b16_rows()
     versions = {"keras_vit": keras_vit.__version__, "tensorflow": tf.__version__, "keras": keras.__version__}
     _common.report({"rows": rows, "versions": versions, "bfloat16_cpu": keras_vit.bfloat16_cpu()})
 
 
 def _table(result):
-    lines = ["| model | images | top-1 agreement | accuracy float32 | accuracy bf16 | max prob. diff. |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| model | precision | images | top-1 agreement with float32 | accuracy float32 | accuracy "
+             "| max prob. diff. |", "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         acc32 = f"{r['accuracy_float32']:.4f}" if "accuracy_float32" in r else "-"
-        acc16 = f"{r['accuracy_bf16']:.4f}" if "accuracy_bf16" in r else "-"
-        lines.append(f"| {r['model']} | {r['images']} | {r['agreement']:.4f} | {acc32} | {acc16} | "
-                     f"{r['max_prob_diff']:.4f} |")
+        acc = f"{r['accuracy']:.4f}" if "accuracy" in r else "-"
+        lines.append(f"| {r['model']} | {r['precision']} | {r['images']} | {r['agreement']:.4f} | {acc32} | "
+                     f"{acc} | {r['max_prob_diff']:.4f} |")
     return "\n".join(lines)
 
 
@@ -127,11 +133,11 @@ def main(argv=None):
     if "error" in result:
         print(f"failed: {result['error']}", file=sys.stderr)
         return 1
-    how = "final models of the runs, `keras_vit.with_dtype_policy(model, \"mixed_bfloat16\")` against float32"
+    how = "final models of the runs, `keras_vit.with_precision(model, precision)` against float32"
     if not result["bfloat16_cpu"]:
         how += (" (on this CPU bfloat16 is not expected to be faster than float32: "
                 "`keras_vit.bfloat16_cpu()` is False)")
-    return _common.publish([result], how, _table(result), "bf16", "mixed_bfloat16 against float32 "
+    return _common.publish([result], how, _table(result), "bf16", "bfloat16 and int8 against float32 "
                            "(`benchmarks/bf16_agreement.py`)", args.write, args.json)
 
 

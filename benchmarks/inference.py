@@ -1,14 +1,17 @@
-"""ViT-B/16 inference at 224: keras_vit against timm and keras-hub, each
-system in its own process, in one invocation.
+"""ViT-B/16 (or ViT-S/16, `--variant S/16`) inference at 224: keras_vit
+against timm and keras-hub, each system in its own process, in one
+invocation.
 
 Run with nothing else running (on 2 cores a background job halves the
 numbers):
     python benchmarks/inference.py                    # batch 1 and 8, every system
     python benchmarks/inference.py --batch 8 --repeats 7 --systems keras_vit timm
     python benchmarks/inference.py --write            # also writes the table into BENCHMARKS.md
+    python benchmarks/inference.py --variant S/16 --systems keras_vit_bf16 timm_bf16
     python benchmarks/inference.py --rounds 1         # one run per system (default 3, interleaved)
 
-Systems (random weights: speed does not depend on their values):
+Systems (random weights: speed does not depend on their values; ViTB16 and
+ViT-B/16 below read ViTS16 and ViT-S/16 with `--variant S/16`):
     keras_vit            keras_vit.ViTB16(weights=None), float32, model.predict_on_batch (the user path)
     keras_vit_call       the same model called directly, model(x, training=False)
     keras_vit_bf16       keras_vit.with_precision(ViTB16(weights=None), "bfloat16", copy=False), predict_on_batch
@@ -17,6 +20,9 @@ Systems (random weights: speed does not depend on their values):
     keras_vit_savedmodel keras_vit.export's SavedModel, `predict_images` signature
     timm                 timm vit_base_patch16_224, eval(), torch.inference_mode(), eager
     timm_bf16            the same under torch.autocast("cpu", dtype=torch.bfloat16)
+    timm_int8            the same with PyTorch's dynamic int8 quantization of every nn.Linear
+                         (torch.ao.quantization.quantize_dynamic, qint8 weights, int8
+                         activations quantized per batch: the peer of Keras' quantize)
     keras_hub            keras_hub.models.ViTImageClassifier (ViT-B/16 sizes), predict_on_batch
     matmul_floor         only keras_vit's ViT-B/16 matrix products (patch embedding, q/k/v,
                          attention, projection, MLP, head; same shapes, float32; the last
@@ -46,8 +52,13 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 SYSTEMS = ("keras_vit", "keras_vit_call", "keras_vit_bf16", "keras_vit_int8", "keras_vit_savedmodel", "timm",
-           "timm_bf16", "keras_hub", "matmul_floor")
+           "timm_bf16", "timm_int8", "keras_hub", "matmul_floor")
 REFERENCES = ("timm", "keras_hub")
+# Per variant: keras_vit's builder, timm's model, and the sizes.
+VARIANTS = {
+    "B/16": dict(builder="ViTB16", timm="vit_base_patch16_224", width=768, depth=12, heads=12, mlp=3072),
+    "S/16": dict(builder="ViTS16", timm="vit_small_patch16_224", width=384, depth=12, heads=6, mlp=1536),
+}
 
 
 def _time(run, batch, repeats, warmup):
@@ -62,14 +73,14 @@ def _time(run, batch, repeats, warmup):
     return {"ms_per_batch": median, "best_ms": min(times), "img_per_s": batch * 1000 / median}
 
 
-def _keras_vit(system, batch):
+def _keras_vit(system, batch, variant):
     import keras
     import numpy as np
     import tensorflow as tf
 
     import keras_vit
 
-    model = keras_vit.ViTB16(weights=None)
+    model = getattr(keras_vit, VARIANTS[variant]["builder"])(weights=None)
     if system in ("keras_vit_bf16", "keras_vit_int8"):
         # The documented way for a float32 model loaded to run at another
         # precision: changed in place, no second copy of the weights.
@@ -89,14 +100,16 @@ def _keras_vit(system, batch):
     return (lambda: model.predict_on_batch(x)), versions
 
 
-def _timm(batch, bfloat16=False):
+def _timm(batch, variant, bfloat16=False, int8=False):
     import contextlib
 
     import numpy as np
     import timm
     import torch
 
-    model = timm.create_model("vit_base_patch16_224", pretrained=False).eval()
+    model = timm.create_model(VARIANTS[variant]["timm"], pretrained=False).eval()
+    if int8:
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     x = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (batch, 3, 224, 224)).astype("float32"))
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bfloat16 else contextlib.nullcontext
 
@@ -107,14 +120,15 @@ def _timm(batch, bfloat16=False):
     return run, {"timm": timm.__version__, "torch": torch.__version__}
 
 
-def _keras_hub(batch):
+def _keras_hub(batch, variant):
     import keras
     import keras_hub
     import numpy as np
 
+    v = VARIANTS[variant]
     backbone = keras_hub.models.ViTBackbone(
-        image_shape=(224, 224, 3), patch_size=16, num_layers=12, num_heads=12,
-        hidden_dim=768, mlp_dim=3072,
+        image_shape=(224, 224, 3), patch_size=16, num_layers=v["depth"], num_heads=v["heads"],
+        hidden_dim=v["width"], mlp_dim=v["mlp"],
     )
     model = keras_hub.models.ViTImageClassifier(backbone=backbone, num_classes=1000)
     x = np.random.default_rng(0).uniform(0, 1, (batch, 224, 224, 3)).astype("float32")
@@ -122,11 +136,12 @@ def _keras_hub(batch):
                                                  "keras": keras.__version__}
 
 
-def _matmul_floor(batch):
+def _matmul_floor(batch, variant):
     import numpy as np
     import tensorflow as tf
 
-    tokens, width, heads, mlp = 197, 768, 12, 3072
+    v = VARIANTS[variant]
+    tokens, width, heads, mlp, depth = 197, v["width"], v["heads"], v["mlp"], v["depth"]
     rng = np.random.default_rng(0)
 
     def weight(*shape):
@@ -143,7 +158,7 @@ def _matmul_floor(batch):
         # reshapes are free, the values meaningless.
         x = tf.matmul(patches, embed)
         x = x0 + tf.reduce_mean(x) * 0
-        for _ in range(11):
+        for _ in range(depth - 1):
             q = tf.reshape(tf.matmul(x, qkv)[:, :width], (batch, tokens, heads, width // heads))
             q = tf.transpose(q, (0, 2, 1, 3))
             attention = tf.matmul(q, q, transpose_b=True)
@@ -165,17 +180,18 @@ def _matmul_floor(batch):
     return (lambda: run().numpy()), {"tensorflow": tf.__version__}
 
 
-def worker(system, batch, repeats, warmup):
+def worker(system, batch, variant, repeats, warmup):
     if system == "matmul_floor":
-        run, versions = _matmul_floor(batch)
-    elif system in ("timm", "timm_bf16"):
-        run, versions = _timm(batch, bfloat16=system == "timm_bf16")
+        run, versions = _matmul_floor(batch, variant)
+    elif system in ("timm", "timm_bf16", "timm_int8"):
+        run, versions = _timm(batch, variant, bfloat16=system == "timm_bf16", int8=system == "timm_int8")
     elif system == "keras_hub":
-        run, versions = _keras_hub(batch)
+        run, versions = _keras_hub(batch, variant)
     else:
-        run, versions = _keras_vit(system, batch)
+        run, versions = _keras_vit(system, batch, variant)
     result = _time(run, batch, repeats, warmup)
-    result.update(system=system, batch=batch, peak_rss_mb=_common.peak_rss_mb(), versions=versions)
+    result.update(system=system, batch=batch, variant=variant, peak_rss_mb=_common.peak_rss_mb(),
+                  versions=versions, amx="amx_bf16" in _common.cpu_flags())
     if system == "keras_vit_bf16":
         import keras_vit
 
@@ -206,6 +222,7 @@ def _table(results):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--variant", choices=sorted(VARIANTS), default="B/16")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3,
@@ -220,10 +237,10 @@ def main(argv=None):
     if args.rounds < 1:
         parser.error(f"--rounds must be >= 1, received {args.rounds}")
     if args.worker:
-        worker(args.worker, args.batch[0], args.repeats, args.warmup)
+        worker(args.worker, args.batch[0], args.variant, args.repeats, args.warmup)
         return 0
     jobs = [(dict(batch=batch, system=system),
-             [sys.executable, __file__, "--worker", system, "--batch", str(batch),
+             [sys.executable, __file__, "--worker", system, "--batch", str(batch), "--variant", args.variant,
               "--repeats", str(args.repeats), "--warmup", str(args.warmup)])
             for batch in args.batch for system in args.systems]
     results = _common.run_rounds(
@@ -233,8 +250,12 @@ def main(argv=None):
            "its own process"
            + (f"; {args.rounds} interleaved rounds, the median round shown with the range of img/s "
               "over the rounds." if args.rounds > 1 else "."))
-    return _common.publish(results, how, _table(results), "inference",
-                           "ViT-B/16 inference at 224 (`benchmarks/inference.py`)", args.write, args.json)
+    # ViT-B/16 keeps the block name it always had.
+    name = "inference" if args.variant == "B/16" else "inference-" + args.variant.replace("/", "")
+    flag = "" if args.variant == "B/16" else f" --variant {args.variant}"
+    return _common.publish(results, how, _table(results), name,
+                           f"ViT-{args.variant} inference at 224 (`benchmarks/inference.py{flag}`)",
+                           args.write, args.json)
 
 
 if __name__ == "__main__":

@@ -1,40 +1,51 @@
-"""Issue 6's speed targets, checked in one command: runs the benchmarks,
-then says which targets hold in that run.
+"""The speed targets of issues 6 and 28, checked in one command: runs the
+benchmarks, then says which targets hold in that run.
 
 Run with nothing else running (on 2 cores a background job halves the
 numbers):
-    python benchmarks/targets.py                  # about 45 minutes here
+    python benchmarks/targets.py                  # about 75 minutes here (3 rounds)
+    python benchmarks/targets.py --rounds 1       # one round of each: about 30 minutes
     python benchmarks/targets.py --fashion        # also the Fashion-MNIST recipe (about 30 min more)
     python benchmarks/targets.py --write          # the tables and the verdicts into BENCHMARKS.md
     python benchmarks/targets.py --check DIR      # only the verdicts, from the results a run kept in DIR
 
 It runs, in this order, each as documented in DEVELOPERS.md and each
 writing its own table (with `--write`):
-    inference.py                       ViT-B/16 inference, batch 1 and 8, 3 interleaved rounds
-    training.py --cases tiny           the 32x32 from-scratch case, 3 rounds
-    training.py --cases vit_s16        ViT-S/16, batch 16 and 32, 3 rounds of 2-step repeats
+    inference.py                       ViT-B/16 inference, batch 1 and 8, every system
+    inference.py --variant S/16        ViT-S/16 bfloat16 inference against timm's autocast
+    training.py --cases tiny           the 32x32 from-scratch case, float32 and bfloat16
+    training.py --cases vit_s16        ViT-S/16, batch 16 and 32, 2-step repeats
     time_to_accuracy.py digits         the main job (and fashion_mnist with --fashion)
-    bf16_agreement.py                  on the runs just trained, and ViT-B/16 on photos
+    bf16_agreement.py                  bfloat16 and int8 against float32 on the runs just trained
 and keeps their JSON results in `--results DIR` (default: a temporary
 directory). Then it prints one row per target: what was measured, the
 threshold, and whether it holds. The ratios are between systems measured
-in the same invocation, as the issue asks.
+in the same invocation, as the issues ask.
 
-The targets (ratios of img/s; memory is peak resident memory):
-    1. ViT-B/16 float32 inference, batch 1 and 8, through predict_on_batch,
-       the direct call and the SavedModel: >= 1.15x timm, >= 1.1x keras-hub
-    2. mixed_bfloat16 inference, batch 8: >= 2.0x timm's float32 on a CPU
-       where bfloat16 is faster (`keras_vit.bfloat16_cpu()`; elsewhere the
-       row reads "n/a" and does not count); top-1
-       agreement with float32 >= 99% on the trained models' test splits
-       (bf16_agreement.py's random-weight ViT-B/16 row is in its table but
-       not checked: with random weights the classes are near ties that
-       rounding flips; BENCHMARKS.md)
-    3. model.fit throughput: ViT-S/16 batch 16 and 32, the tiny case
-       batch 128: >= 1.1x timm
-    4. ViT-B/16 inference, batch 8: peak memory <= 1.2x timm's
-    5. time to accuracy recorded (digits >= 97% in 180 s; Fashion-MNIST
-       >= 91% in 1800 s with --fashion)
+Issue 6 (ratios of img/s; memory is peak resident memory):
+    6.1 ViT-B/16 float32 inference, batch 1 and 8, through predict_on_batch,
+        the direct call and the SavedModel: >= 1.15x timm, >= 1.1x keras-hub
+    6.2 mixed_bfloat16 inference, batch 8: >= 2.0x timm's float32 where
+        `keras_vit.bfloat16_cpu()` is True (elsewhere "n/a")
+    6.3 model.fit throughput, float32: ViT-S/16 batch 16 and 32, the tiny
+        case batch 128: >= 1.1x timm
+    6.4 float32 inference, batch 8: peak memory <= 1.2x timm's
+    6.5 time to accuracy recorded
+Issue 28 (rows that need AMX read "n/a: no AMX" elsewhere, with the
+measured value shown):
+    28.1 bfloat16 inference, ViT-B/16 and ViT-S/16, batch 1 and 8: >= 1.1x
+         timm under torch.autocast(bfloat16) on AMX; and `auto` picks
+         bfloat16 exactly where it was measured faster than float32
+    28.2 float32 inference >= 1.0x timm at batch 1 and 8; >= 0.9x the
+         matrix-product floor at batch 8
+    28.3 int8 inference, batch 8: >= 1.3x keras_vit's bfloat16 on AMX; top-1
+         agreement with float32 >= 0.99 on the trained models' test splits
+    28.5 model.fit under mixed_bfloat16: >= 1.1x timm's autocast training
+         (ViT-S/16 batch 16, the tiny case) on AMX
+    28.6 the main job <= 150 s at >= 0.97; Fashion-MNIST (with --fashion)
+         >= 0.91 in <= 900 s on AMX, <= 1800 s without
+    28.7 peak memory, ViT-B/16 batch-8 inference, <= 1.2x timm's at each
+         precision (int8 against timm's dynamic int8 quantization)
 
 The exit status is 0 when every target holds, 1 otherwise.
 """
@@ -54,7 +65,11 @@ INFERENCE_PATHS = {"keras_vit": "predict_on_batch", "keras_vit_call": "direct ca
                    "keras_vit_savedmodel": "SavedModel"}
 TRAINING_CASES = (("vit_s16", 16), ("vit_s16", 32), ("tiny", 128))
 THRESHOLDS = {"vs_timm": 1.15, "vs_keras_hub": 1.1, "bf16_vs_timm": 2.0, "agreement": 0.99,
-              "training_vs_timm": 1.1, "memory_vs_timm": 1.2}
+              "training_vs_timm": 1.1, "memory_vs_timm": 1.2,
+              # issue 28
+              "bf16_vs_timm_bf16": 1.1, "f32_vs_timm": 1.0, "vs_floor": 0.9, "int8_vs_bf16": 1.3,
+              "bf16_training_vs_timm_bf16": 1.1}
+NO_AMX = "n/a: no AMX"
 
 
 def _find(results, **identity):
@@ -79,54 +94,102 @@ def _ratio(a, b, key="img_per_s"):
     return a[key] / b[key] if a and b else None
 
 
-def check(inference, training, agreement, time_to_accuracy):
+def _amx_row(target, what, value, threshold, amx):
+    """A row whose target applies on AMX CPUs only: elsewhere measured, "n/a"."""
+    row = _row(target, what, value, threshold)
+    if not amx and row["verdict"] != "MISSING":
+        row["verdict"] = NO_AMX
+    return row
+
+
+def check(inference, training, agreement, time_to_accuracy, inference_s16=()):
     """One row per target from the scripts' JSON results: `inference` and
-    `training` (lists of results as saved by inference.py and training.py),
-    `agreement` (bf16_agreement.py's single result) and `time_to_accuracy`
-    (a list of time_to_accuracy.py's records). Missing or failed results
-    give MISSING rows, which count as not met."""
+    `inference_s16` (ViT-B/16 and ViT-S/16 results of inference.py),
+    `training` (training.py's), `agreement` (bf16_agreement.py's single
+    result) and `time_to_accuracy` (a list of time_to_accuracy.py's
+    records). Missing or failed results give MISSING rows, which count as
+    not met."""
     rows = []
+    amx = any(r.get("amx") for r in list(inference) + list(training) if "error" not in r)
     for batch in (1, 8):
         timm = _find(inference, system="timm", batch=batch)
         hub = _find(inference, system="keras_hub", batch=batch)
         for system, path in INFERENCE_PATHS.items():
             mine = _find(inference, system=system, batch=batch)
-            rows.append(_row(1, f"inference batch {batch}, {path}, vs timm", _ratio(mine, timm),
+            rows.append(_row("6.1", f"inference batch {batch}, {path}, vs timm", _ratio(mine, timm),
                              THRESHOLDS["vs_timm"]))
-            rows.append(_row(1, f"inference batch {batch}, {path}, vs keras-hub", _ratio(mine, hub),
+            rows.append(_row("6.1", f"inference batch {batch}, {path}, vs keras-hub", _ratio(mine, hub),
                              THRESHOLDS["vs_keras_hub"]))
     timm8 = _find(inference, system="timm", batch=8)
     bf16 = _find(inference, system="keras_vit_bf16", batch=8)
-    row = _row(2, "mixed_bfloat16 inference batch 8 vs timm's float32", _ratio(bf16, timm8),
+    row = _row("6.2", "mixed_bfloat16 inference batch 8 vs timm's float32", _ratio(bf16, timm8),
                THRESHOLDS["bf16_vs_timm"])
     if bf16 and bf16.get("bfloat16_cpu") is False and row["verdict"] == "NOT MET":
-        # The target is for CPUs whose bfloat16 arithmetic is faster than
-        # float32. Where `keras_vit.bfloat16_cpu()` is False (e.g. Intel's
-        # AVX-512-BF16 without AMX: bfloat16 dot products at the float32
-        # rate) 2x timm's float32 is out of reach of any software, and
-        # users are told to stay in float32; the row says so.
+        # For CPUs whose bfloat16 arithmetic is faster than float32 only;
+        # where `keras_vit.bfloat16_cpu()` is False users are told to stay
+        # in float32, and the row says so.
         row["verdict"] = "n/a: no fast bfloat16 on this CPU"
     rows.append(row)
-    trained = [r for r in (agreement or {}).get("rows", []) if "accuracy_float32" in r]
-    if not trained:
-        rows.append(_row(2, "bfloat16 top-1 agreement, trained models", None, THRESHOLDS["agreement"]))
-    for r in trained:
-        rows.append(_row(2, f"bfloat16 top-1 agreement, {r['model']}", r["agreement"],
-                         THRESHOLDS["agreement"], unit=""))
     for case, batch in TRAINING_CASES:
         ratio = _ratio(_find(training, system="keras_vit", case=case, batch=batch),
                        _find(training, system="timm", case=case, batch=batch))
-        rows.append(_row(3, f"model.fit {case} batch {batch} vs timm", ratio, THRESHOLDS["training_vs_timm"]))
-    rows.append(_row(4, "peak memory, inference batch 8, vs timm",
+        rows.append(_row("6.3", f"model.fit {case} batch {batch} vs timm", ratio, THRESHOLDS["training_vs_timm"]))
+    rows.append(_row("6.4/28.7", "peak memory, float32 inference batch 8, vs timm",
                      _ratio(_find(inference, system="keras_vit", batch=8), timm8, "peak_rss_mb"),
                      THRESHOLDS["memory_vs_timm"], at_least=False))
+
+    # Issue 28.
+    for variant, results in (("ViT-B/16", inference), ("ViT-S/16", inference_s16)):
+        for batch in (1, 8):
+            ratio = _ratio(_find(results, system="keras_vit_bf16", batch=batch),
+                           _find(results, system="timm_bf16", batch=batch))
+            rows.append(_amx_row("28.1", f"{variant} bfloat16 inference batch {batch} vs timm autocast", ratio,
+                                 THRESHOLDS["bf16_vs_timm_bf16"], amx))
+    f32 = _find(inference, system="keras_vit", batch=8)
+    if bf16 and f32:
+        faster = bf16["img_per_s"] > f32["img_per_s"]
+        picks = bf16.get("bfloat16_cpu")
+        rows.append(dict(target="28.1", what="`auto` picks bfloat16 exactly where it is faster (batch 8)",
+                         measured=f"bfloat16 {bf16['img_per_s']:.2f} vs float32 {f32['img_per_s']:.2f} img/s; "
+                                  f"auto picks {'bfloat16' if picks else 'float32'}",
+                         threshold="auto = the faster one", verdict="met" if picks == faster else "NOT MET"))
+    else:
+        rows.append(_row("28.1", "`auto` picks bfloat16 exactly where it is faster", None, None))
+    for batch in (1, 8):
+        rows.append(_row("28.2", f"float32 inference batch {batch} vs timm",
+                         _ratio(_find(inference, system="keras_vit", batch=batch),
+                                _find(inference, system="timm", batch=batch)), THRESHOLDS["f32_vs_timm"]))
+    rows.append(_row("28.2", "float32 inference batch 8 vs the matrix-product floor",
+                     _ratio(f32, _find(inference, system="matmul_floor", batch=8)), THRESHOLDS["vs_floor"]))
+    int8 = _find(inference, system="keras_vit_int8", batch=8)
+    rows.append(_amx_row("28.3", "int8 inference batch 8 vs keras_vit's bfloat16", _ratio(int8, bf16),
+                         THRESHOLDS["int8_vs_bf16"], amx))
+    trained = [r for r in (agreement or {}).get("rows", []) if "accuracy_float32" in r]
+    if not trained:
+        rows.append(_row("6.2/28.3", "top-1 agreement with float32, trained models", None, THRESHOLDS["agreement"]))
+    for r in trained:
+        rows.append(_row("6.2" if r["precision"] == "bfloat16" else "28.3",
+                         f"{r['precision']} top-1 agreement, {r['model']}", r["agreement"],
+                         THRESHOLDS["agreement"], unit=""))
+    for case, batch in (("vit_s16", 16), ("tiny", 128)):
+        ratio = _ratio(_find(training, system="keras_vit_bf16", case=case, batch=batch),
+                       _find(training, system="timm_bf16", case=case, batch=batch))
+        rows.append(_amx_row("28.5", f"model.fit mixed_bfloat16 {case} batch {batch} vs timm autocast", ratio,
+                             THRESHOLDS["bf16_training_vs_timm_bf16"], amx))
     if not time_to_accuracy:
-        rows.append(_row(5, "time to accuracy", None, None))
+        rows.append(_row("28.6", "time to accuracy", None, None))
     for record in time_to_accuracy or []:
-        rows.append(dict(target=5, what=f"time to accuracy, {record['data']}",
+        limit = {"digits": 150.0, "fashion_mnist": 900.0 if amx else 1800.0}[record["data"]]
+        minimum = {"digits": 0.97, "fashion_mnist": 0.91}[record["data"]]
+        holds = record["test_accuracy"] >= minimum and record["wall_time_s"] <= limit
+        rows.append(dict(target="6.5/28.6", what=f"time to accuracy, {record['data']}",
                          measured=f"{record['test_accuracy']:.4f} in {record['wall_time_s']:.0f} s",
-                         threshold="recorded", verdict="recorded",
-                         recipe_verdict=record["verdict"]))
+                         threshold=f">= {minimum} in <= {limit:.0f} s", verdict="met" if holds else "NOT MET"))
+    for system, peer, label in (("keras_vit_bf16", "timm_bf16", "bfloat16"), ("keras_vit_int8", "timm_int8", "int8")):
+        rows.append(_row("28.7", f"peak memory, {label} inference batch 8, vs timm at {label}",
+                         _ratio(_find(inference, system=system, batch=8),
+                                _find(inference, system=peer, batch=8), "peak_rss_mb"),
+                         THRESHOLDS["memory_vs_timm"], at_least=False))
     return rows
 
 
@@ -138,8 +201,6 @@ def table(rows):
     lines = ["| target | what | measured | threshold | verdict |", "|---|---|---|---|---|"]
     for r in rows:
         verdict = r["verdict"]
-        if "recipe_verdict" in r:
-            verdict += f" (recipe target: {r['recipe_verdict']})"
         lines.append(f"| {r['target']} | {r['what']} | {r['measured']} | {r['threshold']} | {verdict} |")
     return "\n".join(lines)
 
@@ -155,12 +216,15 @@ def _run(script, *args):
     return subprocess.run(command).returncode
 
 
-def run_all(results, fashion, write):
+def run_all(results, fashion, write, rounds=3):
     results.mkdir(parents=True, exist_ok=True)
     extra = ["--write"] if write else []
-    _run("inference.py", "--json", str(results / "inference.json"), *extra)
-    _run("training.py", "--cases", "tiny", "--rounds", "3", "--json", str(results / "training-tiny.json"), *extra)
-    _run("training.py", "--cases", "vit_s16", "--steps", "2", "--rounds", "3",
+    rounds = ["--rounds", str(rounds)]
+    _run("inference.py", *rounds, "--json", str(results / "inference.json"), *extra)
+    _run("inference.py", "--variant", "S/16", "--systems", "keras_vit_bf16", "timm_bf16", *rounds,
+         "--json", str(results / "inference-S16.json"), *extra)
+    _run("training.py", "--cases", "tiny", *rounds, "--json", str(results / "training-tiny.json"), *extra)
+    _run("training.py", "--cases", "vit_s16", "--steps", "2", *rounds,
          "--json", str(results / "training-vit_s16.json"), *extra)
     runs = []
     for data in ["digits"] + (["fashion_mnist"] if fashion else []):
@@ -182,6 +246,7 @@ def check_dir(results):
         _load(results / "training-tiny.json", []) + _load(results / "training-vit_s16.json", []),
         agreement[0] if agreement else None,
         [_load(path, None) for path in sorted(results.glob("time_to_accuracy-*.json"))],
+        _load(results / "inference-S16.json", []),
     )
     return rows, inference
 
@@ -193,6 +258,7 @@ def main(argv=None):
                         help="write every table and the verdicts into BENCHMARKS.md")
     parser.add_argument("--results", metavar="DIR", help="keep the results (JSON, trained runs) in DIR")
     parser.add_argument("--check", metavar="DIR", help="run nothing: check the results kept in DIR")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of each benchmark (default 3)")
     args = parser.parse_args(argv)
     if args.check:
         results = pathlib.Path(args.check)
@@ -203,11 +269,11 @@ def main(argv=None):
     else:
         with tempfile.TemporaryDirectory() as tmp:
             results = pathlib.Path(args.results or tmp)
-            run_all(results, args.fashion, args.write)
+            run_all(results, args.fashion, args.write, args.rounds)
             rows, inference = check_dir(results)
-    how = ("issue 6's targets, each ratio between systems measured in the same invocation "
+    how = ("the targets of issues 6 and 28, each ratio between systems measured in the same invocation "
            f"(`benchmarks/targets.py`): {'all met' if all_met(rows) else 'NOT all met'}")
-    _common.publish(inference, how, table(rows), "targets", "Issue 6's targets (`benchmarks/targets.py`)",
+    _common.publish(inference, how, table(rows), "targets", "Targets of issues 6 and 28 (`benchmarks/targets.py`)",
                     args.write)
     return 0 if all_met(rows) else 1
 

@@ -19,6 +19,12 @@ Systems:
     keras_vit_bf16   the same under the mixed_bfloat16 policy
     timm             timm's VisionTransformer, torch.optim.AdamW, cross
                      entropy with label smoothing, clip_grad_norm_, eager
+    timm_bf16        the same with the forward pass and loss under
+                     torch.autocast("cpu", dtype=torch.bfloat16) (PyTorch's
+                     mixed-precision recipe; float32 weights and optimizer)
+
+The table's "vs timm" compares with timm at the same precision: float32
+systems with `timm`, bfloat16 ones with `timm_bf16`.
 
 Each worker runs `--warmup` steps, then `--repeats` rounds of `--steps`
 steps in the same run (one `model.fit`, timed per step by a callback) and
@@ -40,7 +46,7 @@ CASES = {
                     batches=(16, 32)),
     "tiny": dict(image=32, patch=4, width=192, depth=6, heads=3, mlp=768, classes=10, batches=(128,)),
 }
-SYSTEMS = ("keras_vit", "keras_vit_bf16", "timm")
+SYSTEMS = ("keras_vit", "keras_vit_bf16", "timm", "timm_bf16")
 
 
 def _keras_vit(case, batch, bf16):
@@ -80,7 +86,9 @@ def _keras_vit(case, batch, bf16):
                  "keras": keras.__version__}
 
 
-def _timm(case, batch):
+def _timm(case, batch, bf16):
+    import contextlib
+
     import numpy as np
     import timm
     import torch
@@ -95,12 +103,14 @@ def _timm(case, batch):
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.uniform(-1, 1, (batch, 3, c["image"], c["image"])).astype("float32"))
     y = torch.from_numpy(rng.integers(0, c["classes"], batch))
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
     def run(n):
         stamps = [time.perf_counter()]
         for _ in range(n):
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
+            with autocast():
+                loss = loss_fn(model(x), y)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -111,8 +121,8 @@ def _timm(case, batch):
 
 
 def worker(system, case, batch, steps, repeats, warmup):
-    if system == "timm":
-        run, versions = _timm(case, batch)
+    if system in ("timm", "timm_bf16"):
+        run, versions = _timm(case, batch, bf16=system == "timm_bf16")
     else:
         run, versions = _keras_vit(case, batch, bf16=system == "keras_vit_bf16")
     # Timestamps after every step of one continuous run: warm-up steps
@@ -126,6 +136,7 @@ def worker(system, case, batch, steps, repeats, warmup):
     _common.report(dict(
         system=system, case=case, batch=batch, ms_per_step=median, best_ms=min(times),
         img_per_s=batch * 1000 / median, peak_rss_mb=_common.peak_rss_mb(), versions=versions,
+        amx="amx_bf16" in _common.cpu_flags(),
     ))
 
 
@@ -136,7 +147,8 @@ def _table(results):
         if "error" in r:
             rows.append(f"| {r['case']} | {r['batch']} | {r['system']} | failed: {r['error']} | | | | |")
             continue
-        ref = next((t for t in results if t["system"] == "timm" and t["case"] == r["case"]
+        peer = "timm_bf16" if r["system"].endswith("_bf16") else "timm"
+        ref = next((t for t in results if t["system"] == peer and t["case"] == r["case"]
                     and t["batch"] == r["batch"] and "error" not in t), None)
         ratio = f"{r['img_per_s'] / ref['img_per_s']:.2f}x" if ref else "-"
         rows.append(f"| {r['case']} | {r['batch']} | {r['system']} | {r['ms_per_step']:.0f} | "
