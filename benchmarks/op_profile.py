@@ -6,6 +6,7 @@ Run with nothing else running:
     python benchmarks/op_profile.py train tiny      # a model.fit step of benchmarks/training.py's case
     python benchmarks/op_profile.py train vit_s16 --batch 16
     python benchmarks/op_profile.py infer --batch 1 # ViT-B/16 inference, the direct call
+    python benchmarks/op_profile.py infer --variant S/16 --precision bfloat16 --batch 1
 
 TensorFlow runs independent ops side by side on its inter-op threads, so
 that op times would add up to more than the step; this script runs them one
@@ -70,11 +71,20 @@ def summarise(logdir, steps):
     return totals, {k: v // steps for k, v in counts.items()}
 
 
-def _infer_step(batch):
-    """`run(n)` for `benchmarks/inference.py`'s direct-call system."""
-    import inference
+def _infer_step(batch, variant, precision):
+    """`run(n)`: the direct call of `benchmarks/inference.py`'s keras_vit
+    model of `variant` at `precision`."""
+    import numpy as np
 
-    call, _ = inference._keras_vit("keras_vit_call", batch)
+    import inference
+    import keras_vit
+
+    model = getattr(keras_vit, inference.VARIANTS[variant]["builder"])(weights=None)
+    model = keras_vit.with_precision(model, precision, copy=False)
+    x = np.random.default_rng(0).uniform(-1, 1, (batch, 224, 224, 3)).astype("float32")
+
+    def call():
+        return model(x, training=False).numpy()
 
     def run(n):
         stamps = [time.perf_counter()]
@@ -92,6 +102,9 @@ def main(argv=None):
     parser.add_argument("case", nargs="?", default="tiny", help="train: a case of benchmarks/training.py")
     parser.add_argument("--batch", type=int, help="default: the case's first batch size; infer: 8")
     parser.add_argument("--steps", type=int, default=3, help="profiled steps (after 5 warm-up steps)")
+    parser.add_argument("--variant", choices=("B/16", "S/16"), default="B/16", help="infer: the model")
+    parser.add_argument("--precision", choices=("float32", "bfloat16", "int8"), default="float32",
+                        help="infer: keras_vit.with_precision's precision")
     args = parser.parse_args(argv)
     import training
 
@@ -109,8 +122,8 @@ def main(argv=None):
         what = f"model.fit step, {args.case}, batch {batch}, float32"
     else:
         batch = args.batch or 8
-        run = _infer_step(batch)
-        what = f"ViT-B/16 inference, direct call, batch {batch}, float32"
+        run = _infer_step(batch, args.variant, args.precision)
+        what = f"ViT-{args.variant} inference, direct call, batch {batch}, {args.precision}"
     run(5)
     with tempfile.TemporaryDirectory() as logdir:
         tf.profiler.experimental.start(logdir)
