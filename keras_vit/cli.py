@@ -355,7 +355,7 @@ def _predict(args):
 
     run, images = args.inputs[0], args.inputs[1:]
     predictions = runs.predict(run, images, top_k=args.top_k, which=args.model,
-                               precision=_precision(args), tta=args.tta, jit_compile=args.jit_compile)
+                               precision=_precision(args), tta=args.tta)
     for path, ranked in zip(images, predictions):
         _print_ranked(path, ranked)
 

@@ -149,6 +149,13 @@ def test_export_at_int8_records_its_precision_and_serves_with_tensorflow_alone(t
     images = np.random.default_rng(0).uniform(0, 255, (3, size, size, 3)).astype("float32")
     served = tf.saved_model.load(path).signatures["predict_images"](images=tf.constant(images))
     np.testing.assert_allclose(served["probabilities"].numpy(), quantized.predict(images, verbose=0), atol=1e-5)
+    # The command line, compiled by XLA on request.
+    assert cli.main(["export", str(trained_run), "--output", str(tmp_path / "cli"), "--precision", "int8",
+                     "--jit-compile"]) == 0
+    metadata = export.read_metadata(tmp_path / "cli" / "1")
+    assert (metadata["precision"], metadata["jit_compile"]) == ("int8", True)
+    served = tf.saved_model.load(str(tmp_path / "cli" / "1")).signatures["predict_images"](images=tf.constant(images))
+    np.testing.assert_allclose(served["probabilities"].numpy(), quantized.predict(images, verbose=0), atol=1e-5)
 
 
 def test_cli_offers_exactly_the_librarys_precisions():
