@@ -17,6 +17,8 @@ TENSORFLOW = "2.16"
 EXTRAS = {
     "cpu": [f"tensorflow-cpu>={TENSORFLOW}"],
     "gpu": [f"tensorflow[and-cuda]>={TENSORFLOW}"],
+    # Keras' JAX backend (KERAS_BACKEND=jax); CPU wheels, see the README for GPUs.
+    "jax": ["jax[cpu]>=0.4.30"],
     "examples": ["scikit-image>=0.21", "pillow>=9", "matplotlib>=3.7"],
     # keras-vit serve, the TF-Serving-compatible development server.
     "serve": ["aiohttp>=3.9"],
@@ -31,6 +33,8 @@ EXTRAS = {
         "torch==2.14.1",
         "torchvision==0.29.1",
         "timm>=1.0.20",
+        # tests/test_backends.py: the core on Keras' JAX backend.
+        "jax[cpu]>=0.4.30",
         "transformers>=4.45",
         "scikit-image>=0.21",
         "pillow>=9",

@@ -10,23 +10,25 @@ train (`runs`, `training`, `data`, `distribute`) and export for TF Serving
 (`export`, `serving`).
 """
 
-from keras_vit._backend import require_tensorflow as _require_tensorflow
+from keras_vit._backend import select_backend as _select_backend
+from keras_vit._backend import tensorflow_installed as _tensorflow_installed
 
-_require_tensorflow()
+_select_backend()
+
+# The core (layers, models, weights, inference, explain, training.compile)
+# runs on every Keras backend. The modules below need TensorFlow (tf.data,
+# SavedModel, tf.distribute, TensorFlow's image decoders) and are imported
+# when first used, so that `import keras_vit` works with JAX or PyTorch
+# alone; without TensorFlow, using one raises an ImportError naming it.
+_TENSORFLOW_MODULES = ("data", "distribute", "export", "images", "runs", "serving")
 
 from keras_vit import (  # noqa: E402
     backend,
-    data,
-    distribute,
     explain,
-    export,
     imagenet,
-    images,
     inference,
     layers,
     models,
-    runs,
-    serving,
     training,
     variants,
     weights,
@@ -118,3 +120,18 @@ __all__ = [
     "with_flip_tta",
     "with_precision",
 ]
+# `from keras_vit import *` takes the TensorFlow-only modules where they import.
+if not _tensorflow_installed():
+    __all__ = [name for name in __all__ if name not in _TENSORFLOW_MODULES]
+
+
+def __getattr__(name):
+    # PEP 562: the TensorFlow-only modules, imported on first use.
+    if name in _TENSORFLOW_MODULES:
+        import importlib
+
+        from keras_vit._backend import require_tensorflow
+
+        require_tensorflow(f"keras_vit.{name}")
+        return importlib.import_module(f"keras_vit.{name}")
+    raise AttributeError(f"module 'keras_vit' has no attribute {name!r}")

@@ -1,23 +1,74 @@
-"""Checks, before Keras is imported, that TensorFlow is there to run it."""
+"""Chooses Keras' backend before Keras is imported, or fails in one line
+naming what to install."""
 
 import importlib.util
 import os
 
+# Keras backend name -> (the module it needs, how to install it).
+FRAMEWORKS = {
+    "tensorflow": ("tensorflow", "pip install 'keras-vision-transformer[cpu]' (CPU) or "
+                                 "'keras-vision-transformer[gpu]' (NVIDIA GPU)"),
+    "jax": ("jax", "pip install 'jax[cpu]' (or 'jax[cuda12]'), see https://jax.readthedocs.io"),
+    "torch": ("torch", "pip install torch (CPU-only: --index-url https://download.pytorch.org/whl/cpu)"),
+}
 
-def require_tensorflow():
-    """Selects Keras' TensorFlow backend, or fails in one line naming the extra.
 
-    keras_vit declares TensorFlow through extras (`[cpu]` installs
-    `tensorflow-cpu`, `[gpu]` installs `tensorflow[and-cuda]`) because
-    `tensorflow-cpu` does not satisfy a requirement on `tensorflow`.
+def select_backend():
+    """Returns the Keras backend keras_vit runs on, after checking that its
+    framework is installed.
+
+    `KERAS_BACKEND` (or `~/.keras/keras.json`, as Keras reads it) picks
+    `tensorflow`, `jax` or `torch`; unset, keras_vit uses TensorFlow, as it
+    always has. keras_vit declares TensorFlow through extras (`[cpu]`
+    installs `tensorflow-cpu`, `[gpu]` installs `tensorflow[and-cuda]`)
+    because `tensorflow-cpu` does not satisfy a requirement on
+    `tensorflow`; JAX and PyTorch users install their framework themselves.
+
+    Raises:
+        ImportError: the backend's framework is not installed, or the
+            backend is one keras_vit does not run on.
     """
-    if importlib.util.find_spec("tensorflow") is None:
+    backend = os.environ.get("KERAS_BACKEND") or _configured_backend() or "tensorflow"
+    if backend not in FRAMEWORKS:
         raise ImportError(
-            "keras_vit needs TensorFlow: pip install "
-            "'keras-vision-transformer[cpu]' (CPU) or "
-            "'keras-vision-transformer[gpu]' (NVIDIA GPU)."
+            f"keras_vit runs on the Keras backends {', '.join(sorted(FRAMEWORKS))}; "
+            f"received KERAS_BACKEND={backend!r}."
         )
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    # Hides TensorFlow's cpu_feature_guard INFO lines (its oneDNN notice is
-    # logged before the level is read); warnings and errors still print.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    module, install = FRAMEWORKS[backend]
+    if importlib.util.find_spec(module) is None:
+        raise ImportError(f"keras_vit on the {backend} backend needs {module}: {install}.")
+    os.environ.setdefault("KERAS_BACKEND", backend)
+    if backend == "tensorflow":
+        # Hides TensorFlow's cpu_feature_guard INFO lines (its oneDNN notice
+        # is logged before the level is read); warnings and errors still print.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    return backend
+
+
+def _configured_backend():
+    """The backend `~/.keras/keras.json` names (Keras' own configuration
+    file, in `KERAS_HOME` if set), or None."""
+    import json
+
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        with open(os.path.join(home, "keras.json"), encoding="utf-8") as file:
+            backend = json.load(file).get("backend")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return backend if isinstance(backend, str) else None
+
+
+def tensorflow_installed():
+    """Whether TensorFlow can be imported (its data pipelines, SavedModel
+    export and distribution strategies need it, whatever the backend)."""
+    return importlib.util.find_spec("tensorflow") is not None
+
+
+def require_tensorflow(feature):
+    """Raises ImportError naming `feature` when TensorFlow is not installed."""
+    if not tensorflow_installed():
+        raise ImportError(
+            f"{feature} needs TensorFlow, which is not installed: {FRAMEWORKS['tensorflow'][1]} "
+            "(it works beside JAX or PyTorch as Keras' backend)."
+        )

@@ -54,33 +54,55 @@ def _square_grid(tokens):
 
 
 def _attention_function(model):
-    """A function images -> [per-block attention weights], cached on the model."""
+    """A function images -> [per-block attention weights as NumPy arrays],
+    cached on the model; compiled by `tf.function` on TensorFlow, eager on
+    the other backends."""
     import keras
-    import tensorflow as tf
 
     cached = getattr(model, "_keras_vit_attention_fn", None)
     if cached is not None:
         return cached
     blocks = _blocks(model)
-    tokens_in = keras.Model(model.inputs, blocks[0].input, name=f"{model.name}_tokens")
+    tokens_in = keras.Model(model.inputs[0], blocks[0].input, name=f"{model.name}_tokens")
 
-    @tf.function(reduce_retracing=True)
     def attention(images):
         x = tokens_in(images, training=False)
         weights = []
         for block in blocks:
             x, w = block(x, training=False, return_attention_scores=True)
-            weights.append(tf.cast(w, tf.float32))
+            weights.append(keras.ops.cast(w, "float32"))
         return weights
 
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        attention = tf.function(attention, reduce_retracing=True)
+
+    def function(batch):
+        return [keras.ops.convert_to_numpy(w) for w in attention(batch)]
+
     # Not tracked by Keras (a plain attribute on the Python object).
-    object.__setattr__(model, "_keras_vit_attention_fn", attention)
-    return attention
+    object.__setattr__(model, "_keras_vit_attention_fn", function)
+    return function
+
+
+def _to_pixels(image, image_size):
+    """`keras_vit.images.to_pixels` in `keras.ops`, for any backend: float32
+    RGB (grayscale repeated, alpha dropped) resized bilinearly without
+    antialiasing to `image_size`, clipped to [0, 255]."""
+    import keras
+
+    image = np.asarray(image, dtype=np.float32)
+    if image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    image = image[..., :3]
+    if image.shape[-3:-1] != tuple(image_size):
+        resized = keras.ops.image.resize(image, tuple(image_size), interpolation="bilinear", antialias=False)
+        image = np.clip(keras.ops.convert_to_numpy(resized), 0.0, 255.0)
+    return image
 
 
 def _as_images(model, images):
-    from keras_vit import images as vit_images
-
     height, width = model.inputs[0].shape[1:3]
     images = np.asarray(images)
     if images.ndim == 3:
@@ -91,9 +113,7 @@ def _as_images(model, images):
             f"with 1, 3 or 4 channels, received shape {images.shape}."
         )
     if images.shape[1:3] != (height, width) or images.shape[-1] != 3:
-        import tensorflow as tf
-
-        images = np.stack([vit_images.to_pixels(tf.constant(im), (height, width)).numpy() for im in images])
+        images = np.stack([_to_pixels(im, (height, width)) for im in images])
     return images.astype("float32")
 
 
@@ -115,7 +135,7 @@ def attention_maps(model, images, batch_size=32):
     function = _attention_function(model)
     images = _as_images(model, images)
     chunks = [function(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
-    return [np.concatenate([chunk[b].numpy() for chunk in chunks]) for b in range(len(chunks[0]))]
+    return [np.concatenate([chunk[b] for chunk in chunks]) for b in range(len(chunks[0]))]
 
 
 def attention_rollout(model_or_maps, images=None, head_fusion="mean", discard_ratio=0.0,
@@ -219,8 +239,8 @@ def overlay(image, mask, alpha=0.5, colormap="inferno"):
     Returns:
         An RGB uint8 array of the image's size.
     """
+    import keras
     import matplotlib
-    import tensorflow as tf
 
     image = np.asarray(image, dtype=np.float32)
     if image.ndim == 2:
@@ -235,7 +255,8 @@ def overlay(image, mask, alpha=0.5, colormap="inferno"):
         raise ValueError(f"mask must be (grid_h, grid_w), received shape {mask.shape}.")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], received alpha={alpha!r}.")
-    resized = tf.image.resize(mask[..., None], image.shape[:2], method="bilinear").numpy()[..., 0]
+    resized = keras.ops.convert_to_numpy(
+        keras.ops.image.resize(mask[..., None], image.shape[:2], interpolation="bilinear"))[..., 0]
     heat = matplotlib.colormaps[colormap](np.clip(resized, 0.0, 1.0))[..., :3] * 255.0
     blended = (1.0 - alpha) * np.clip(image, 0, 255) + alpha * heat
     return np.clip(np.round(blended), 0, 255).astype(np.uint8)

@@ -107,7 +107,10 @@ def with_dtype_policy(model, policy):
         raise ValueError(f"The copy of {model.name!r} has {len(copy.weights)} weights, the model "
                          f"{len(model.weights)}: is it quantized? Copy the float model.")
     for target, source in zip(copy.weights, model.weights):
-        target.assign(source)
+        # A copy of the value, not the value: on JAX an assigned array is
+        # shared, and Keras donates a model's arrays to its compiled steps,
+        # which would delete them under the other model.
+        target.assign(keras.ops.copy(source))
     if isinstance(copy, models.VisionTransformer):
         copy.class_names = getattr(model, "class_names", None)
     return copy

@@ -247,8 +247,9 @@ class DropPath(keras.layers.Layer):
         super().__init__(**kwargs)
         self.rate = check_rate("rate", rate)
         self.seed = seed
-        # Kept so that `.keras` files hold the same variables as before; the
-        # mask is drawn by TensorFlow's own random op (see `call`).
+        # Draws the masks on JAX and PyTorch; on TensorFlow it is kept so that
+        # `.keras` files hold the same variables everywhere, and the mask is
+        # drawn by TensorFlow's own random op (see `call`).
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def call(self, inputs, training=None):
@@ -257,14 +258,19 @@ class DropPath(keras.layers.Layer):
         keep = 1.0 - self.rate
         batch_size = ops.shape(inputs)[0]
         noise_shape = (batch_size,) + (1,) * (len(inputs.shape) - 1)
-        # tf.random.uniform rather than keras.random.uniform with the
-        # SeedGenerator: drawing from the generator assigns its state variable
-        # at every call of every block, which slowed training measurably.
-        # Its seeds come from TensorFlow's global seed, which
-        # keras.utils.set_random_seed sets.
-        import tensorflow as tf
+        if keras.backend.backend() == "tensorflow":
+            # tf.random.uniform rather than keras.random.uniform with the
+            # SeedGenerator: drawing from the generator assigns its state
+            # variable at every call of every block, which slowed training
+            # measurably. Its seeds come from TensorFlow's global seed, which
+            # keras.utils.set_random_seed sets.
+            import tensorflow as tf
 
-        uniform = tf.random.uniform(noise_shape, seed=self.seed, dtype=inputs.dtype)
+            uniform = tf.random.uniform(noise_shape, seed=self.seed, dtype=inputs.dtype)
+        else:
+            # JAX and PyTorch: Keras' seeded generator (its state is part of
+            # the traced step on JAX).
+            uniform = keras.random.uniform(noise_shape, dtype=inputs.dtype, seed=self.seed_generator)
         mask = ops.floor(keep + uniform)
         return inputs * mask / ops.cast(keep, inputs.dtype)
 

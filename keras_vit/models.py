@@ -129,6 +129,8 @@ class VisionTransformer(keras.Model):
         return super().__call__(*args, **kwargs)
 
     def _compiled_call_applies(self, args, kwargs):
+        if keras.backend.backend() != "tensorflow":
+            return False
         import tensorflow as tf
 
         return (

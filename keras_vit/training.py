@@ -13,7 +13,6 @@ keras-cv 0.9 itself no longer runs its MixUp on Keras 3.15 inputs.
 """
 
 import keras
-import tensorflow as tf
 
 from keras_vit import models
 from keras_vit._validation import check_rate
@@ -100,6 +99,8 @@ class AdamW(keras.optimizers.AdamW):
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         if not self._fused():
             return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        import tensorflow as tf
+
         trainable_variables = [v.value if isinstance(v, keras.Variable) else v for v in trainable_variables]
         grads_and_vars = self._all_reduce_sum_gradients(list(zip(grads, trainable_variables)))
         # Once a step, where Keras computes them for every variable; in the
@@ -120,6 +121,8 @@ class AdamW(keras.optimizers.AdamW):
         )
 
     def _fused_update_step(self, distribution, grads_and_vars, constants, decay):
+        import tensorflow as tf
+
         def update(variable, gradient, constants, decay):
             dtype = variable.dtype
             if decay is not None and self._use_weight_decay(variable):
@@ -218,11 +221,27 @@ def freeze_backbone(model):
 
 
 def mixed_precision_policy():
-    """The 16-bit Keras policy for this machine: `"mixed_float16"` when
-    TensorFlow sees a GPU, else `"mixed_bfloat16"` (CPU, TPU)."""
-    import tensorflow as tf
+    """The 16-bit Keras policy for this machine: `"mixed_float16"` when the
+    backend computes on a GPU, else `"mixed_bfloat16"` (CPU, TPU)."""
+    return "mixed_float16" if _gpu() else "mixed_bfloat16"
 
-    return "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
+
+def _gpu():
+    """Whether Keras' backend computes on a GPU."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_logical_devices("GPU"))
+    if backend == "jax":
+        import jax
+
+        return jax.default_backend() == "gpu"
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    return False
 
 
 def augmentation(flip=True, crop_scale=None, rand_augment=0.0, mixup=0.0, cutmix=0.0,
@@ -293,6 +312,8 @@ def augmentation(flip=True, crop_scale=None, rand_augment=0.0, mixup=0.0, cutmix
         mixers.append(keras.layers.MixUp(alpha=mixup, seed=seed))
     if cutmix:
         mixers.append(keras.layers.CutMix(factor=cutmix, seed=seed))
+
+    import tensorflow as tf  # the function runs in tf.data's map
 
     def augment(images, labels):
         for layer in image_layers:

@@ -44,12 +44,17 @@ def test_missing_tensorflow_fails_in_one_line_naming_the_extras(monkeypatch):
         "find_spec",
         lambda name, *a: None if name == "tensorflow" else real_find_spec(name, *a),
     )
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
     with pytest.raises(ImportError) as error:
-        _backend.require_tensorflow()
+        _backend.select_backend()
     message = str(error.value)
     assert "\n" not in message
     assert "keras-vision-transformer[cpu]" in message
     assert "keras-vision-transformer[gpu]" in message
+    # A TensorFlow-only module, used from another backend without TensorFlow.
+    with pytest.raises(ImportError, match=r"^keras_vit.export needs TensorFlow, which is not installed: pip "
+                                          r"install 'keras-vision-transformer\[cpu\]'"):
+        _backend.require_tensorflow("keras_vit.export")
 
 
 def test_keras_runs_on_tensorflow():

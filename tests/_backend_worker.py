@@ -1,0 +1,82 @@
+"""Run by tests/test_backends.py in a subprocess under `KERAS_BACKEND=jax`
+or `torch`, with TensorFlow made unimportable (as on a machine where only
+that backend's framework is installed):
+
+    python tests/_backend_worker.py DIR
+
+DIR holds what the TensorFlow side wrote: `model.keras` (a random Test/4
+classifier) with `x.npy` and its outputs `expected.npy`, and
+`timm.safetensors` (a random timm ViT-Ti/16) with `images.npy` and timm's
+logits `timm_logits.npy`. The worker checks the core here and prints one
+`RESULT {json}` line; it writes `trained.keras` and `trained.npy` (a model
+fine-tuned on this backend and its outputs) for the TensorFlow side to load.
+"""
+
+import json
+import pathlib
+import sys
+
+# What `pip install` without TensorFlow gives: `import tensorflow` fails and
+# importlib finds no spec for it.
+sys.modules["tensorflow"] = None
+
+
+def main(directory):
+    import keras
+    import numpy as np
+
+    import keras_vit
+    from keras_vit import explain, training
+
+    result = {"backend": keras.backend.backend()}
+    x = np.load(directory / "x.npy")
+
+    # A .keras file written under TensorFlow, loaded here.
+    model = keras_vit.load_model(directory / "model.keras")
+    result["keras_file_diff"] = float(np.abs(model.predict(x, verbose=0) - np.load(directory / "expected.npy")).max())
+
+    # Parity with timm: its checkpoint loaded into the builder, as a user would.
+    images = np.load(directory / "images.npy")
+    vit = keras_vit.ViTTi16(weights=str(directory / "timm.safetensors"), classifier_activation=None)
+    result["timm_diff"] = float(np.abs(vit.predict(images, verbose=0) - np.load(directory / "timm_logits.npy")).max())
+
+    # Fine-tuning with the recipe on NumPy arrays (stochastic depth on).
+    rng = np.random.default_rng(0)
+    train_x = rng.uniform(0, 255, (32,) + x.shape[1:]).astype("float32")
+    train_y = keras.utils.to_categorical(np.arange(32) % 5, 5)
+    tuned = keras_vit.ViT("Test/4", input_shape=x.shape[1:], classes=5, drop_path_rate=0.1)
+    tuned.set_weights(model.get_weights())
+    before = [np.array(w) for w in tuned.get_weights()]
+    training.compile(tuned, steps=8, warmup_steps=1)
+    history = tuned.fit(train_x, train_y, batch_size=8, epochs=2, verbose=0)
+    result["losses"] = [float(v) for v in history.history["loss"]]
+    result["weights_changed"] = sum(not np.array_equal(a, b) for a, b in zip(before, tuned.get_weights()))
+    result["weights"] = len(before)
+    tuned.save(directory / "trained.keras")
+    np.save(directory / "trained.npy", tuned.predict(x, verbose=0))
+
+    # Explain: attention maps, rollout, overlay.
+    maps = explain.attention_maps(model, x[:2])
+    result["attention_shape"] = list(maps[0].shape)
+    result["attention_row_sum"] = float(maps[0].sum(-1).mean())
+    rollout = explain.attention_rollout(model, x[:2])
+    result["rollout_shape"] = list(np.asarray(rollout).shape)
+    result["overlay_shape"] = list(explain.overlay(x[0], rollout[0]).shape)
+
+    # Precisions.
+    expected = model.predict(x, verbose=0)
+    for precision in ("bfloat16", "int8"):
+        copy = keras_vit.with_precision(model, precision)
+        result[f"{precision}_diff"] = float(np.abs(copy.predict(x, verbose=0) - expected).max())
+    result["model_still_float32"] = float(np.abs(model.predict(x, verbose=0) - expected).max())
+
+    # What needs TensorFlow says so.
+    try:
+        keras_vit.export  # noqa: B018
+    except ImportError as error:
+        result["export_error"] = str(error)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main(pathlib.Path(sys.argv[1]))

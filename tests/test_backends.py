@@ -1,0 +1,103 @@
+"""keras_vit on Keras' JAX and PyTorch backends, without TensorFlow.
+
+Each backend runs in its own process (tests/_backend_worker.py), with
+`import tensorflow` made to fail as on a machine without it. That process
+loads a `.keras` file written here under TensorFlow and must give the same
+outputs, loads a random timm checkpoint into the builder and must match
+timm's logits within the parity tolerance, fine-tunes with the recipe on
+NumPy arrays, draws attention maps, runs at bfloat16 and int8, and writes a
+fine-tuned `.keras` file that must load here with its outputs.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import keras_vit
+from tests.conftest import TINY_SHAPE, TINY_VARIANT, randomize, randomize_torch
+
+WORKER = pathlib.Path(__file__).with_name("_backend_worker.py")
+ROOT = WORKER.parent.parent
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    """What TensorFlow writes for the workers (see the worker's docstring)."""
+    torch = pytest.importorskip("torch")
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+
+    directory = tmp_path_factory.mktemp("backends")
+    keras.utils.set_random_seed(0)
+    model = randomize(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5))
+    x = np.random.default_rng(0).uniform(0, 255, (4,) + TINY_SHAPE).astype("float32")
+    model.save(directory / "model.keras")
+    np.save(directory / "x.npy", x)
+    np.save(directory / "expected.npy", model.predict(x, verbose=0))
+
+    reference = randomize_torch(timm.create_model("vit_tiny_patch16_224", pretrained=False), seed=0)
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(directory / "timm.safetensors"))
+    images = np.random.default_rng(1).uniform(-1, 1, (2, 224, 224, 3)).astype("float32")
+    with torch.no_grad():
+        logits = reference(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()
+    assert logits.std() > 0.1  # far-apart logits, or the parity check is void
+    np.save(directory / "images.npy", images)
+    np.save(directory / "timm_logits.npy", logits)
+    return directory
+
+
+def _run_worker(backend, directory):
+    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT)}
+    completed = subprocess.run([sys.executable, str(WORKER), str(directory)], capture_output=True, text=True,
+                               env=env, timeout=900)
+    line = next((l for l in completed.stdout.splitlines() if l.startswith("RESULT ")), None)
+    assert completed.returncode == 0 and line, completed.stderr[-4000:]
+    return json.loads(line[len("RESULT "):])
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_the_core_runs_on_jax_and_torch_without_tensorflow(backend, written, tmp_path):
+    pytest.importorskip(backend)
+    directory = tmp_path / backend
+    directory.mkdir()
+    for path in written.iterdir():
+        (directory / path.name).symlink_to(path)
+    result = _run_worker(backend, directory)
+    assert result["backend"] == backend
+    # The TensorFlow-written .keras file gives TensorFlow's outputs.
+    assert result["keras_file_diff"] <= 1e-5, result
+    # timm's checkpoint gives timm's logits, as on TensorFlow (test_parity).
+    assert result["timm_diff"] <= 1e-4, result
+    # Fine-tuning trained every weight and the loss is a number.
+    assert all(np.isfinite(result["losses"])) and result["weights_changed"] == result["weights"], result
+    assert result["attention_shape"] == [2, 2, 17, 17] and abs(result["attention_row_sum"] - 1) < 1e-5
+    assert result["rollout_shape"] == [2, 4, 4] and result["overlay_shape"] == [16, 16, 3]
+    assert 0 < result["bfloat16_diff"] < 0.05 and 0 < result["int8_diff"] < 0.05, result
+    assert result["model_still_float32"] == 0.0
+    assert "keras_vit.export needs TensorFlow" in result["export_error"]
+    # The model fine-tuned there loads here with its outputs.
+    tuned = keras_vit.load_model(directory / "trained.keras")
+    x = np.load(directory / "x.npy")
+    np.testing.assert_allclose(tuned.predict(x, verbose=0), np.load(directory / "trained.npy"), atol=1e-5)
+
+
+@pytest.mark.parametrize("environment, message", [
+    ({"KERAS_BACKEND": "numpy"}, "keras_vit runs on the Keras backends jax, tensorflow, torch; "
+                                 "received KERAS_BACKEND='numpy'."),
+    ({"KERAS_BACKEND": "tensorflow", "BLOCK": "tensorflow"},
+     "keras_vit on the tensorflow backend needs tensorflow: pip install 'keras-vision-transformer[cpu]'"),
+    ({"KERAS_BACKEND": "jax", "BLOCK": "jax"}, "keras_vit on the jax backend needs jax: pip install 'jax[cpu]'"),
+])
+def test_a_backend_without_its_framework_fails_in_one_line(environment, message):
+    block = environment.get("BLOCK")
+    code = (f"import sys; sys.modules[{block!r}] = None\n" if block else "") + "import keras_vit"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **environment}
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert completed.returncode == 1
+    assert completed.stderr.strip().splitlines()[-1].startswith(f"ImportError: {message}")
