@@ -6,7 +6,8 @@ Build any standard ViT in one call, with ImageNet weights downloaded once
 (`keras_vit.ViT("S/32")`), load checkpoint files or Hugging Face Hub
 repositories into it (`weights=`, `keras_vit.from_pretrained`), and use its
 layers (`Patches`, `PatchEncoder`, `TransformerBlock`) on their own;
-train (`runs`, `training`, `data`, `distribute`) and export for TF Serving
+train (`runs`, `training`, `data`; `distribute` for tf.distribute and
+Keras' distribution API) and export for TF Serving
 (`export`, `serving`).
 """
 
@@ -20,10 +21,11 @@ _select_backend()
 # SavedModel, tf.distribute, TensorFlow's image decoders) and are imported
 # when first used, so that `import keras_vit` works with JAX or PyTorch
 # alone; without TensorFlow, using one raises an ImportError naming it.
-_TENSORFLOW_MODULES = ("data", "distribute", "export", "images", "runs", "serving")
+_TENSORFLOW_MODULES = ("data", "export", "images", "runs", "serving")
 
 from keras_vit import (  # noqa: E402
     backend,
+    distribute,
     explain,
     imagenet,
     inference,

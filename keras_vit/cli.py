@@ -112,7 +112,12 @@ def _parser():
     train.add_argument("--jit-compile", choices=("auto", "true", "false"), default="auto",
                        help="XLA compilation")
     train.add_argument("--strategy", default="auto",
-                       help="auto, default, one_device, mirrored, multi_worker (TF_CONFIG) or tpu")
+                       help="TensorFlow backend: auto, default, one_device, mirrored, multi_worker (TF_CONFIG) "
+                            "or tpu; JAX backend (KERAS_BACKEND=jax): auto, default, data_parallel or "
+                            "model_parallel (Keras' distribution API)")
+    train.add_argument("--model-parallel", type=int, default=2,
+                       help="with --strategy model_parallel: devices sharing one copy of the model, its "
+                            "attention heads and MLP split over them (default: 2)")
     train.add_argument("--validation-split", type=float, default=0.1)
     train.add_argument("--bad-images", choices=("error", "skip"), default="error",
                        help="files of a folder data set that cannot be read as images: fail before "

@@ -58,6 +58,14 @@ def list_versions(base_dir):
 
 
 def _check_model(model):
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        # The signatures are tf.functions around the model's own call:
+        # they need its variables and ops to be TensorFlow's.
+        raise ValueError(
+            f"a SavedModel export needs Keras' TensorFlow backend; this is the {backend} backend: "
+            "export with KERAS_BACKEND=tensorflow (a .keras file saved on any backend loads there)."
+        )
     if not isinstance(model, keras.Model):
         raise TypeError(f"model must be a keras.Model, received {type(model).__name__}.")
     if len(model.inputs) != 1:

@@ -199,7 +199,9 @@ def compile(model, steps, learning_rate=1e-3, weight_decay=0.05, warmup_steps=No
     model.compile(
         optimizer=optimizer(steps, learning_rate, weight_decay, warmup_steps, clipnorm),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        # Weighted: rows of weight 0 (keras_vit.distribute.pad_batches) do
+        # not count; without sample weights it is the plain accuracy.
+        weighted_metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
         jit_compile=jit_compile,
     )
     return model

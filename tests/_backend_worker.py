@@ -75,6 +75,12 @@ def main(directory):
         keras_vit.export  # noqa: B018
     except ImportError as error:
         result["export_error"] = str(error)
+    # keras_vit.distribute imports without TensorFlow: one device here.
+    result["strategy"] = repr(keras_vit.distribute.get_strategy("auto"))
+    try:
+        keras_vit.distribute.get_strategy("mirrored")
+    except ValueError as error:
+        result["mirrored_error"] = str(error)
     print("RESULT " + json.dumps(result), flush=True)
 
 

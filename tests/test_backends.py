@@ -81,6 +81,10 @@ def test_the_core_runs_on_jax_and_torch_without_tensorflow(backend, written, tmp
     assert 0 < result["bfloat16_diff"] < 0.05 and 0 < result["int8_diff"] < 0.05, result
     assert result["model_still_float32"] == 0.0
     assert "keras_vit.export needs TensorFlow" in result["export_error"]
+    assert result["strategy"] == "KerasDistribution(None)"
+    assert result["mirrored_error"].startswith(
+        f"strategy='mirrored' is a tf.distribute strategy, which needs Keras' TensorFlow backend; this is the "
+        f"{backend} backend: use ")
     # The model fine-tuned there loads here with its outputs.
     tuned = keras_vit.load_model(directory / "trained.keras")
     x = np.load(directory / "x.npy")
@@ -101,3 +105,47 @@ def test_a_backend_without_its_framework_fails_in_one_line(environment, message)
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert completed.returncode == 1
     assert completed.stderr.strip().splitlines()[-1].startswith(f"ImportError: {message}")
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_the_cli_trains_evaluates_predicts_and_explains_on_jax_and_torch(backend, tmp_path):
+    """`keras-vit` under KERAS_BACKEND=jax (two virtual devices, Keras'
+    DataParallel) and torch, with TensorFlow installed for tf.data; export
+    says it needs the TensorFlow backend and writes nothing."""
+    pytest.importorskip(backend)
+    from PIL import Image
+
+    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    strategy = []
+    if backend == "jax":
+        env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+        strategy = ["--strategy", "data_parallel"]
+    run = tmp_path / "run"
+    image = tmp_path / "digit.png"
+    Image.fromarray(np.random.default_rng(0).uniform(0, 255, (32, 32, 3)).astype("uint8")).save(image)
+
+    def cli(*arguments):
+        completed = subprocess.run([sys.executable, "-m", "keras_vit", *arguments], capture_output=True,
+                                   text=True, env=env, timeout=600, cwd=tmp_path)
+        return completed.returncode, completed.stdout, completed.stderr.strip().splitlines()
+
+    code, out, err = cli("train", "--epochs", "1", "--num-layers", "1", "--hidden-dim", "32", "--num-heads", "2",
+                         "--mlp-dim", "64", "--output", str(run), "--verbose", "0", *strategy)
+    assert code == 0, err[-20:]
+    results = json.loads((run / "results.json").read_text())
+    assert results["backend"] == backend and results["num_replicas"] == (2 if backend == "jax" else 1)
+    # The test split (360 images) ends in a batch of 40 on 2 devices: all counted.
+    code, out, err = cli("evaluate", str(run))
+    assert code == 0, err[-20:]
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    assert evaluation["num_examples"] == 359 and evaluation["accuracy"] == pytest.approx(
+        results["test_accuracy"], abs=1e-6)
+    code, out, err = cli("predict", str(run), str(image), "--top-k", "2")
+    assert code == 0 and out.startswith(f"{image}: "), err[-20:]
+    code, out, err = cli("explain", str(run), str(image), "--output", str(tmp_path / "attention.png"))
+    assert code == 0 and (tmp_path / "attention.png").stat().st_size > 1000, err[-20:]
+    code, out, err = cli("export", str(run), "--output", str(tmp_path / "export"))
+    assert code == 2 and err[-1] == (
+        f"keras-vit export: error: a SavedModel export needs Keras' TensorFlow backend; this is the {backend} "
+        "backend: export with KERAS_BACKEND=tensorflow (a .keras file saved on any backend loads there).")
+    assert not (tmp_path / "export").exists()

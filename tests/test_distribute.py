@@ -299,3 +299,83 @@ def test_fused_adamw_under_mirrored_strategy_matches_keras_adamw():
     assert result["spread"] == 0.0
     assert result["moved"] > 1e-2  # training changed the weights...
     assert result["diff"] < 1e-4  # ...and both optimizers the same way (float32 rounding)
+
+
+def test_keras_distributions_are_refused_off_jax_by_name():
+    # This process runs the TensorFlow backend.
+    for name in distribute.KERAS_DISTRIBUTIONS:
+        with pytest.raises(ValueError, match=rf"'{name}' is Keras' distribution API, which runs on the JAX "
+                                             r"backend \(KERAS_BACKEND=jax\); this is the tensorflow backend: "
+                                             r"use a tf.distribute strategy such as 'mirrored'\."):
+            distribute.get_strategy(name)
+    with pytest.raises(ValueError, match=r"name must be one of data_parallel, model_parallel; received "
+                                         r"name='mirrored'\."):
+        distribute.get_distribution("mirrored")
+
+
+def test_pad_batches_pads_the_last_batch_with_zero_weight_rows():
+    import numpy as np
+    import tensorflow as tf
+
+    images = np.arange(5 * 2, dtype="float32").reshape(5, 2)
+    labels = np.eye(5, dtype="float32")
+    padded = list(distribute.pad_batches(tf.data.Dataset.from_tensor_slices((images, labels)).batch(3), 2))
+    assert [tuple(b.shape[0] for b in batch) for batch in padded] == [(4, 4, 4), (2, 2, 2)]
+    first, second = padded
+    np.testing.assert_array_equal(first[0].numpy()[:3], images[:3])
+    np.testing.assert_array_equal(first[0].numpy()[3], [0, 0])
+    np.testing.assert_array_equal(first[2].numpy(), [1, 1, 1, 0])
+    np.testing.assert_array_equal(second[2].numpy(), [1, 1])
+    np.testing.assert_array_equal(second[1].numpy(), labels[3:])
+
+
+@pytest.fixture(scope="module")
+def jax_distributed(tmp_path_factory):
+    """What tests/_distribution_worker.py reports on two virtual CPU devices."""
+    pytest.importorskip("jax")
+    directory = tmp_path_factory.mktemp("jax_distribution")
+    worker = os.path.join(os.path.dirname(__file__), "_distribution_worker.py")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    completed = subprocess.run(
+        [PYTHON, worker, str(directory)], capture_output=True, text=True, timeout=900,
+        env={**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": root,
+             "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    line = next((l for l in completed.stdout.splitlines() if l.startswith("RESULT ")), None)
+    assert completed.returncode == 0 and line, completed.stderr[-4000:]
+    return json.loads(line[len("RESULT "):])
+
+
+def test_data_and_model_parallel_on_two_jax_devices_train_as_one_device(jax_distributed):
+    result = jax_distributed
+    assert result["backend"] == "jax" and result["devices"] == 2
+    single = result["losses"]["single"]
+    assert single[-1] < single[0]  # it learned, so equal losses say something
+    for name in ("data_parallel", "model_parallel"):
+        assert result["losses"][name] == pytest.approx(single, abs=1e-5), name
+        assert result["weight_diff"][name] < 3e-4, result["weight_diff"]
+        # 13 examples on 2 devices: the evaluation's last batch (5) does not
+        # divide; padded by pad_batches, it counts as on one device.
+        assert result["accuracy"][name] == pytest.approx(result["accuracy"]["single"]), result["accuracy"]
+    # DataParallel replicates; ModelParallel splits heads and MLP units.
+    assert result["placement"]["data_parallel"] == {
+        "block_0/attn/query/kernel": [None, None, None],
+        "block_0/mlp_fc1/kernel": [None, None],
+        "block_0/mlp_fc2/kernel": [None, None],
+        "head/kernel": [None, None],
+    }
+    assert result["placement"]["model_parallel"] == {
+        "block_0/attn/query/kernel": [None, "model", None],
+        "block_0/mlp_fc1/kernel": [None, "model"],
+        "block_0/mlp_fc2/kernel": ["model", None],
+        "head/kernel": [None, None],
+    }
+    assert result["auto"].startswith("KerasDistribution(<DataParallel")
+    assert result["layout_error"] == ("model_parallel=2 must divide the number of heads (1) and the MLP "
+                                      "width (64) of block_0.")
+
+
+def test_a_model_parallel_run_trains_and_evaluates_on_jax(jax_distributed):
+    run = jax_distributed["run"]
+    # mesh (batch 1, model 2): one data-parallel replica.
+    assert run["backend"] == "jax" and run["num_replicas"] == 1
+    assert run["test_accuracy"] > 0.15  # one short epoch, ten classes

@@ -90,6 +90,7 @@ class TrainConfig:
     mixed_precision: bool = False
     jit_compile: str = "auto"
     strategy: str = "auto"
+    model_parallel: int = 2
     validation_split: float = 0.1
     bad_images: str = "error"
     seed: int = 0
@@ -134,6 +135,11 @@ class TrainConfig:
             raise ValueError(
                 f"strategy must be one of {', '.join(distribute.STRATEGIES)}; "
                 f"received strategy={self.strategy!r}."
+            )
+        if isinstance(self.model_parallel, bool) or not isinstance(self.model_parallel, int) \
+                or self.model_parallel < 1:
+            raise ValueError(
+                f"model_parallel must be a positive int, received model_parallel={self.model_parallel!r}."
             )
 
 

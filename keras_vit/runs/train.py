@@ -7,6 +7,7 @@ strategy; fit with the run's callbacks; evaluate the final model (with the
 run's test-time augmentation) and write `results.json`.
 """
 
+import contextlib
 import dataclasses
 import pathlib
 import shutil
@@ -88,13 +89,21 @@ def train(config):
 def _train(config):
     run = _open_run_directory(config)
     strategy = _set_up(config)
-    ds_train, ds_val, ds_test, info = _load_data(config)
-    record = run_config.run_record(config, info)
-    _agree_with_workers(run, config, record, strategy)
-    _write_config(run, record)
-    model = _compiled_model(config, info, strategy)
-    history = _fit(model, run, config, ds_train, ds_val)
-    results = _finish(model, run, config, ds_test, strategy)
+    # Keras' distribution API (JAX) must be in force while fitting, too:
+    # it places each batch on the devices. A tf.distribute strategy is
+    # entered only where the model is built and compiled.
+    keras_distribution = isinstance(strategy, distribute.KerasDistribution)
+    with strategy.scope() if keras_distribution else contextlib.nullcontext():
+        ds_train, ds_val, ds_test, info = _load_data(config)
+        if keras_distribution and strategy.num_replicas_in_sync > 1:
+            ds_val, ds_test = (distribute.pad_batches(ds, strategy.num_replicas_in_sync)
+                               for ds in (ds_val, ds_test))
+        record = run_config.run_record(config, info)
+        _agree_with_workers(run, config, record, strategy)
+        _write_config(run, record)
+        model = _compiled_model(config, info, strategy)
+        history = _fit(model, run, config, ds_train, ds_val)
+        results = _finish(model, run, config, ds_test, strategy)
     return TrainResult(model=model, results=results, history=history.history, info=info)
 
 
@@ -117,7 +126,19 @@ def _set_up(config):
     if config.mixed_precision:
         keras.config.set_dtype_policy(training.mixed_precision_policy())
     keras.utils.set_random_seed(config.seed)
-    return distribute.get_strategy(config.strategy)
+    if config.strategy == "model_parallel":
+        strategy = distribute.KerasDistribution(
+            distribute.get_distribution("model_parallel", model_parallel=config.model_parallel))
+    else:
+        strategy = distribute.get_strategy(config.strategy)
+    # tf.distribute splits a batch unevenly where it must; Keras' distribution
+    # API shards each batch in equal parts.
+    if isinstance(strategy, distribute.KerasDistribution) and config.batch_size % strategy.num_replicas_in_sync:
+        raise ValueError(
+            f"batch_size={config.batch_size} must be a multiple of the {strategy.num_replicas_in_sync} "
+            f"data-parallel replicas of strategy={config.strategy!r}."
+        )
+    return strategy
 
 
 def _load_data(config):
@@ -215,6 +236,8 @@ def _compiled_model(config, info, strategy):
             drop_path_rate=config.drop_path_rate, weights=config.weights,
             **{key: getattr(config, key) for key in variants.ARCHITECTURE_FIELDS},
         )
+        if isinstance(strategy, distribute.KerasDistribution):
+            distribute.check_layout(model, strategy.distribution)
         if config.freeze_backbone:
             training.freeze_backbone(model)
         model.class_names = [str(name) for name in info.class_names]
@@ -289,7 +312,7 @@ def _evaluate_with_tta(model, ds_test, config):
     augmented = inference.with_tta(model, config.tta)
     augmented.compile(
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        weighted_metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
     )
     return augmented.evaluate(ds_test, verbose=0, return_dict=True)
 
@@ -321,6 +344,7 @@ def _finish(model, run, config, ds_test, strategy):
         "resumed": run.resuming,
         "num_params": int(model.count_params()),
         "num_replicas": int(strategy.num_replicas_in_sync),
+        "backend": keras.backend.backend(),
     })
     if run.chief:
         files.write_json_atomic(run.output / "results.json", results)

@@ -85,9 +85,10 @@ def evaluate(run_dir, which="last", batch_size=256, tta=None, precision=None):
     # One pass over the test set: the loss is the compiled loss of the
     # collected probabilities, as model.evaluate would compute it.
     onehots, probabilities = [], []
-    for images, onehot in ds_test:
+    # NumPy batches: the model runs on any Keras backend, not only TensorFlow.
+    for images, onehot in ds_test.as_numpy_iterator():
         probabilities.append(keras.ops.convert_to_numpy(augmented.predict_on_batch(images)))
-        onehots.append(onehot.numpy())
+        onehots.append(onehot)
     onehots, probabilities = np.concatenate(onehots), np.concatenate(probabilities)
     labels, predictions = np.argmax(onehots, axis=-1), np.argmax(probabilities, axis=-1)
     loss = float(keras.ops.convert_to_numpy(model.loss(onehots, probabilities)))

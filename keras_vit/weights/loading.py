@@ -181,7 +181,12 @@ def load_model(path, safe_mode=True, compile=True):
     damaged file (truncated, corrupted, not a `.keras` archive) raises
     `CheckpointError` naming it, where Keras alone may say "File not found"
     or fail deep inside its loader. An int8 model (`with_precision(model,
-    "int8")`, saved) comes back compiled by XLA, as `with_xla_if_int8`.
+    "int8")`, saved) comes back compiled by XLA, as `with_xla_if_int8`. On
+    the PyTorch backend the model runs eagerly, as Keras' `jit_compile="auto"`
+    does there, even if the file was saved with `jit_compile=True` (a model
+    compiled on JAX, where "auto" means XLA): `torch.compile` recompiles for
+    every new batch shape, which made one evaluation of a small model on the
+    CPU take minutes.
 
     Args:
         path: the `.keras` file.
@@ -207,6 +212,8 @@ def load_model(path, safe_mode=True, compile=True):
     except Exception as error:  # noqa: BLE001 -- Keras raises many kinds here
         message = " ".join(str(error).split())
         raise CheckpointError(f"Cannot load {path}: {message}") from error
+    if keras.backend.backend() == "torch" and model.jit_compile:
+        model.jit_compile = False
     return with_xla_if_int8(model)
 
 
