@@ -35,6 +35,17 @@ def cpu_flags():
         return set()
 
 
+def set_backend(system):
+    """Sets Keras' backend for a worker of `system` before Keras is
+    imported: `keras_vit_jax` and `keras_vit_torch` run on JAX and PyTorch,
+    every other keras_vit system on TensorFlow."""
+    for backend in ("jax", "torch"):
+        if system.endswith("_" + backend):
+            os.environ["KERAS_BACKEND"] = backend
+            return
+    os.environ["KERAS_BACKEND"] = "tensorflow"
+
+
 def report(result):
     """What a worker prints for `run_worker` to read."""
     print("RESULT " + json.dumps(result), flush=True)

@@ -18,6 +18,10 @@ ViT-B/16 below read ViTS16 and ViT-S/16 with `--variant S/16`):
     keras_vit_int8       keras_vit.with_precision(ViTB16(weights=None), "int8", copy=False) (Keras' quantize;
                          predict_on_batch compiled by XLA, as with_precision sets)
     keras_vit_savedmodel keras_vit.export's SavedModel, `predict_images` signature
+    keras_vit_jax        keras_vit on Keras' JAX backend (KERAS_BACKEND=jax), float32, predict_on_batch
+                         (compiled by XLA, as Keras does on JAX)
+    keras_vit_torch      keras_vit on Keras' PyTorch backend, float32, predict_on_batch (eager, as
+                         Keras' jit_compile="auto" is on PyTorch)
     timm                 timm vit_base_patch16_224, eval(), torch.inference_mode(), eager
     timm_bf16            the same under torch.autocast("cpu", dtype=torch.bfloat16)
     timm_int8            the same with PyTorch's dynamic int8 quantization of every nn.Linear
@@ -51,8 +55,8 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
-SYSTEMS = ("keras_vit", "keras_vit_call", "keras_vit_bf16", "keras_vit_int8", "keras_vit_savedmodel", "timm",
-           "timm_bf16", "timm_int8", "keras_hub", "matmul_floor")
+SYSTEMS = ("keras_vit", "keras_vit_call", "keras_vit_bf16", "keras_vit_int8", "keras_vit_savedmodel",
+           "keras_vit_jax", "keras_vit_torch", "timm", "timm_bf16", "timm_int8", "keras_hub", "matmul_floor")
 REFERENCES = ("timm", "keras_hub")
 # Per variant: keras_vit's builder, timm's model, and the sizes.
 VARIANTS = {
@@ -76,7 +80,6 @@ def _time(run, batch, repeats, warmup):
 def _keras_vit(system, batch, variant):
     import keras
     import numpy as np
-    import tensorflow as tf
 
     import keras_vit
 
@@ -87,10 +90,14 @@ def _keras_vit(system, batch, variant):
         model = keras_vit.with_precision(model, "bfloat16" if system == "keras_vit_bf16" else "int8",
                                          copy=False)
     x = np.random.default_rng(0).uniform(-1, 1, (batch, 224, 224, 3)).astype("float32")
-    versions = {"keras_vit": keras_vit.__version__, "tensorflow": tf.__version__, "keras": keras.__version__}
+    versions = {"keras_vit": keras_vit.__version__, "keras": keras.__version__}
+    framework = keras.backend.backend()
+    versions[framework] = __import__(framework).__version__
     if system == "keras_vit_call":
         return (lambda: model(x, training=False).numpy()), versions
     if system == "keras_vit_savedmodel":
+        import tensorflow as tf
+
         directory = tempfile.mkdtemp(prefix="keras_vit_bench_")
         atexit.register(shutil.rmtree, directory, ignore_errors=True)  # 660 MB of ViT-B/16
         path = keras_vit.export.export_saved_model(model, directory)
@@ -181,6 +188,7 @@ def _matmul_floor(batch, variant):
 
 
 def worker(system, batch, variant, repeats, warmup):
+    _common.set_backend(system)
     if system == "matmul_floor":
         run, versions = _matmul_floor(batch, variant)
     elif system in ("timm", "timm_bf16", "timm_int8"):

@@ -17,6 +17,10 @@ Systems:
                      keras_vit.training.compile (AdamW, warm-up/cosine,
                      label smoothing, clipping), default settings
     keras_vit_bf16   the same under the mixed_bfloat16 policy
+    keras_vit_jax    keras_vit on Keras' JAX backend (KERAS_BACKEND=jax), float32,
+                     the same tf.data set (XLA-compiled steps, as Keras does on JAX)
+    keras_vit_torch  keras_vit on Keras' PyTorch backend, float32 (eager steps,
+                     as Keras' jit_compile="auto" is on PyTorch)
     timm             timm's VisionTransformer, torch.optim.AdamW, cross
                      entropy with label smoothing, clip_grad_norm_, eager
     timm_bf16        the same with the forward pass and loss under
@@ -46,7 +50,7 @@ CASES = {
                     batches=(16, 32)),
     "tiny": dict(image=32, patch=4, width=192, depth=6, heads=3, mlp=768, classes=10, batches=(128,)),
 }
-SYSTEMS = ("keras_vit", "keras_vit_bf16", "timm", "timm_bf16")
+SYSTEMS = ("keras_vit", "keras_vit_bf16", "keras_vit_jax", "keras_vit_torch", "timm", "timm_bf16")
 
 
 def _keras_vit(case, batch, bf16):
@@ -82,8 +86,9 @@ def _keras_vit(case, batch, bf16):
         model.fit(data, steps_per_epoch=n, epochs=1, verbose=0, callbacks=[Clock()])
         return list(stamps)
 
-    return run, {"keras_vit": keras_vit.__version__, "tensorflow": tf.__version__,
-                 "keras": keras.__version__}
+    framework = keras.backend.backend()
+    return run, {"keras_vit": keras_vit.__version__, framework: __import__(framework).__version__,
+                 "tensorflow": tf.__version__, "keras": keras.__version__}
 
 
 def _timm(case, batch, bf16):
@@ -121,6 +126,7 @@ def _timm(case, batch, bf16):
 
 
 def worker(system, case, batch, steps, repeats, warmup):
+    _common.set_backend(system)
     if system in ("timm", "timm_bf16"):
         run, versions = _timm(case, batch, bf16=system == "timm_bf16")
     else:
