@@ -19,11 +19,22 @@ def peak_rss_mb():
 
 
 def cpu_model():
+    """The CPU as /proc/cpuinfo names it, with its family and model numbers
+    and the instructions the numbers depend on: cloud VMs name very
+    different CPUs "AMD EPYC" (Zen 2 without AVX-512, Zen 4 with it)."""
     try:
         with open("/proc/cpuinfo") as f:
-            return re.search(r"model name\s*:\s*(.*)", f.read()).group(1).strip()
+            text = f.read()
+        name = re.search(r"model name\s*:\s*(.*)", text).group(1).strip()
+        family = re.search(r"cpu family\s*:\s*(\d+)", text).group(1)
+        model = re.search(r"^model\s*:\s*(\d+)", text, re.M).group(1)
     except (OSError, AttributeError):
         return platform.processor() or platform.machine()
+    flags = cpu_flags()
+    features = [label for flag, label in (("avx512f", "AVX-512"), ("avx512_bf16", "AVX512-BF16"),
+                                          ("amx_bf16", "AMX")) if flag in flags] or ["AVX2" if "avx2" in flags
+                                                                                     else "no AVX2"]
+    return f"{name} (family {family}, model {model}; {', '.join(features)})"
 
 
 def cpu_flags():
