@@ -46,15 +46,36 @@ def cpu_flags():
         return set()
 
 
-def set_backend(system):
-    """Sets Keras' backend for a worker of `system` before Keras is
-    imported: `keras_vit_jax` and `keras_vit_torch` run on JAX and PyTorch,
-    every other keras_vit system on TensorFlow."""
+def system_backend(system):
+    """The Keras backend a keras_vit system runs on: `keras_vit_jax*` on
+    JAX, `keras_vit_torch*` on PyTorch, the others on TensorFlow."""
     for backend in ("jax", "torch"):
-        if system.endswith("_" + backend):
-            os.environ["KERAS_BACKEND"] = backend
-            return
-    os.environ["KERAS_BACKEND"] = "tensorflow"
+        if system.startswith(f"keras_vit_{backend}"):
+            return backend
+    return "tensorflow"
+
+
+def set_backend(system, device="cpu"):
+    """Sets Keras' backend for a worker of `system` before Keras is
+    imported, and keeps JAX and PyTorch on the CPU unless `device` is
+    `"cuda"` (a CUDA build would otherwise take the GPU by itself)."""
+    os.environ["KERAS_BACKEND"] = system_backend(system)
+    if device == "cpu":
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+
+def device_name(system, device):
+    """What a worker of `system` ran on: the CPU, or the GPU's name."""
+    if device == "cpu" or (not system.startswith("timm") and system_backend(system) == "tensorflow"):
+        return cpu_model()
+    if system.startswith("timm") or system_backend(system) == "torch":
+        import torch
+
+        return torch.cuda.get_device_name()
+    import jax
+
+    return jax.devices()[0].device_kind
 
 
 def report(result):
@@ -120,7 +141,9 @@ def header(results, how):
     versions = {}
     for r in results:
         versions.update(r.get("versions", {}))
-    return (f"Machine: {cpu_model()}, {os.cpu_count()} cores; Python {platform.python_version()}; "
+    gpus = sorted({r["device"] for r in results if r.get("device") and r["device"] != cpu_model()})
+    return (f"Machine: {cpu_model()}, {os.cpu_count()} cores" + "".join(f"; GPU: {gpu}" for gpu in gpus)
+            + f"; Python {platform.python_version()}; "
             + ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))
             + f"; {time.strftime('%Y-%m-%d')}; {how}")
 

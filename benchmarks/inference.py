@@ -9,6 +9,8 @@ numbers):
     python benchmarks/inference.py --write            # also writes the table into BENCHMARKS.md
     python benchmarks/inference.py --variant S/16 --systems keras_vit_bf16 timm_bf16
     python benchmarks/inference.py --rounds 1         # one run per system (default 3, interleaved)
+    python benchmarks/inference.py --device cuda --systems keras_vit_jax keras_vit_jax_bf16 timm timm_bf16
+                                                      # on a GPU (benchmarks/gpu.sh; JAX, no TensorFlow)
 
 Systems (random weights: speed does not depend on their values; ViTB16 and
 ViT-B/16 below read ViTS16 and ViT-S/16 with `--variant S/16`):
@@ -20,6 +22,7 @@ ViT-B/16 below read ViTS16 and ViT-S/16 with `--variant S/16`):
     keras_vit_savedmodel keras_vit.export's SavedModel, `predict_images` signature
     keras_vit_jax        keras_vit on Keras' JAX backend (KERAS_BACKEND=jax), float32, predict_on_batch
                          (compiled by XLA, as Keras does on JAX)
+    keras_vit_jax_bf16   the same at bfloat16 (with_precision(model, "bfloat16", copy=False))
     keras_vit_torch      keras_vit on Keras' PyTorch backend, float32, predict_on_batch (eager, as
                          Keras' jit_compile="auto" is on PyTorch)
     timm                 timm vit_base_patch16_224, eval(), torch.inference_mode(), eager
@@ -56,7 +59,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 SYSTEMS = ("keras_vit", "keras_vit_call", "keras_vit_bf16", "keras_vit_int8", "keras_vit_savedmodel",
-           "keras_vit_jax", "keras_vit_torch", "timm", "timm_bf16", "timm_int8", "keras_hub", "matmul_floor")
+           "keras_vit_jax", "keras_vit_jax_bf16", "keras_vit_torch", "timm", "timm_bf16", "timm_int8", "keras_hub",
+           "matmul_floor")
 REFERENCES = ("timm", "keras_hub")
 # Per variant: keras_vit's builder, timm's model, and the sizes.
 VARIANTS = {
@@ -84,10 +88,10 @@ def _keras_vit(system, batch, variant):
     import keras_vit
 
     model = getattr(keras_vit, VARIANTS[variant]["builder"])(weights=None)
-    if system in ("keras_vit_bf16", "keras_vit_int8"):
+    if system in ("keras_vit_bf16", "keras_vit_int8", "keras_vit_jax_bf16"):
         # The documented way for a float32 model loaded to run at another
         # precision: changed in place, no second copy of the weights.
-        model = keras_vit.with_precision(model, "bfloat16" if system == "keras_vit_bf16" else "int8",
+        model = keras_vit.with_precision(model, "int8" if system == "keras_vit_int8" else "bfloat16",
                                          copy=False)
     x = np.random.default_rng(0).uniform(-1, 1, (batch, 224, 224, 3)).astype("float32")
     versions = {"keras_vit": keras_vit.__version__, "keras": keras.__version__}
@@ -107,7 +111,7 @@ def _keras_vit(system, batch, variant):
     return (lambda: model.predict_on_batch(x)), versions
 
 
-def _timm(batch, variant, bfloat16=False, int8=False):
+def _timm(batch, variant, bfloat16=False, int8=False, device="cpu"):
     import contextlib
 
     import numpy as np
@@ -117,12 +121,16 @@ def _timm(batch, variant, bfloat16=False, int8=False):
     model = timm.create_model(VARIANTS[variant]["timm"], pretrained=False).eval()
     if int8:
         model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    model = model.to(device)
     x = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (batch, 3, 224, 224)).astype("float32"))
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bfloat16 else contextlib.nullcontext
+    x = x.to(device)
+    autocast = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if bfloat16 else contextlib.nullcontext
 
     def run():
         with torch.inference_mode(), autocast():
-            return model(x)
+            # The logits back on the host, as keras_vit's predict_on_batch
+            # returns them (and the GPU's queue drained before the clock).
+            return model(x).float().cpu()
 
     return run, {"timm": timm.__version__, "torch": torch.__version__}
 
@@ -187,19 +195,20 @@ def _matmul_floor(batch, variant):
     return (lambda: run().numpy()), {"tensorflow": tf.__version__}
 
 
-def worker(system, batch, variant, repeats, warmup):
-    _common.set_backend(system)
+def worker(system, batch, variant, repeats, warmup, device="cpu"):
+    _common.set_backend(system, device)
     if system == "matmul_floor":
         run, versions = _matmul_floor(batch, variant)
     elif system in ("timm", "timm_bf16", "timm_int8"):
-        run, versions = _timm(batch, variant, bfloat16=system == "timm_bf16", int8=system == "timm_int8")
+        run, versions = _timm(batch, variant, bfloat16=system == "timm_bf16", int8=system == "timm_int8",
+                              device=device)
     elif system == "keras_hub":
         run, versions = _keras_hub(batch, variant)
     else:
         run, versions = _keras_vit(system, batch, variant)
     result = _time(run, batch, repeats, warmup)
     result.update(system=system, batch=batch, variant=variant, peak_rss_mb=_common.peak_rss_mb(),
-                  versions=versions, amx="amx_bf16" in _common.cpu_flags())
+                  versions=versions, amx="amx_bf16" in _common.cpu_flags(), device=_common.device_name(system, device))
     if system == "keras_vit_bf16":
         import keras_vit
 
@@ -238,6 +247,9 @@ def main(argv=None):
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
     parser.add_argument("--write", action="store_true", help="write the table into BENCHMARKS.md")
     parser.add_argument("--json", metavar="PATH", help="also save the results as JSON")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: timm on the GPU, keras_vit on JAX's GPU (the TensorFlow systems stay on "
+                             "the CPU; this tensorflow-cpu has no GPU)")
     parser.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats < 5:
@@ -245,11 +257,11 @@ def main(argv=None):
     if args.rounds < 1:
         parser.error(f"--rounds must be >= 1, received {args.rounds}")
     if args.worker:
-        worker(args.worker, args.batch[0], args.variant, args.repeats, args.warmup)
+        worker(args.worker, args.batch[0], args.variant, args.repeats, args.warmup, args.device)
         return 0
     jobs = [(dict(batch=batch, system=system),
              [sys.executable, __file__, "--worker", system, "--batch", str(batch), "--variant", args.variant,
-              "--repeats", str(args.repeats), "--warmup", str(args.warmup)])
+              "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--device", args.device])
             for batch in args.batch for system in args.systems]
     results = _common.run_rounds(
         jobs, args.rounds, "ms_per_batch", 1800,

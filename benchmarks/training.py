@@ -19,8 +19,12 @@ Systems:
     keras_vit_bf16   the same under the mixed_bfloat16 policy
     keras_vit_jax    keras_vit on Keras' JAX backend (KERAS_BACKEND=jax), float32,
                      the same tf.data set (XLA-compiled steps, as Keras does on JAX)
+    keras_vit_jax_bf16  the same under the mixed_bfloat16 policy
     keras_vit_torch  keras_vit on Keras' PyTorch backend, float32 (eager steps,
                      as Keras' jit_compile="auto" is on PyTorch)
+Where TensorFlow is not installed (the lent GPU machine), the keras_vit
+systems read the same batches from a `keras.utils.PyDataset` instead.
+`--device cuda` runs timm and keras_vit on JAX on the GPU (benchmarks/gpu.sh).
     timm             timm's VisionTransformer, torch.optim.AdamW, cross
                      entropy with label smoothing, clip_grad_norm_, eager
     timm_bf16        the same with the forward pass and loss under
@@ -50,13 +54,15 @@ CASES = {
                     batches=(16, 32)),
     "tiny": dict(image=32, patch=4, width=192, depth=6, heads=3, mlp=768, classes=10, batches=(128,)),
 }
-SYSTEMS = ("keras_vit", "keras_vit_bf16", "keras_vit_jax", "keras_vit_torch", "timm", "timm_bf16")
+SYSTEMS = ("keras_vit", "keras_vit_bf16", "keras_vit_jax", "keras_vit_jax_bf16", "keras_vit_torch", "timm",
+           "timm_bf16")
 
 
 def _keras_vit(case, batch, bf16):
+    import importlib.util
+
     import keras
     import numpy as np
-    import tensorflow as tf
 
     import keras_vit
 
@@ -70,7 +76,26 @@ def _keras_vit(case, batch, bf16):
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (batch * 4, c["image"], c["image"], 3)).astype("float32")
     y = keras.utils.to_categorical(rng.integers(0, c["classes"], batch * 4), c["classes"])
-    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).cache().repeat()
+    framework = keras.backend.backend()
+    versions = {"keras_vit": keras_vit.__version__, framework: __import__(framework).__version__,
+                "keras": keras.__version__}
+    if importlib.util.find_spec("tensorflow") is not None:
+        import tensorflow as tf
+
+        data = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).cache().repeat()
+        versions["tensorflow"] = tf.__version__
+    else:
+        class Batches(keras.utils.PyDataset):
+            """The same four batches, over and over (fit stops at steps_per_epoch)."""
+
+            def __len__(self):
+                return 1_000_000
+
+            def __getitem__(self, index):
+                rows = slice((index % 4) * batch, (index % 4 + 1) * batch)
+                return x[rows], y[rows]
+
+        data = Batches()
 
     class Clock(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
@@ -87,11 +112,10 @@ def _keras_vit(case, batch, bf16):
         return list(stamps)
 
     framework = keras.backend.backend()
-    return run, {"keras_vit": keras_vit.__version__, framework: __import__(framework).__version__,
-                 "tensorflow": tf.__version__, "keras": keras.__version__}
+    return run, versions
 
 
-def _timm(case, batch, bf16):
+def _timm(case, batch, bf16, device="cpu"):
     import contextlib
 
     import numpy as np
@@ -102,13 +126,13 @@ def _timm(case, batch, bf16):
     c = CASES[case]
     model = VisionTransformer(img_size=c["image"], patch_size=c["patch"], embed_dim=c["width"],
                               depth=c["depth"], num_heads=c["heads"], mlp_ratio=c["mlp"] / c["width"],
-                              num_classes=c["classes"]).train()
+                              num_classes=c["classes"]).train().to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
     rng = np.random.default_rng(0)
-    x = torch.from_numpy(rng.uniform(-1, 1, (batch, 3, c["image"], c["image"])).astype("float32"))
-    y = torch.from_numpy(rng.integers(0, c["classes"], batch))
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    x = torch.from_numpy(rng.uniform(-1, 1, (batch, 3, c["image"], c["image"])).astype("float32")).to(device)
+    y = torch.from_numpy(rng.integers(0, c["classes"], batch)).to(device)
+    autocast = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
     def run(n):
         stamps = [time.perf_counter()]
@@ -119,18 +143,20 @@ def _timm(case, batch, bf16):
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
+            if device != "cpu":
+                torch.cuda.synchronize()  # the step done, not only queued
             stamps.append(time.perf_counter())
         return stamps
 
     return run, {"timm": timm.__version__, "torch": torch.__version__}
 
 
-def worker(system, case, batch, steps, repeats, warmup):
-    _common.set_backend(system)
+def worker(system, case, batch, steps, repeats, warmup, device="cpu"):
+    _common.set_backend(system, device)
     if system in ("timm", "timm_bf16"):
-        run, versions = _timm(case, batch, bf16=system == "timm_bf16")
+        run, versions = _timm(case, batch, bf16=system == "timm_bf16", device=device)
     else:
-        run, versions = _keras_vit(case, batch, bf16=system == "keras_vit_bf16")
+        run, versions = _keras_vit(case, batch, bf16=system.endswith("_bf16"))
     # Timestamps after every step of one continuous run: warm-up steps
     # first, then `repeats` rounds of `steps` steps.
     stamps = run(warmup + repeats * steps)
@@ -142,7 +168,7 @@ def worker(system, case, batch, steps, repeats, warmup):
     _common.report(dict(
         system=system, case=case, batch=batch, ms_per_step=median, best_ms=min(times),
         img_per_s=batch * 1000 / median, peak_rss_mb=_common.peak_rss_mb(), versions=versions,
-        amx="amx_bf16" in _common.cpu_flags(),
+        amx="amx_bf16" in _common.cpu_flags(), device=_common.device_name(system, device),
     ))
 
 
@@ -174,6 +200,8 @@ def main(argv=None):
                         help="run every system this many times, interleaved, and keep the median run")
     parser.add_argument("--write", action="store_true", help="write the table into BENCHMARKS.md")
     parser.add_argument("--json", metavar="PATH", help="also save the results (every case) as JSON")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: timm and keras_vit on JAX on the GPU")
     parser.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats < 5:
@@ -181,11 +209,12 @@ def main(argv=None):
     if args.rounds < 1:
         parser.error(f"--rounds must be >= 1, received {args.rounds}")
     if args.worker:
-        worker(args.worker, args.cases[0], args.batch, args.steps, args.repeats, args.warmup)
+        worker(args.worker, args.cases[0], args.batch, args.steps, args.repeats, args.warmup, args.device)
         return 0
     jobs = [(dict(case=case, batch=batch, system=system),
              [sys.executable, __file__, "--worker", system, "--cases", case, "--batch", str(batch),
-              "--steps", str(args.steps), "--repeats", str(args.repeats), "--warmup", str(args.warmup)])
+              "--steps", str(args.steps), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+              "--device", args.device])
             for case in args.cases for batch in CASES[case]["batches"] for system in args.systems]
     results = _common.run_rounds(
         jobs, args.rounds, "ms_per_step", 3600,
