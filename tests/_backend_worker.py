@@ -75,6 +75,12 @@ def main(directory):
         keras_vit.export  # noqa: B018
     except ImportError as error:
         result["export_error"] = str(error)
+    # A file saved with jit_compile=True (what "auto" gives on JAX) loads
+    # eager on PyTorch, where torch.compile recompiles per batch shape.
+    flagged = keras_vit.ViT("Test/4", input_shape=x.shape[1:], classes=5)
+    flagged.compile(loss="categorical_crossentropy", jit_compile=True)
+    flagged.save(directory / "jit.keras")
+    result["loaded_jit_compile"] = bool(keras_vit.load_model(directory / "jit.keras").jit_compile)
     # keras_vit.distribute imports without TensorFlow: one device here.
     result["strategy"] = repr(keras_vit.distribute.get_strategy("auto"))
     try:

@@ -82,6 +82,7 @@ def test_the_core_runs_on_jax_and_torch_without_tensorflow(backend, written, tmp
     assert result["model_still_float32"] == 0.0
     assert "keras_vit.export needs TensorFlow" in result["export_error"]
     assert result["strategy"] == "KerasDistribution(None)"
+    assert result["loaded_jit_compile"] == (backend == "jax")
     assert result["mirrored_error"].startswith(
         f"strategy='mirrored' is a tf.distribute strategy, which needs Keras' TensorFlow backend; this is the "
         f"{backend} backend: use ")
