@@ -65,6 +65,16 @@ def set_backend(system, device="cpu"):
         os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 
+def match_jax_float32_matmuls(device):
+    """On a GPU, lets PyTorch's float32 matrix products use TF32 as JAX's
+    (keras_vit's) do by default, so that the float32 rows compare the same
+    arithmetic; PyTorch's own default is full float32 products there."""
+    if device != "cpu":
+        import torch
+
+        torch.set_float32_matmul_precision("high")
+
+
 def device_name(system, device):
     """What a worker of `system` ran on: the CPU, or the GPU's name."""
     if device == "cpu" or (not system.startswith("timm") and system_backend(system) == "tensorflow"):

@@ -4,21 +4,23 @@
 # on Keras' JAX backend; timm is the peer on the same GPU.
 #
 # Prepare here (CPU), then run there in ONE device call (15 minutes of
-# device time a session, start-up included):
+# device time a session, start-up included). The machine has Python 3.12,
+# JAX, PyTorch, timm, safetensors, h5py, rich and ml-dtypes, but not Keras,
+# namex or optree, so those travel as wheels with keras_vit's own:
 #
 #   rm -rf dist && pip wheel --no-deps -w dist . \
-#     && pip download --no-deps -d dist keras==3.15.1 safetensors namex
-#   # device tool: run(command="bash benchmarks/gpu.sh", carry=["dist"], timeout_s=540)
+#     && pip download --no-deps -d dist keras==3.15.1 namex \
+#     && pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#          --platform manylinux_2_17_x86_64 -d dist optree==0.20.0
+#   # device tool: run(command="bash benchmarks/gpu.sh", carry=["dist"], timeout_s=570)
 #
-# The device's Python may differ from this machine's: if `pip install` below
-# reports a missing dependency, one cheap device call of
-# `python -V; pip list` says which (download that wheel with
-# --python-version/--only-binary=:all: and carry it in dist/ too).
+# Each stage has its own time limit, and every result line is logged as
+# it comes, so a stage that runs long loses only itself.
 #
-# It writes into $OUT (which comes back): nvidia-smi's card line, the
-# inference and training results as JSON and their tables, and the
-# parity check. Copy the tables into BENCHMARKS.md with the card and
-# versions.
+# It writes into $OUT (which comes back): the log (nvidia-smi's card
+# line, versions, every result), the parity check, and the inference and
+# training results as JSON. Copy the tables into BENCHMARKS.md with the
+# card and versions.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/keras_vit_gpu}"
@@ -26,16 +28,17 @@ mkdir -p "$OUT"
 exec > >(tee "$OUT/log.txt") 2>&1
 
 nvidia-smi -L || true
-python -V
-pip install --quiet --no-index --no-deps dist/*.whl || exit 1
-python -c "import jax, keras, torch, timm; print('jax', jax.__version__, jax.devices()); \
+python3 -V
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    dist/*.whl || exit 1
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 KERAS_BACKEND=jax
+python3 -c "import jax, keras, torch, timm; print('jax', jax.__version__, jax.devices()); \
 print('keras', keras.__version__, 'torch', torch.__version__, 'timm', timm.__version__)" || exit 1
 
-export KERAS_BACKEND=jax
 # The parity check first (the cheapest, and the one that must hold): a
 # random timm ViT-B/16 loaded into keras_vit on the GPU, at full float32
 # matrix-product precision on both sides (TF32 would differ by ~1e-3).
-timeout 120 python - <<'EOF' | tee "$OUT/parity.txt"
+timeout 100 python3 - <<'EOF' | tee "$OUT/parity.txt"
 import jax
 jax.config.update("jax_default_matmul_precision", "highest")
 import numpy as np, timm, torch
@@ -58,8 +61,10 @@ print(f"parity ViT-B/16 on {jax.devices()[0].device_kind}: max |keras_vit - timm
       f"{np.abs(got - expected).max():.2e} (logit std {expected.std():.2f}; tolerance 1e-4)")
 EOF
 
+# float32 rows: TF32 matrix products on both sides (JAX's default on a
+# GPU; benchmarks/_common.match_jax_float32_matmuls sets PyTorch's).
 systems="keras_vit_jax keras_vit_jax_bf16 timm timm_bf16"
-timeout 200 python benchmarks/inference.py --device cuda --rounds 1 --batch 1 8 64 --repeats 20 \
-    --systems $systems --json "$OUT/inference.json" | tail -12
-timeout 200 python benchmarks/training.py --device cuda --rounds 1 --cases vit_s16 --steps 5 \
-    --systems $systems --json "$OUT/training.json" | tail -10
+timeout 230 python3 benchmarks/inference.py --device cuda --rounds 1 --batch 1 64 --repeats 10 --warmup 3 \
+    --systems $systems --json "$OUT/inference.json"
+timeout 190 python3 benchmarks/training.py --device cuda --rounds 1 --cases vit_s16 --batches 128 \
+    --steps 5 --repeats 5 --warmup 3 --systems $systems --json "$OUT/training.json"

@@ -122,15 +122,16 @@ def _timm(batch, variant, bfloat16=False, int8=False, device="cpu"):
     if int8:
         model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     model = model.to(device)
+    _common.match_jax_float32_matmuls(device)
     x = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (batch, 3, 224, 224)).astype("float32"))
-    x = x.to(device)
     autocast = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if bfloat16 else contextlib.nullcontext
 
     def run():
         with torch.inference_mode(), autocast():
-            # The logits back on the host, as keras_vit's predict_on_batch
-            # returns them (and the GPU's queue drained before the clock).
-            return model(x).float().cpu()
+            # Images in from the host and logits back to it, as keras_vit's
+            # predict_on_batch takes and returns them (on a GPU: both
+            # copies timed, and the queue drained before the clock).
+            return model(x.to(device)).float().cpu()
 
     return run, {"timm": timm.__version__, "torch": torch.__version__}
 

@@ -127,6 +127,7 @@ def _timm(case, batch, bf16, device="cpu"):
     model = VisionTransformer(img_size=c["image"], patch_size=c["patch"], embed_dim=c["width"],
                               depth=c["depth"], num_heads=c["heads"], mlp_ratio=c["mlp"] / c["width"],
                               num_classes=c["classes"]).train().to(device)
+    _common.match_jax_float32_matmuls(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
     rng = np.random.default_rng(0)
@@ -193,6 +194,8 @@ def main(argv=None):
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--batches", type=int, nargs="+",
+                        help="batch sizes to run instead of each case's own (a GPU wants larger ones)")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=3)
@@ -208,6 +211,8 @@ def main(argv=None):
         parser.error(f"--repeats must be >= 5, received {args.repeats}")
     if args.rounds < 1:
         parser.error(f"--rounds must be >= 1, received {args.rounds}")
+    if args.batches and min(args.batches) < 1:
+        parser.error(f"--batches must be >= 1, received {args.batches}")
     if args.worker:
         worker(args.worker, args.cases[0], args.batch, args.steps, args.repeats, args.warmup, args.device)
         return 0
@@ -215,7 +220,8 @@ def main(argv=None):
              [sys.executable, __file__, "--worker", system, "--cases", case, "--batch", str(batch),
               "--steps", str(args.steps), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
               "--device", args.device])
-            for case in args.cases for batch in CASES[case]["batches"] for system in args.systems]
+            for case in args.cases for batch in (args.batches or CASES[case]["batches"])
+            for system in args.systems]
     results = _common.run_rounds(
         jobs, args.rounds, "ms_per_step", 3600,
         lambda r: f"{r['img_per_s']:.1f} img/s, {r['ms_per_step']:.0f} ms/step")
