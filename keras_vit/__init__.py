@@ -17,11 +17,13 @@ from keras_vit._backend import tensorflow_installed as _tensorflow_installed
 _select_backend()
 
 # The core (layers, models, weights, inference, explain, training.compile)
-# runs on every Keras backend. The modules below need TensorFlow (tf.data,
-# SavedModel, tf.distribute, TensorFlow's image decoders) and are imported
-# when first used, so that `import keras_vit` works with JAX or PyTorch
-# alone; without TensorFlow, using one raises an ImportError naming it.
-_TENSORFLOW_MODULES = ("data", "export", "images", "runs", "serving")
+# runs on every Keras backend. The modules below are imported when first
+# used (they pull in tf.data, matplotlib, aiohttp); `data`, `images` and
+# `runs` work without TensorFlow too (NumPy batches, Pillow decoding), while
+# `export` and `serving` need it (SavedModel, the TF Serving stand-in):
+# without TensorFlow, using one raises an ImportError naming it.
+_LAZY_MODULES = ("data", "export", "images", "runs", "serving")
+_TENSORFLOW_MODULES = ("export", "serving")
 
 from keras_vit import (  # noqa: E402
     backend,
@@ -128,12 +130,13 @@ if not _tensorflow_installed():
 
 
 def __getattr__(name):
-    # PEP 562: the TensorFlow-only modules, imported on first use.
-    if name in _TENSORFLOW_MODULES:
+    # PEP 562: the modules imported on first use.
+    if name in _LAZY_MODULES:
         import importlib
 
         from keras_vit._backend import require_tensorflow
 
-        require_tensorflow(f"keras_vit.{name}")
+        if name in _TENSORFLOW_MODULES:
+            require_tensorflow(f"keras_vit.{name}")
         return importlib.import_module(f"keras_vit.{name}")
     raise AttributeError(f"module 'keras_vit' has no attribute {name!r}")

@@ -62,7 +62,10 @@ def _configured_backend():
 def tensorflow_installed():
     """Whether TensorFlow can be imported (its data pipelines, SavedModel
     export and distribution strategies need it, whatever the backend)."""
-    return importlib.util.find_spec("tensorflow") is not None
+    try:
+        return importlib.util.find_spec("tensorflow") is not None
+    except (ImportError, ValueError):  # an import hook refusing it; a broken entry in sys.modules
+        return False
 
 
 def require_tensorflow(feature):

@@ -436,7 +436,9 @@ def main(argv=None):
     try:
         {"train": _train, "evaluate": _evaluate, "predict": _predict, "export": _export,
          "serve": _serve, "explain": _explain, "inspect": _inspect, "weights": _weights}[args.command](args)
-    except (ValueError, TypeError, OSError, RuntimeError) as error:
+    # ImportError: a feature whose framework is missing (export and serve
+    # without TensorFlow) names what to install in one line.
+    except (ValueError, TypeError, OSError, RuntimeError, ImportError) as error:
         message = " ".join(str(error).split())
         print(f"keras-vit {args.command}: error: {message}", file=sys.stderr)
         return 2

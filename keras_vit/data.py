@@ -20,6 +20,13 @@ Sources, by name or value:
 - the name of any TFDS data set already prepared in `data_dir`;
 - NumPy arrays: `(images, labels)` or `{"train": (images, labels), ...}`.
 
+Without TensorFlow (Keras on JAX or PyTorch alone), or with
+`pipeline="numpy"`, the sources held as NumPy arrays (`"digits"`,
+`"fashion_mnist"` from Debian's files, arrays) come as `ArrayBatches`, a
+`keras.utils.PyDataset` that shuffles, converts, augments (the same Keras
+layers, on the backend) and batches as the tf.data pipeline does; folders
+and TFDS data sets need tf.data.
+
 One reader per source, then one pipeline; kept in one module (about 480
 lines) so that `load`'s dispatch and every source it names read together.
 """
@@ -30,10 +37,16 @@ import os
 import pathlib
 import warnings
 
+import keras
 import numpy as np
-import tensorflow as tf
 
 from keras_vit import images as vit_images
+from keras_vit._backend import FRAMEWORKS, require_tensorflow, tensorflow_installed
+
+if tensorflow_installed():
+    import tensorflow as tf
+else:  # NumPy-array sources only (ArrayBatches)
+    tf = None
 from keras_vit.images import DataError  # raised by `load` too: one class for both modules
 
 DEBIAN_FASHION_MNIST = pathlib.Path("/usr/share/datasets/fashion-mnist")
@@ -45,6 +58,7 @@ SPLITS = ("train", "validation", "test")
 _CACHE_LIMIT_BYTES = 2 * 1024**3  # cache decoded images when they fit in this
 _DIGITS_SPLIT = (0.7, 0.1, 0.2)
 _SPLIT_FOLDERS = {"train": ("train",), "validation": ("validation", "val"), "test": ("test",)}
+PIPELINES = ("auto", "tf.data", "numpy")
 
 @dataclasses.dataclass
 class DatasetInfo:
@@ -323,7 +337,7 @@ def _pipeline(ds, num_examples, image_size, num_classes, batch_size, training, l
     return ds.with_options(options) if options is not None else ds
 
 
-def _read(source, image_size, validation_split, seed, data_dir, download, bad_images):
+def _read(source, image_size, validation_split, seed, data_dir, download, bad_images, numpy_only=False):
     """Returns ({split: tf.data of (image, int label)}, counts, class_names, name, native size)."""
     if isinstance(source, tuple) or isinstance(source, dict):
         arrays = source if isinstance(source, dict) else {"train": source}
@@ -365,6 +379,13 @@ def _read(source, image_size, validation_split, seed, data_dir, download, bad_im
         if arrays is not None:
             return arrays, class_names, "fashion_mnist"
         name = "fashion_mnist"
+    if numpy_only:
+        message = (f"data source {name!r}: folders and TFDS data sets are read by tf.data, which "
+                   "needs TensorFlow; the NumPy pipeline reads 'digits', 'fashion_mnist' (Debian's "
+                   "files) and NumPy arrays")
+        if not tensorflow_installed():
+            raise ImportError(f"{message}. Install TensorFlow: {FRAMEWORKS['tensorflow'][1]}.")
+        raise ValueError(f"{message}: use pipeline='auto' or 'tf.data' for it.")
     path = pathlib.Path(name).expanduser()
     if path.is_dir():
         return _from_folder(path, image_size, validation_split, seed, bad_images), None, str(path)
@@ -388,8 +409,9 @@ def load(
     input_context=None,
     splits=("train", "validation"),
     bad_images="error",
+    pipeline="auto",
 ):
-    """Loads a data set as batched tf.data pipelines.
+    """Loads a data set as batched tf.data pipelines (or `ArrayBatches`).
 
     Args:
         source: `"digits"`, `"fashion_mnist"`, a folder, a TFDS name prepared
@@ -418,6 +440,10 @@ def load(
             read as images (every file is decoded once before anything
             else): `"error"` (default) raises `DataError` naming them;
             `"skip"` warns, naming them, and leaves them out.
+        pipeline: `"tf.data"`, `"numpy"` (`ArrayBatches`, a
+            `keras.utils.PyDataset`: NumPy-array sources only, no
+            `input_context`), or `"auto"` (default): tf.data when
+            TensorFlow is installed, else NumPy.
 
     Returns:
         The requested datasets in order, followed by a `DatasetInfo`:
@@ -445,8 +471,29 @@ def load(
     if bad_images not in BAD_IMAGES:
         raise ValueError(f"bad_images must be one of {BAD_IMAGES}, received bad_images={bad_images!r}.")
 
+    if pipeline not in PIPELINES:
+        raise ValueError(f"pipeline must be one of {PIPELINES}, received pipeline={pipeline!r}.")
+    if pipeline == "tf.data":
+        require_tensorflow("keras_vit.data.load(pipeline='tf.data')")
+    numpy_only = pipeline == "numpy" or not tensorflow_installed()
+    if numpy_only and input_context is not None:
+        raise ValueError("input_context (tf.distribute) needs the tf.data pipeline; "
+                         f"received pipeline={pipeline!r}" + ("" if tensorflow_installed()
+                                                              else " without TensorFlow installed") + ".")
     result, class_names, name = _read(source, image_size, validation_split, split_seed, data_dir,
-                                      download, bad_images)
+                                      download, bad_images, numpy_only)
+    if numpy_only:
+        image_size = image_size or tuple(result["train"][0].shape[1:3])
+        counts = {split: len(x) for split, (x, _) in result.items()}
+        info = DatasetInfo(name=name, class_names=list(class_names), image_size=image_size,
+                           num_examples=counts)
+        outputs = [
+            ArrayBatches(*result[split], image_size=image_size, num_classes=info.num_classes,
+                         batch_size=batch_size, training=split == "train", label_mode=label_mode,
+                         seed=seed, augmentation=augmentation if split == "train" else None)
+            for split in splits
+        ]
+        return (*outputs, info)
     if isinstance(result, dict):  # NumPy arrays per split
         native = tuple(result["train"][0].shape[1:3])
         image_size = image_size or native
@@ -478,3 +525,85 @@ def load(
         for split in splits
     ]
     return (*outputs, info)
+
+
+class ArrayBatches(keras.utils.PyDataset):
+    """Batches of one NumPy split for `model.fit` / `evaluate` / `predict`
+    on any Keras backend, without TensorFlow: what `load` returns with
+    `pipeline="numpy"`, or without TensorFlow installed.
+
+    As the tf.data pipeline: images float32 RGB in [0, 255] at
+    `image_size` (`keras_vit.images.array_to_pixels`), labels one-hot or
+    int; a training split is reshuffled every epoch (seeded), drops its
+    last partial batch and is augmented per batch by `augmentation` (the
+    same Keras layers, run on the backend); other splits keep every
+    example, in order. Written as a `keras.utils.PyDataset` (Keras' own
+    interface for Python data on every backend), one process and thread.
+
+    Args:
+        images: `(n, height, width, channels)` array, values in [0, 255].
+        labels: `(n,)` int labels.
+        image_size: `(height, width)` of the batches.
+        num_classes: for one-hot labels.
+        batch_size: rows per batch.
+        training: shuffle, drop the remainder and augment.
+        label_mode: `"categorical"` or `"int"`.
+        seed: shuffling seed.
+        augmentation: `(images, labels) -> (images, labels)` or None.
+        pad_to: pad every batch to a multiple of this many rows with
+            zero-weight rows and yield `(images, labels, weights)` (see
+            `keras_vit.distribute.pad_batches`); 1: no padding, no weights.
+    """
+
+    def __init__(self, images, labels, image_size, num_classes, batch_size, training=False,
+                 label_mode="categorical", seed=0, augmentation=None, pad_to=1):
+        super().__init__()
+        if len(images) != len(labels):
+            raise ValueError(f"images and labels differ in length: {len(images)} and {len(labels)}.")
+        self.images, self.labels = images, np.asarray(labels).astype("int64")
+        self.image_size, self.num_classes = tuple(image_size), int(num_classes)
+        self.batch_size, self.training, self.label_mode = int(batch_size), bool(training), label_mode
+        self.seed, self.augmentation, self.pad_to = seed, augmentation, int(pad_to)
+        self._rng = np.random.default_rng(seed)
+        self._order = self._rng.permutation(len(images)) if training else np.arange(len(images))
+
+    def __len__(self):
+        if self.training:
+            return len(self.images) // self.batch_size
+        return -(-len(self.images) // self.batch_size)
+
+    def __getitem__(self, index):
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} of {len(self)}")
+        rows = self._order[index * self.batch_size:(index + 1) * self.batch_size]
+        images = vit_images.array_to_pixels(self.images[rows], self.image_size)
+        labels = self.labels[rows]
+        if self.label_mode == "categorical":
+            labels = np.eye(self.num_classes, dtype="float32")[labels]
+        else:
+            labels = labels.astype("int32")
+        if self.augmentation is not None:
+            images, labels = (keras.ops.convert_to_numpy(t) for t in self.augmentation(images, labels))
+        if self.pad_to <= 1:
+            return images, labels
+        missing = (-len(rows)) % self.pad_to
+
+        def padded(array):
+            return np.concatenate([array, np.zeros((missing,) + array.shape[1:], array.dtype)])
+
+        weights = np.concatenate([np.ones(len(rows), "float32"), np.zeros(missing, "float32")])
+        return padded(images), padded(labels), weights
+
+    def on_epoch_end(self):
+        if self.training:
+            self._order = self._rng.permutation(len(self.images))
+
+    def padded(self, multiple):
+        """This split with every batch padded to a multiple of `multiple`
+        rows (zero-weight rows; see `keras_vit.distribute.pad_batches`)."""
+        return ArrayBatches(self.images, self.labels, self.image_size, self.num_classes, self.batch_size,
+                            self.training, self.label_mode, self.seed, self.augmentation, pad_to=multiple)
+
+    def as_numpy_iterator(self):
+        """Every batch in order, as a tf.data pipeline's method of this name."""
+        return (self[index] for index in range(len(self)))

@@ -70,7 +70,7 @@ def _tpu_strategy():
     return tf.distribute.TPUStrategy(resolver)
 
 
-def get_strategy(name="auto"):
+def get_strategy(name="auto", model_parallel=2):
     """Returns the distribution strategy for `name`.
 
     Args:
@@ -81,6 +81,8 @@ def get_strategy(name="auto"):
             `"tpu"`; on the JAX backend Keras' `"data_parallel"` or
             `"model_parallel"` (`get_distribution`, over all devices, two
             of them per model copy for `"model_parallel"`).
+        model_parallel: devices per model copy for `"model_parallel"`
+            (see `get_distribution`); ignored otherwise.
             `"auto"` picks as the module docstring says on TensorFlow;
             on JAX, `"data_parallel"` when there are several devices; on
             PyTorch, one device.
@@ -105,7 +107,7 @@ def get_strategy(name="auto"):
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}; received strategy={name!r}.")
     backend = keras.backend.backend()
     if name in KERAS_DISTRIBUTIONS:
-        return KerasDistribution(get_distribution(name))
+        return KerasDistribution(get_distribution(name, model_parallel=model_parallel))
     if backend != "tensorflow":
         if name == "auto" and backend == "jax" and len(keras.distribution.list_devices()) > 1:
             return KerasDistribution(get_distribution("data_parallel"))
@@ -269,7 +271,10 @@ def pad_batches(dataset, multiple):
     accuracy; the mean loss Keras reports is divided by the padded batch
     sizes, so it is low by at most `multiple - 1` rows' share of the data
     set (one row in 180 for the digits' validation split on 2 devices).
+    A `keras_vit.data.ArrayBatches` pads itself (`padded`).
     """
+    if hasattr(dataset, "padded"):
+        return dataset.padded(multiple)
     tf = _tf()
 
     def pad(images, labels):

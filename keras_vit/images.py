@@ -9,13 +9,25 @@ decoded, so a small file cannot decode to gigabytes.
 
 `to_pixels` is the one resize-to-model-input step that the data pipelines,
 `decode_image` and `keras_vit.explain` share, so every path resizes alike.
+
+Without TensorFlow (Keras on JAX or PyTorch alone), `load_images` decodes
+with Pillow after the same header check (`pillow_image_pixels`) and
+`array_to_pixels` resizes with `keras.ops` as `to_pixels` does; the other
+decoders here need TensorFlow and say so.
 """
 
 import pathlib
 import re
+import warnings
 
 import numpy as np
-import tensorflow as tf
+
+from keras_vit._backend import require_tensorflow, tensorflow_installed
+
+if tensorflow_installed():
+    import tensorflow as tf
+else:  # the functions that need it call require_tensorflow first
+    tf = None
 
 # Pillow's decompression-bomb threshold (`PIL.Image.MAX_IMAGE_PIXELS`): a
 # 250-megapixel PNG of 200 KB would otherwise decode to gigabytes.
@@ -73,6 +85,7 @@ def to_pixels(image, image_size):
     >>> keras_vit.images.to_pixels(np.full((4, 4, 1), 255, "uint8"), (8, 8)).shape
     TensorShape([8, 8, 3])
     """
+    require_tensorflow("keras_vit.images.to_pixels")
     image = tf.cast(image, tf.float32)
     channels = image.shape[-1]
     if channels == 1:
@@ -104,10 +117,6 @@ def _skip_gif_sub_blocks(data, n, pos):
     return pos + 1
 
 
-@tf.function(
-    input_signature=[tf.TensorSpec((), tf.string), tf.TensorSpec((), tf.int64)],
-    autograph=False,
-)
 def _gif_frame_pixels(data, limit):
     """Pixels of all frames of a GIF, read from its block structure.
 
@@ -148,6 +157,14 @@ def _gif_frame_pixels(data, limit):
     return tf.while_loop(more, body, (pos, tf.constant(0, tf.int64)))[1]
 
 
+if tf is not None:
+    _gif_frame_pixels = tf.function(
+        _gif_frame_pixels,
+        input_signature=[tf.TensorSpec((), tf.string), tf.TensorSpec((), tf.int64)],
+        autograph=False,
+    )
+
+
 def image_pixels(image_bytes, max_pixels=MAX_IMAGE_PIXELS):
     """The pixel count an encoded image declares, read without decoding it.
 
@@ -162,6 +179,7 @@ def image_pixels(image_bytes, max_pixels=MAX_IMAGE_PIXELS):
     Returns:
         A scalar int64 tensor; -1 for a format none of the above.
     """
+    require_tensorflow("keras_vit.images.image_pixels")
     data = tf.convert_to_tensor(image_bytes, tf.string)
     head = tf.strings.substr(tf.strings.join([data, tf.constant(b"\0" * _HEAD_BYTES)]), 0, _HEAD_BYTES)
     b = tf.unstack(tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64), num=_HEAD_BYTES)
@@ -217,6 +235,7 @@ def decode_image(image_bytes, image_size, max_pixels=MAX_IMAGE_PIXELS):
     decompression bomb: a small file that decodes to gigabytes) or of
     another format is refused with `tf.errors.InvalidArgumentError`.
     """
+    require_tensorflow("keras_vit.images.decode_image")
     image_bytes = tf.convert_to_tensor(image_bytes, tf.string)
     not_empty = tf.debugging.Assert(tf.strings.length(image_bytes) > 0, ["empty image: 0 bytes"])
     with tf.control_dependencies([not_empty]):
@@ -266,6 +285,10 @@ def load_images(paths, image_size, max_pixels=MAX_IMAGE_PIXELS):
 
     Returns:
         A float32 array `(len(paths), height, width, 3)`.
+
+    Without TensorFlow the files are decoded by Pillow (`_pillow_pixels`)
+    and resized by `array_to_pixels`; JPEG decoders differ in their last
+    bit, so pixels may differ from TensorFlow's by a few levels.
     """
     image_size = check_image_size(image_size)
     images = []
@@ -273,12 +296,89 @@ def load_images(paths, image_size, max_pixels=MAX_IMAGE_PIXELS):
         path = pathlib.Path(path)
         if not path.is_file():
             raise DataError(f"Image not found: {path}")
+        if tf is None:
+            images.append(array_to_pixels(_pillow_pixels(path, max_pixels)[None], image_size)[0])
+            continue
         try:
             image = decode_image(tf.io.read_file(str(path)), image_size, max_pixels)
         except (tf.errors.InvalidArgumentError, ValueError) as error:
             raise DataError(f"Cannot read {path} as an image: {tf_error_message(error)}") from error
         images.append(image.numpy())
     return np.stack(images) if images else np.zeros((0,) + image_size + (3,), "float32")
+
+
+def array_to_pixels(images, image_size):
+    """`to_pixels` for a NumPy batch on any Keras backend: float32 RGB at
+    `image_size`, resized by `keras.ops.image.resize` (bilinear, half-pixel
+    centres, no antialiasing: what `tf.image.resize` computes).
+
+    Args:
+        images: `(n, height, width, channels)` with 1, 3 or 4 channels,
+            values in [0, 255].
+        image_size: `(height, width)`.
+
+    Returns:
+        A float32 NumPy array `(n, *image_size, 3)`.
+    """
+    import keras
+
+    images = np.asarray(images, dtype="float32")
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    elif images.shape[-1] == 4:
+        images = images[..., :3]
+    if tuple(images.shape[1:3]) != tuple(image_size) and len(images):
+        resized = keras.ops.image.resize(images, tuple(image_size), interpolation="bilinear",
+                                         antialias=False, data_format="channels_last")
+        images = np.clip(keras.ops.convert_to_numpy(resized), 0.0, 255.0).astype("float32")
+    return images
+
+
+_PILLOW_FORMATS = {"JPEG": "JPEG", "PNG": "PNG", "GIF": "GIF", "BMP": "BMP", "WEBP": "WebP"}
+
+
+def pillow_image_pixels(image):
+    """The pixel count an opened Pillow image declares (its header: Pillow
+    reads no pixel data before `load`), all frames of an animated GIF."""
+    frames = getattr(image, "n_frames", 1) if image.format == "GIF" else 1
+    return image.size[0] * image.size[1] * max(1, frames)
+
+
+def _pillow_pixels(path, max_pixels):
+    """One image file as a uint8-range float32 array `(height, width, 3)`,
+    decoded by Pillow, for `load_images` without TensorFlow.
+
+    Written here rather than with `keras.utils.load_img` (which also uses
+    Pillow) because the header is checked against `max_pixels` before any
+    pixel is decoded, and 16-bit PNGs are scaled to 8 bits as TensorFlow's
+    decoder does (Pillow's RGB conversion would clip them).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns of a bomb at open; the check below refuses it.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
+            if image.format not in _PILLOW_FORMATS:
+                raise DataError(f"Cannot read {path} as an image: unknown image format: expected one of "
+                                f"{', '.join(IMAGE_FORMATS)}")
+            pixels = pillow_image_pixels(image)
+            if pixels > max_pixels:
+                raise DataError(
+                    f"Cannot read {path} as an image: image of {pixels} pixels refused: more than the "
+                    f"limit of {max_pixels} (max_pixels); a decompression bomb?")
+            image.seek(0)
+            if image.mode.startswith("I;16") or image.mode == "I":
+                # The high byte, as TensorFlow's PNG decoder gives 8 bits.
+                array = (np.asarray(image).astype("int64") >> 8).clip(0, 255).astype("float32")
+                return np.repeat(array[..., None], 3, axis=-1)
+            return np.asarray(image.convert("RGB"), dtype="float32")
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as error:
+        if isinstance(error, DataError):
+            raise
+        raise DataError(f"Cannot read {path} as an image: {error}") from error
 
 
 def scan_images(paths, max_pixels=MAX_IMAGE_PIXELS):
@@ -294,6 +394,7 @@ def scan_images(paths, max_pixels=MAX_IMAGE_PIXELS):
     Returns:
         `{path: reason}` for every unreadable, undecodable or oversized file.
     """
+    require_tensorflow("keras_vit.images.scan_images")
     paths = [str(p) for p in paths]
     if not paths:
         return {}

@@ -13,6 +13,7 @@ keras-cv 0.9 itself no longer runs its MixUp on Keras 3.15 inputs.
 """
 
 import keras
+import numpy as np
 
 from keras_vit import models
 from keras_vit._validation import check_rate
@@ -315,23 +316,42 @@ def augmentation(flip=True, crop_scale=None, rand_augment=0.0, mixup=0.0, cutmix
     if cutmix:
         mixers.append(keras.layers.CutMix(factor=cutmix, seed=seed))
 
-    import tensorflow as tf  # the function runs in tf.data's map
+    # Which of MixUp and CutMix a batch gets, where the batches are NumPy
+    # (keras_vit.data.ArrayBatches); in tf.data's map the choice is a graph op.
+    choices = np.random.default_rng(seed)
 
     def augment(images, labels):
         for layer in image_layers:
             images = layer(images, training=True)
         if not mixers:
             return images, labels
+        in_graph = _is_tf_tensor(images)
+        if in_graph:
+            import tensorflow as tf  # tf.data's map: its graph ops
+            cast = tf.cast
+        else:
+            cast = keras.ops.cast
 
         def mix(layer):
             def apply():
                 out = layer({"images": images, "labels": labels}, training=True)
-                return tf.cast(out["images"], images.dtype), tf.cast(out["labels"], labels.dtype)
+                return cast(out["images"], images.dtype), cast(out["labels"], labels.dtype)
             return apply
 
         if len(mixers) == 1:
             return mix(mixers[0])()
+        if not in_graph:
+            return mix(mixers[int(choices.random() >= 0.5)])()
         choice = tf.random.uniform((), seed=seed) < 0.5
         return tf.cond(choice, mix(mixers[0]), mix(mixers[1]))
 
     return augment
+
+
+def _is_tf_tensor(value):
+    """Whether `value` is a TensorFlow tensor (TensorFlow imported only when
+    it already is: a JAX or PyTorch user may not have it)."""
+    import sys
+
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(value, tf.Tensor)

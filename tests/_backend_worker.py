@@ -16,9 +16,11 @@ import json
 import pathlib
 import sys
 
-# What `pip install` without TensorFlow gives: `import tensorflow` fails and
-# importlib finds no spec for it.
-sys.modules["tensorflow"] = None
+# What `pip install` without TensorFlow gives: `import tensorflow` fails.
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+import _no_tensorflow  # noqa: E402
+
+_no_tensorflow.block()
 
 
 def main(directory):
@@ -69,6 +71,33 @@ def main(directory):
         copy = keras_vit.with_precision(model, precision)
         result[f"{precision}_diff"] = float(np.abs(copy.predict(x, verbose=0) - expected).max())
     result["model_still_float32"] = float(np.abs(model.predict(x, verbose=0) - expected).max())
+
+    # Data without TensorFlow: keras_vit.data gives ArrayBatches (a Keras
+    # PyDataset) with the tf.data pipeline's pixels, and augments on this
+    # backend; image files are decoded by Pillow as TensorFlow decodes them.
+    from keras_vit import data as vit_data
+    from keras_vit import images as vit_images
+
+    (validation, info) = vit_data.load("digits", image_size=32, batch_size=64, splits=("validation",))
+    result["data_class"] = type(validation).__name__
+    images, labels = validation[0]
+    tf_images, tf_labels = np.load(directory / "digits_images.npy"), np.load(directory / "digits_labels.npy")
+    result["data_diff"] = float(np.abs(images - tf_images).max())
+    result["data_labels_equal"] = bool(np.array_equal(labels, tf_labels))
+    result["data_batches"] = [len(validation), len(validation[len(validation) - 1][0])]
+    augment = training.augmentation(flip=True, translate=0.1, random_erasing=0.5, mixup=0.2, cutmix=1.0, seed=0)
+    (train, _) = vit_data.load("digits", image_size=16, batch_size=32, augmentation=augment, splits=("train",))
+    first = train[0]
+    train.on_epoch_end()
+    result["augmented"] = [list(first[0].shape), float(first[0].min()), float(first[0].max()),
+                           float(np.abs(first[1].sum(-1) - 1).max()), len(train),
+                           bool(not np.array_equal(first[0], train[0][0]))]
+    result["pillow_diff"] = float(np.abs(vit_images.load_images([directory / "photo.png"], (20, 28))
+                                         - np.load(directory / "photo_pixels.npy")).max())
+    try:
+        vit_data.load(str(directory), image_size=8)
+    except ImportError as error:
+        result["folder_error"] = str(error)
 
     # What needs TensorFlow says so.
     try:

@@ -49,6 +49,18 @@ def written(tmp_path_factory):
     assert logits.std() > 0.1  # far-apart logits, or the parity check is void
     np.save(directory / "images.npy", images)
     np.save(directory / "timm_logits.npy", logits)
+
+    # The tf.data pipeline's first digits validation batch, and a PNG decoded
+    # and resized by TensorFlow, for the worker's NumPy / Pillow paths.
+    (validation, _) = keras_vit.data.load("digits", image_size=32, batch_size=64, splits=("validation",))
+    digits, onehot = next(iter(validation))
+    np.save(directory / "digits_images.npy", digits.numpy())
+    np.save(directory / "digits_labels.npy", onehot.numpy())
+    from PIL import Image
+
+    photo = np.random.default_rng(2).integers(0, 256, (32, 40, 3)).astype("uint8")
+    Image.fromarray(photo).save(directory / "photo.png")
+    np.save(directory / "photo_pixels.npy", keras_vit.images.load_images([directory / "photo.png"], (20, 28)))
     return directory
 
 
@@ -86,6 +98,18 @@ def test_the_core_runs_on_jax_and_torch_without_tensorflow(backend, written, tmp
     assert result["mirrored_error"].startswith(
         f"strategy='mirrored' is a tf.distribute strategy, which needs Keras' TensorFlow backend; this is the "
         f"{backend} backend: use ")
+    # Data without TensorFlow: the tf.data pipeline's batches, augmented
+    # there (every pixel in range, mixed labels summing to 1, reshuffled
+    # each epoch); Pillow decodes as TensorFlow; folders say what they need.
+    assert result["data_class"] == "ArrayBatches" and result["data_labels_equal"], result
+    assert result["data_diff"] <= 1e-3, result
+    assert result["data_batches"] == [3, 52], result  # 180 validation images
+    shape, low, high, label_sum_error, train_batches, reshuffled = result["augmented"]
+    assert shape == [32, 16, 16, 3] and 0 <= low and high <= 255 and label_sum_error < 1e-5, result
+    assert train_batches == 1258 // 32 and reshuffled, result
+    assert result["pillow_diff"] <= 1e-3, result
+    assert result["folder_error"].startswith(f"data source {str(directory)!r}: folders and TFDS data sets are "
+                                             "read by tf.data, which needs TensorFlow"), result
     # The model fine-tuned there loads here with its outputs.
     tuned = keras_vit.load_model(directory / "trained.keras")
     x = np.load(directory / "x.npy")
@@ -110,9 +134,10 @@ def test_a_backend_without_its_framework_fails_in_one_line(environment, message)
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_the_cli_trains_evaluates_predicts_and_explains_on_jax_and_torch(backend, tmp_path):
-    """`keras-vit` under KERAS_BACKEND=jax (two virtual devices, Keras'
-    DataParallel) and torch, with TensorFlow installed for tf.data; export
-    says it needs the TensorFlow backend and writes nothing."""
+    """`keras-vit` under KERAS_BACKEND=jax without TensorFlow (two virtual
+    devices, Keras' DataParallel; the data as ArrayBatches, images decoded
+    by Pillow) and under torch with TensorFlow installed (tf.data); export
+    says what it needs and writes nothing."""
     pytest.importorskip(backend)
     from PIL import Image
 
@@ -136,7 +161,8 @@ def test_the_cli_trains_evaluates_predicts_and_explains_on_jax_and_torch(backend
         ["explain", str(run), str(image), "--output", str(tmp_path / "attention.png")],
         ["export", str(run), "--output", str(tmp_path / "export")],
     ]
-    driver = ("import json, sys\nfrom keras_vit import cli\n"
+    block = "from tests import _no_tensorflow\n_no_tensorflow.block()\n" if backend == "jax" else ""
+    driver = (block + "import json, sys\nfrom keras_vit import cli\n"
               "codes = [cli.main(arguments) for arguments in json.loads(sys.argv[1])]\n"
               "print('CODES ' + json.dumps(codes))")
     completed = subprocess.run([sys.executable, "-c", driver, json.dumps(commands)], capture_output=True,
@@ -154,7 +180,12 @@ def test_the_cli_trains_evaluates_predicts_and_explains_on_jax_and_torch(backend
         results["test_accuracy"], abs=1e-6)
     assert any(l.startswith(f"{image}: ") for l in completed.stdout.splitlines())
     assert (tmp_path / "attention.png").stat().st_size > 1000
-    assert completed.stderr.strip().splitlines()[-1] == (
+    assert completed.stderr.strip().splitlines()[-1] == ((
+        "keras-vit export: error: keras_vit.export needs TensorFlow, which is not installed: pip install "
+        "'keras-vision-transformer[cpu]' (CPU) or 'keras-vision-transformer[gpu]' (NVIDIA GPU) (it works beside "
+        "JAX or PyTorch as Keras' backend).") if backend == "jax" else (
         f"keras-vit export: error: a SavedModel export needs Keras' TensorFlow backend; this is the {backend} "
-        "backend: export with KERAS_BACKEND=tensorflow (a .keras file saved on any backend loads there).")
+        "backend: export with KERAS_BACKEND=tensorflow (a .keras file saved on any backend loads there)."))
+    # Without TensorFlow, TensorBoard's logs are the one thing a run leaves out.
+    assert (run / "logs").is_dir() == (backend == "torch")
     assert not (tmp_path / "export").exists()

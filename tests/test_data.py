@@ -226,3 +226,73 @@ def test_load_images(tmp_path):
         vit_images.load_images([tmp_path / "bad.jpg"], 8)
     with pytest.raises(vit_images.DataError, match=r"Image not found: .*missing.png"):
         vit_images.load_images([tmp_path / "missing.png"], 8)
+
+
+def test_the_numpy_pipeline_gives_the_tf_data_batches():
+    """pipeline="numpy" (what runs without TensorFlow): ArrayBatches with
+    the tf.data pipeline's evaluation batches, a seeded reshuffle per epoch
+    and full training batches."""
+    kwargs = dict(image_size=16, batch_size=64, splits=("train", "validation", "test"))
+    *tf_splits, _ = data.load("digits", **kwargs)
+    train, validation, test, info = data.load("digits", pipeline="numpy", **kwargs)
+    assert type(validation).__name__ == "ArrayBatches" and info.num_examples["test"] == 359
+    for batches, reference in zip((validation, test), tf_splits[1:]):
+        images, labels = map(np.concatenate, zip(*batches.as_numpy_iterator()))
+        tf_images, tf_labels = _all(reference)
+        np.testing.assert_allclose(images, tf_images, atol=1e-4)
+        np.testing.assert_array_equal(labels, tf_labels)
+    assert len(train) == 1258 // 64 and all(len(train[i][0]) == 64 for i in range(len(train)))
+    first = train[0][0]
+    np.testing.assert_array_equal(data.load("digits", pipeline="numpy", **kwargs)[0][0][0], first)
+    train.on_epoch_end()
+    assert not np.array_equal(train[0][0], first)
+    # Padded for Keras' distribution API: zero-weight rows up to a multiple.
+    images, labels, weights = test.padded(3)[len(test) - 1]
+    assert len(images) == len(labels) == len(weights) == 39 and weights.sum() == 359 - 5 * 64
+    with pytest.raises(IndexError):
+        test[len(test)]
+
+
+def test_the_numpy_pipeline_refuses_what_it_cannot_read(tmp_path):
+    with pytest.raises(ValueError, match=r"pipeline must be one of \('auto', 'tf.data', 'numpy'\), "
+                                         r"received pipeline='arrays'"):
+        data.load("digits", pipeline="arrays")
+    with pytest.raises(ValueError, match=r"input_context \(tf.distribute\) needs the tf.data pipeline"):
+        data.load("digits", pipeline="numpy", input_context=tf.distribute.InputContext())
+    with pytest.raises(ValueError, match=r"folders and TFDS data sets are read by tf.data.*pipeline='auto'"):
+        data.load(str(tmp_path), image_size=8, pipeline="numpy")
+
+
+@pytest.mark.parametrize("fmt, mode, tolerance", [
+    ("PNG", "RGB", 0.0), ("PNG", "I;16", 0.5), ("GIF", "P", 0.0), ("BMP", "RGB", 0.0),
+    ("WEBP", "RGB", 0.0), ("JPEG", "RGB", 6.0),
+])
+def test_pillow_decodes_as_tensorflow(tmp_path, fmt, mode, tolerance):
+    """Without TensorFlow, load_images decodes with Pillow: the same pixels
+    (JPEG decoders may differ by a few levels)."""
+    rng = np.random.default_rng(0)
+    if mode == "I;16":
+        image = Image.fromarray(rng.integers(0, 65536, (12, 16)).astype("uint16"))
+    else:
+        image = Image.fromarray(rng.integers(0, 256, (12, 16, 3)).astype("uint8")).convert(mode)
+    path = tmp_path / f"image.{fmt.lower()}"
+    image.save(path, fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+    pillow = vit_images._pillow_pixels(path, vit_images.MAX_IMAGE_PIXELS)
+    decoded = vit_images.decode_image(tf.io.read_file(str(path)), (12, 16)).numpy()
+    assert pillow.shape == (12, 16, 3)
+    assert np.abs(pillow - decoded).max() <= tolerance
+    np.testing.assert_allclose(vit_images.array_to_pixels(pillow[None], (6, 9))[0],
+                               vit_images.to_pixels(pillow, (6, 9)).numpy(), atol=1e-4)
+
+
+def test_pillow_refuses_bombs_and_non_images_before_decoding(tmp_path):
+    Image.new("1", (10_000, 9_000)).save(tmp_path / "bomb.png")  # 90 megapixels in a small file
+    with pytest.raises(vit_images.DataError, match=r"bomb.png as an image: image of 90000000 pixels refused: "
+                                                    r"more than the limit of 89478485 \(max_pixels\)"):
+        vit_images._pillow_pixels(tmp_path / "bomb.png", vit_images.MAX_IMAGE_PIXELS)
+    (tmp_path / "text.jpg").write_bytes(b"not an image")
+    with pytest.raises(vit_images.DataError, match=r"Cannot read .*text.jpg as an image"):
+        vit_images._pillow_pixels(tmp_path / "text.jpg", vit_images.MAX_IMAGE_PIXELS)
+    Image.new("RGB", (4, 4)).save(tmp_path / "image.tiff")
+    with pytest.raises(vit_images.DataError, match=r"unknown image format: expected one of JPEG, PNG, GIF"):
+        vit_images._pillow_pixels(tmp_path / "image.tiff", vit_images.MAX_IMAGE_PIXELS)

@@ -18,6 +18,7 @@ import keras
 
 from keras_vit import data as vit_data
 from keras_vit import distribute, inference, models, training, variants
+from keras_vit._backend import tensorflow_installed
 from keras_vit.runs import callbacks as run_callbacks
 from keras_vit.runs import config as run_config
 from keras_vit.runs import files, use
@@ -126,11 +127,7 @@ def _set_up(config):
     if config.mixed_precision:
         keras.config.set_dtype_policy(training.mixed_precision_policy())
     keras.utils.set_random_seed(config.seed)
-    if config.strategy == "model_parallel":
-        strategy = distribute.KerasDistribution(
-            distribute.get_distribution("model_parallel", model_parallel=config.model_parallel))
-    else:
-        strategy = distribute.get_strategy(config.strategy)
+    strategy = distribute.get_strategy(config.strategy, model_parallel=config.model_parallel)
     # tf.distribute splits a batch unevenly where it must; Keras' distribution
     # API shards each batch in equal parts.
     if isinstance(strategy, distribute.KerasDistribution) and config.batch_size % strategy.num_replicas_in_sync:
@@ -267,10 +264,9 @@ def _callbacks(run, write_dir):
         run_callbacks.CheckpointIfFinite(str(write_dir / "last.keras")),
     ]
     if run.chief:
-        found += [
-            keras.callbacks.TensorBoard(str(run.output / "logs")),
-            run_callbacks.LearningCurves(run.log_path, run.output / "curves.png"),
-        ]
+        if tensorflow_installed():  # Keras' TensorBoard callback writes with tf.summary
+            found.append(keras.callbacks.TensorBoard(str(run.output / "logs")))
+        found.append(run_callbacks.LearningCurves(run.log_path, run.output / "curves.png"))
     # Every worker resumes from the chief's backup (the run directory must
     # then be on a file system they share, as for Keras 2's BackupAndRestore).
     found.append(run_callbacks.AtomicBackupAndRestore(
@@ -286,7 +282,7 @@ def _fit(model, run, config, ds_train, ds_val):
     write_dir = run.output if run.chief else pathlib.Path(tempfile.mkdtemp(prefix="keras_vit_worker_"))
     callbacks = _callbacks(run, write_dir)
     try:
-        # shuffle=False: the tf.data pipeline shuffles itself.
+        # shuffle=False: the pipeline (tf.data or ArrayBatches) shuffles itself.
         history = model.fit(ds_train, validation_data=ds_val, epochs=config.epochs,
                             callbacks=callbacks, verbose=config.verbose, shuffle=False)
     finally:

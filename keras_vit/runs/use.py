@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 from keras_vit import data as vit_data
-from keras_vit import explain, export, inference, models
+from keras_vit import explain, inference, models
 from keras_vit import images as vit_images
 from keras_vit._validation import check_int
 from keras_vit.runs import files, plots
@@ -199,6 +199,8 @@ def export_run(run_dir, base_dir=None, version=None, overwrite=False, top_k=None
         model = inference.with_precision(model, precision, copy=False)
     if base_dir is None:
         base_dir = pathlib.Path("export") / pathlib.Path(run_dir).resolve().name
+    from keras_vit import export  # needs TensorFlow (SavedModel); export says so on another backend
+
     return export.export_saved_model(model, base_dir, class_names=config["class_names"], version=version,
                                      overwrite=overwrite, top_k=top_k, tta=tta, jit_compile=jit_compile)
 
