@@ -86,9 +86,11 @@ def main(directory):
     except ValueError as error:
         result["layout_error"] = str(error)
 
-    # A whole run (the digits, tf.data, one short epoch) model-parallel.
+    # A whole run (the digits, one short epoch, a one-block model whose two
+    # heads split over the two devices) model-parallel.
     config = runs.TrainConfig(data="digits", output=str(pathlib.Path(directory) / "run"), epochs=1,
-                              strategy="model_parallel", verbose=0)
+                              strategy="model_parallel", verbose=0, num_layers=1, hidden_dim=32,
+                              num_heads=2, mlp_dim=64)
     trained = runs.train(config)
     result["run"] = {key: trained.results[key] for key in ("test_accuracy", "num_replicas", "backend")}
     print("RESULT " + json.dumps(result), flush=True)
