@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU numbers for issue 29, on the machine the `device` tool lends (JAX and
+# GPU numbers for issue 29 (ViT-B/16 inference; ViT-S/16 and ViT-B/16 training), on the machine the `device` tool lends (JAX and
 # PyTorch with CUDA, timm; no TensorFlow, no network). keras_vit runs there
 # on Keras' JAX backend; timm is the peer on the same GPU.
 #
@@ -64,7 +64,7 @@ EOF
 # float32 rows: TF32 matrix products on both sides (JAX's default on a
 # GPU; benchmarks/_common.match_jax_float32_matmuls sets PyTorch's).
 systems="keras_vit_jax keras_vit_jax_bf16 timm timm_bf16"
-timeout 230 python3 benchmarks/inference.py --device cuda --rounds 1 --batch 1 64 --repeats 10 --warmup 3 \
+timeout 200 python3 benchmarks/inference.py --device cuda --rounds 1 --batch 1 64 --repeats 10 --warmup 3 \
     --systems $systems --json "$OUT/inference.json"
-timeout 190 python3 benchmarks/training.py --device cuda --rounds 1 --cases vit_s16 --batches 128 \
+timeout 330 python3 benchmarks/training.py --device cuda --rounds 1 --cases vit_s16 vit_b16 --batches 128 \
     --steps 5 --repeats 5 --warmup 3 --systems $systems --json "$OUT/training.json"

@@ -53,7 +53,11 @@ CASES = {
     "vit_s16": dict(image=224, patch=16, width=384, depth=12, heads=6, mlp=1536, classes=1000,
                     batches=(16, 32)),
     "tiny": dict(image=32, patch=4, width=192, depth=6, heads=3, mlp=768, classes=10, batches=(128,)),
+    # Not run by default (minutes a system on 2 CPU cores): the GPU script's.
+    "vit_b16": dict(image=224, patch=16, width=768, depth=12, heads=12, mlp=3072, classes=1000,
+                    batches=(8,)),
 }
+DEFAULT_CASES = ("vit_s16", "tiny")
 SYSTEMS = ("keras_vit", "keras_vit_bf16", "keras_vit_jax", "keras_vit_jax_bf16", "keras_vit_torch", "timm",
            "timm_bf16")
 
@@ -191,7 +195,7 @@ def _table(results):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--cases", nargs="+", default=list(DEFAULT_CASES), choices=list(CASES))
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--batches", type=int, nargs="+",
