@@ -57,7 +57,9 @@ setup(
     package_data={"keras_vit": ["_data/*.txt"]},
     python_requires=">=3.10",
     install_requires=[
-        "keras>=3.6",  # .weights.h5 files record layer names from 3.6 (keras_vit.weights.layout)
+        # 3.13.2: the published safe-mode bypasses (CVE-2025-1550 and later) fixed;
+        # .weights.h5 files record layer names from 3.6 (keras_vit.weights.layout).
+        "keras>=3.13.2",
         "numpy>=1.24",
         "h5py>=3.8",
         "safetensors>=0.4",

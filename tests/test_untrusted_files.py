@@ -7,6 +7,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
+from safetensors.numpy import load_file as safetensors_load
 from safetensors.numpy import save_file
 
 import keras_vit
@@ -200,3 +201,94 @@ def test_load_model_argument_errors(tmp_path):
 
 def test_weights_module_exports_load_model():
     assert keras_vit.load_model is weights.load_model
+
+
+def _rewritten_npz(source, path, **changes):
+    arrays = dict(np.load(source))
+    arrays.update(changes)
+    np.savez(path, **arrays)
+    return path
+
+
+def _assert_refused_and_unchanged(path, match):
+    model = randomize(_tiny(), seed=11)
+    before = [v.numpy().copy() for v in model.weights]
+    with pytest.raises(keras_vit.CheckpointError, match=match):
+        keras_vit.load_weights(model, path)
+    for variable, value in zip(model.weights, before):
+        np.testing.assert_array_equal(variable.numpy(), value)
+
+
+def test_non_numbers_and_non_finite_values_are_refused_before_any_assignment(checkpoints, tmp_path):
+    """Issue 30: a right-shape array of the wrong dtype, or holding NaN or
+    infinity, late in the file, used to be found after earlier variables
+    were assigned: a half-loaded model."""
+    files, _ = checkpoints
+    last = "Transformer/encoder_norm/scale"
+    good = dict(np.load(files["npz"]))[last]
+    _assert_refused_and_unchanged(
+        _rewritten_npz(files["npz"], tmp_path / "complex.npz", **{last: good.astype("complex64")}),
+        r"complex.npz: array 'Transformer/encoder_norm/scale' has dtype complex64, not numbers")
+    _assert_refused_and_unchanged(
+        _rewritten_npz(files["npz"], tmp_path / "bool.npz", **{last: good > 0}),
+        r"bool.npz: 'Transformer/encoder_norm/scale' has dtype bool but variable .* takes numbers")
+    nan = good.copy()
+    nan[3] = np.nan
+    _assert_refused_and_unchanged(
+        _rewritten_npz(files["npz"], tmp_path / "nan.npz", **{last: nan}),
+        r"nan.npz: 'Transformer/encoder_norm/scale' \(shape \(16,\)\) holds 1 values that are not finite")
+    huge = good.astype("float64")
+    huge[0] = 1e300  # finite in the file, infinite as float32
+    _assert_refused_and_unchanged(
+        _rewritten_npz(files["npz"], tmp_path / "overflow.npz", **{last: huge}),
+        r"not finite \(NaN or infinity after the cast to float32\)")
+    state = dict(safetensors_load(files["safetensors"]))
+    state["norm.weight"] = np.full_like(state["norm.weight"], np.inf)
+    save_file(state, str(tmp_path / "inf.safetensors"))
+    _assert_refused_and_unchanged(tmp_path / "inf.safetensors", r"holds 16 values that are not finite")
+
+
+def test_a_forged_npy_header_is_refused_before_numpy_allocates_it(checkpoints, tmp_path):
+    """A member declaring shape (2**40,) float32 (4 TiB) in a few bytes."""
+    import io
+    import zipfile
+
+    files, _ = checkpoints
+    path = tmp_path / "forged.npz"
+    path.write_bytes(files["npz"].read_bytes())
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (2**40,)})
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr("bomb.npy", header.getvalue() + b"\0" * 64)
+    _assert_refused_and_unchanged(
+        path, r"forged.npz: array 'bomb' declares shape \(1099511627776,\) of float32 \(4398046511104 bytes\) "
+              r"but holds 64 bytes")
+
+
+@pytest.mark.parametrize("fmt", ["npz", "weights.h5"])
+def test_declared_sizes_are_bounded_by_memory_before_reading(checkpoints, monkeypatch, fmt):
+    """What a file's headers declare is summed and refused past the
+    machine's memory before any array is read (here a limit of 4 KB)."""
+    from keras_vit.weights import formats
+
+    files, _ = checkpoints
+    monkeypatch.setattr(formats, "memory_limit", lambda: 4096)
+    _assert_refused_and_unchanged(files[fmt], r"declares arrays of more than 4096 bytes, this machine's memory "
+                                              r"\(array .* brings the total to \d+\): refused before reading")
+
+
+def test_an_h5_dataset_of_non_numbers_is_refused(checkpoints, tmp_path):
+    import shutil
+
+    import h5py
+
+    files, _ = checkpoints
+    path = tmp_path / "strings.weights.h5"
+    shutil.copy(files["weights.h5"], path)
+    with h5py.File(path, "r+") as f:
+        keys = []
+        f.visititems(lambda key, obj: keys.append(key) if isinstance(obj, h5py.Dataset) else None)
+        shape = f[keys[-1]].shape
+        del f[keys[-1]]
+        f.create_dataset(keys[-1], data=np.full(shape, "x", dtype="S1"))
+    _assert_refused_and_unchanged(path, r"strings.weights.h5: array .* has dtype \|S1, not numbers")

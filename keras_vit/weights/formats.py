@@ -4,6 +4,7 @@ and big_vision's prefixes and module names) and timm and Hugging Face
 `.safetensors` state dicts. A `.weights.h5`, laid out by the model that
 wrote it, is read in `layout`."""
 
+import os
 import pathlib
 import zipfile
 
@@ -24,6 +25,44 @@ _H5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be read or does not fit the model."""
+
+
+def memory_limit():
+    """The most bytes of arrays a checkpoint may declare: this machine's
+    physical memory (64 GiB where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 64 * 2**30
+
+
+def check_declared_sizes(path, declared, limit=None):
+    """Refuses a checkpoint whose arrays, as its headers declare them, are
+    not numbers or do not fit in memory, before any array is read.
+
+    Args:
+        path: the file, for the messages.
+        declared: `[(name, dtype, shape)]` from the file's headers.
+        limit: bytes; default `memory_limit()`.
+
+    Raises:
+        CheckpointError: naming the array, or the total and the limit.
+    """
+    limit = memory_limit() if limit is None else limit
+    total = 0
+    for name, dtype, shape in declared:
+        dtype = np.dtype(dtype)
+        if dtype.hasobject or (dtype.kind not in "fiub" and dtype.name not in ("bfloat16", "float8_e4m3fn",
+                                                                               "float8_e5m2")):
+            raise CheckpointError(f"{path}: array {name!r} has dtype {dtype}, not numbers.")
+        nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        total += nbytes
+        if total > limit:
+            raise CheckpointError(
+                f"{path} declares arrays of more than {limit} bytes, this machine's memory (array {name!r} "
+                f"of shape {tuple(shape)}, {nbytes} bytes, brings the total to {total}): refused before "
+                "reading them."
+            )
 
 
 def sniff_format(path):
@@ -55,13 +94,49 @@ def _read_npz(path):
             "(a '.npz' is one); the file is truncated or corrupted."
         )
     try:
+        check_declared_sizes(path, _npz_headers(path))
         # allow_pickle=False: a weights file never runs code when read.
         with np.load(path, allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError) as error:
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, MemoryError) as error:
         raise CheckpointError(
             f"Cannot read {path} as a '.npz' checkpoint: {error}"
         ) from error
+
+
+def _npz_headers(path):
+    """`[(name, dtype, shape)]` of a `.npz`'s arrays, read from each member's
+    `.npy` header only. NumPy allocates the array a header declares before
+    reading its data, so a member declaring shape (2**40,) would take the
+    memory first; a header that declares more bytes than the member holds is
+    refused here."""
+    declared = []
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            name = info.filename[:-len(".npy")] if info.filename.endswith(".npy") else info.filename
+            with archive.open(info) as member:
+                if member.read(6) != b"\x93NUMPY":
+                    declared.append((name, np.uint8, (info.file_size,)))  # np.load returns the bytes
+                    continue
+                member.seek(0)
+                version = np.lib.format.read_magic(member)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+                else:  # 3.0 (a non-Latin-1 header) has no public reader
+                    shape, _, dtype = np.lib.format._read_array_header(member, version)
+                data_bytes = info.file_size - member.tell()
+            nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize if not dtype.hasobject else data_bytes
+            if nbytes != data_bytes:
+                raise CheckpointError(
+                    f"{path}: array {name!r} declares shape {tuple(shape)} of {dtype} ({nbytes} bytes) "
+                    f"but holds {data_bytes} bytes: the file is damaged or forged."
+                )
+            declared.append((name, dtype, shape))
+    return declared
 
 
 def _read_safetensors(path):
@@ -69,8 +144,10 @@ def _read_safetensors(path):
     from safetensors.numpy import load_file
 
     try:
+        # safetensors checks that its header's offsets fit the file before
+        # reading, and stores no compressed data.
         return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as error:
+    except (SafetensorError, OSError, ValueError, MemoryError) as error:
         raise CheckpointError(
             f"Cannot read {path} as a '.safetensors' checkpoint: {error}"
         ) from error

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 
 from keras_vit import models
-from keras_vit.weights.formats import CheckpointError
+from keras_vit.weights.formats import CheckpointError, check_declared_sizes
 
 # Keras keeps a layer's variables in its group's `vars` subgroup, as
 # `vars/0`, `vars/1`, ... in the order the layer created them.
@@ -94,10 +94,11 @@ def _h5_layer_paths(path, read_arrays):
 
     # Only what visititems reaches is read: it follows no soft or external
     # link, so the file cannot make h5py open another one.
+    datasets = []
+
     def visit(key, obj):
         if isinstance(obj, h5py.Dataset):
-            if read_arrays:
-                arrays[key] = obj[()]
+            datasets.append(key)
             places[key] = None
         elif key.endswith("/vars") and "name" in obj.attrs:
             name = obj.attrs["name"]
@@ -106,10 +107,19 @@ def _h5_layer_paths(path, read_arrays):
     try:
         with h5py.File(path, "r") as f:
             f.visititems(visit)
+            if read_arrays:
+                # Sizes from the datasets' headers, bounded before any data
+                # is read (a compressed dataset can declare gigabytes).
+                check_declared_sizes(path, [(key, f[key].dtype, f[key].shape) for key in datasets])
+                for key in datasets:
+                    arrays[key] = f[key][()]
     # h5py reports a damaged file as OSError, RuntimeError, KeyError or
     # ValueError depending on where the damage is.
-    except (OSError, RuntimeError, KeyError, ValueError) as error:
-        raise CheckpointError(f"Cannot read {path} as a '.weights.h5' file: {error}") from error
+    except CheckpointError:
+        raise
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError, MemoryError) as error:
+        raise CheckpointError(f"Cannot read {path} as a '.weights.h5' file: {error or type(error).__name__}") \
+            from error
     for key in places:
         match = _H5_VARIABLE.match(key)
         if match and match.group("group") in layer_names:  # its own layer is named

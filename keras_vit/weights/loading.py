@@ -87,7 +87,7 @@ def reconcile(model, arrays, path, interpolation="bilinear", antialias=False):
                 f"{path}: {name!r} has shape {value.shape} but variable "
                 f"{variable.path!r} expects {expected}."
             )
-        assignments.append((variable, value))
+        assignments.append((variable, _checked_value(value, variable, name, path)))
 
     if "head/kernel" not in wanted:
         # A headless model (include_top=False) takes the backbone only.
@@ -120,6 +120,35 @@ def reconcile(model, arrays, path, interpolation="bilinear", antialias=False):
     return assignments
 
 
+# Array dtypes a variable may take a value from: numbers (ml_dtypes'
+# bfloat16 and float8 report kind "V" and are named here).
+_NUMBER_KINDS = "fiu"
+_NUMBER_NAMES = ("bfloat16", "float8_e4m3fn", "float8_e5m2")
+
+
+def _checked_value(value, variable, name, path):
+    """`value` cast to `variable`'s dtype, after checking that it holds
+    numbers and that all of them are finite: checked for every array before
+    any variable changes, so a file with one bad array is refused whole."""
+    dtype = value.dtype
+    if dtype.kind not in _NUMBER_KINDS and dtype.name not in _NUMBER_NAMES:
+        raise CheckpointError(
+            f"{path}: {name!r} has dtype {dtype} but variable {variable.path!r} takes numbers "
+            f"({variable.dtype})."
+        )
+    with np.errstate(over="ignore"):  # an overflow shows as infinity, refused below
+        cast = np.asarray(value, dtype=variable.dtype)
+    finite = np.isfinite(cast)
+    if not finite.all():
+        cast_note = f" after the cast to {variable.dtype}" if dtype != cast.dtype else ""
+        raise CheckpointError(
+            f"{path}: {name!r} (shape {value.shape}) holds {int(finite.size - finite.sum())} values that "
+            f"are not finite (NaN or infinity{cast_note}) for variable {variable.path!r}: the file is "
+            "damaged or was saved from a diverged model."
+        )
+    return cast
+
+
 def load_weights(model, path, interpolation="bilinear", antialias=False):
     """Loads a ViT checkpoint into a keras_vit model.
 
@@ -133,9 +162,11 @@ def load_weights(model, path, interpolation="bilinear", antialias=False):
     - A head with another number of classes than the model's, or no head,
       leaves the model's head freshly initialised, with a warning naming both
       numbers; a headless model (`include_top=False`) ignores the head.
-    - A missing or unexpected array, or a shape that does not fit, raises
-      `CheckpointError` (a `ValueError`) naming the variable and both shapes,
-      before any variable is changed.
+    - A missing or unexpected array, a shape that does not fit, an array of
+      non-numbers, or values that are not finite (NaN, infinity) raise
+      `CheckpointError` (a `ValueError`) naming the array and the variable,
+      before any variable is changed. Array sizes are read from the file's
+      headers and bounded before any data is read (at most `formats.memory_limit()`).
 
     Args:
         model: a model built by `keras_vit.ViT` or one of its builders.
@@ -168,8 +199,9 @@ def load_weights(model, path, interpolation="bilinear", antialias=False):
     else:
         blocks = models.get_blocks(model)
         arrays = read_checkpoint(path, num_heads=blocks[0].num_heads if blocks else 1)
+    # Every value is checked and cast by reconcile before the first assignment.
     for variable, value in reconcile(model, arrays, path, interpolation, antialias):
-        variable.assign(value.astype(variable.dtype))
+        variable.assign(value)
     return model
 
 
