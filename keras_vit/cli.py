@@ -421,6 +421,16 @@ def _serve(args):
     server.serve_forever()
 
 
+def _out_of_memory(error):
+    """Whether `error` is a framework's out-of-memory error: Python's
+    MemoryError, TensorFlow's ResourceExhaustedError, PyTorch's
+    OutOfMemoryError, or XLA's RESOURCE_EXHAUSTED (JAX). Told by name, so
+    that no framework is imported to check."""
+    return (isinstance(error, MemoryError)
+            or type(error).__name__ in ("ResourceExhaustedError", "OutOfMemoryError")
+            or (isinstance(error, RuntimeError) and "RESOURCE_EXHAUSTED" in str(error)))
+
+
 def main(argv=None):
     """Runs the command line; returns the exit code."""
     parser = _parser()
@@ -434,8 +444,16 @@ def main(argv=None):
         parser.print_help()
         return 2
     try:
-        {"train": _train, "evaluate": _evaluate, "predict": _predict, "export": _export,
-         "serve": _serve, "explain": _explain, "inspect": _inspect, "weights": _weights}[args.command](args)
+        try:
+            {"train": _train, "evaluate": _evaluate, "predict": _predict, "export": _export,
+             "serve": _serve, "explain": _explain, "inspect": _inspect, "weights": _weights}[args.command](args)
+        except Exception as error:  # noqa: BLE001 -- only out-of-memory errors are handled here
+            if not _out_of_memory(error):
+                raise
+            first = (" ".join(str(error).split()) or type(error).__name__)[:300]
+            print(f"keras-vit {args.command}: error: out of memory ({type(error).__name__}: {first}). "
+                  "Try a smaller --batch-size, --image-size or model.", file=sys.stderr)
+            return 2
     # ImportError: a feature whose framework is missing (export and serve
     # without TensorFlow) names what to install in one line.
     except (ValueError, TypeError, OSError, RuntimeError, ImportError) as error:

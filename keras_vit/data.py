@@ -35,6 +35,7 @@ import dataclasses
 import gzip
 import os
 import pathlib
+import stat
 import warnings
 
 import keras
@@ -205,17 +206,38 @@ BAD_IMAGES = ("error", "skip")
 
 def _list_class_folder(directory):
     """Class names (sorted sub-folder names) and the image files below each,
-    in a fixed order, as Keras' directory loader lists them."""
+    in a fixed order, as Keras' directory loader lists them, and
+    `{path: reason}` for files named like images that are not regular files.
+
+    Symlinked folders are followed, each real folder once (a link back up
+    the tree would otherwise be walked forever). A FIFO, socket or device
+    named `x.jpg` is never opened: reading one can block for ever.
+    """
     class_names = sorted(p.name for p in directory.iterdir() if p.is_dir())
-    files, labels = [], []
+    files, labels, irregular = [], [], {}
     for label, name in enumerate(class_names):
-        for root, dirs, names in os.walk(directory / name):
+        seen = set()
+        for root, dirs, names in os.walk(directory / name, followlinks=True):
+            info = os.stat(root)
+            if (info.st_dev, info.st_ino) in seen:
+                dirs[:] = []
+                continue
+            seen.add((info.st_dev, info.st_ino))
             dirs.sort()
             for file_name in sorted(names):
                 if file_name.lower().endswith(vit_images.IMAGE_EXTENSIONS):
-                    files.append(os.path.join(root, file_name))
+                    file_path = os.path.join(root, file_name)
+                    try:
+                        regular = stat.S_ISREG(os.stat(file_path).st_mode)
+                    except OSError as error:  # a broken link
+                        irregular[file_path] = f"cannot be read ({error.strerror})"
+                        continue
+                    if not regular:
+                        irregular[file_path] = "not a regular file (a FIFO, socket or device): never opened"
+                        continue
+                    files.append(file_path)
                     labels.append(label)
-    return class_names, files, labels
+    return class_names, files, labels, irregular
 
 
 def _report_bad_images(root, bad, total, bad_images):
@@ -243,11 +265,12 @@ def _from_folder(path, image_size, validation_split, seed, bad_images="error",
         split: next((path / n for n in names if n in subdirs), None)
         for split, names in _SPLIT_FOLDERS.items()
     }
-    listed = {}
+    listed, irregular = {}, {}
     if split_dirs["train"] is not None:
         for split, directory in split_dirs.items():
             if directory is not None:
-                listed[split] = _list_class_folder(directory)
+                *listed[split], found = _list_class_folder(directory)
+                irregular.update(found)
         class_names = listed["train"][0]
         for split, (names, _, _) in listed.items():
             if names != class_names:
@@ -261,14 +284,15 @@ def _from_folder(path, image_size, validation_split, seed, bad_images="error",
     else:
         if not subdirs:
             raise DataError(f"{path} holds no class sub-folders (one per class, with images).")
-        class_names, all_files, all_labels = _list_class_folder(path)
+        class_names, all_files, all_labels, found = _list_class_folder(path)
+        irregular.update(found)
         files = {"train": (all_files, all_labels)}
     every = [f for split_files, _ in files.values() for f in split_files]
-    if not every:
+    if not every and not irregular:
         raise DataError(f"{path} holds no image files ({', '.join(vit_images.IMAGE_EXTENSIONS)}).")
-    bad = vit_images.scan_images(every, max_pixels)
+    bad = {**irregular, **vit_images.scan_images(every, max_pixels)}
     if bad:
-        _report_bad_images(path, bad, len(every), bad_images)
+        _report_bad_images(path, bad, len(every) + len(irregular), bad_images)
         files = {
             split: tuple(map(list, zip(*[(f, y) for f, y in zip(*pair) if f not in bad]))) or ([], [])
             for split, pair in files.items()

@@ -296,3 +296,29 @@ def test_pillow_refuses_bombs_and_non_images_before_decoding(tmp_path):
     Image.new("RGB", (4, 4)).save(tmp_path / "image.tiff")
     with pytest.raises(vit_images.DataError, match=r"unknown image format: expected one of JPEG, PNG, GIF"):
         vit_images._pillow_pixels(tmp_path / "image.tiff", vit_images.MAX_IMAGE_PIXELS)
+
+
+def test_folder_follows_symlinked_folders_once_and_never_opens_a_fifo(tmp_path):
+    """Issue 30: symlinked class folders were dropped and a FIFO named
+    x.jpg hung the scan. Links are followed (a loop back up the tree walked
+    once), and a non-regular file is reported by name, never opened."""
+    import os
+    import warnings
+
+    root, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    _write_images(root, ["cat"], count=6, fmt="PNG")
+    _write_images(elsewhere, ["dog"], count=6, fmt="PNG")
+    (root / "dog").symlink_to(elsewhere / "dog", target_is_directory=True)
+    (root / "cat" / "loop").symlink_to(root / "cat", target_is_directory=True)
+    _, _, info = data.load(root, image_size=8, validation_split=0.5)
+    assert info.class_names == ["cat", "dog"]
+    assert info.num_examples["train"] + info.num_examples["validation"] == 12  # the loop walked once
+    os.mkfifo(root / "cat" / "x.jpg")
+    with pytest.raises(data.DataError, match=r"1 of 13 image files in .* cannot be used: .*cat/x.jpg: not a "
+                                             r"regular file \(a FIFO, socket or device\): never opened"):
+        data.load(root, image_size=8, validation_split=0.5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, _, info = data.load(root, image_size=8, validation_split=0.5, bad_images="skip")
+    assert info.num_examples["train"] + info.num_examples["validation"] == 12
+    assert any("x.jpg" in str(w.message) for w in caught)

@@ -329,6 +329,34 @@ def test_cli_errors_are_one_line_with_exit_code_2(argv, match, capsys, tmp_path,
     assert re.search(match, err), err
 
 
+def _tensorflow_oom():
+    import tensorflow as tf
+
+    return tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[4096,197,3072]")
+
+
+@pytest.mark.parametrize("error, shown", [
+    (_tensorflow_oom, r"out of memory \(ResourceExhaustedError: OOM when allocating tensor with shape"),
+    (lambda: MemoryError(), r"out of memory \(MemoryError: MemoryError\)"),
+    (lambda: RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 8 GiB\n  traceback"),
+     r"out of memory \(RuntimeError: RESOURCE_EXHAUSTED: Out of memory while trying to allocate 8 GiB traceback"),
+])
+def test_out_of_memory_is_one_line_with_a_hint(error, shown, capsys, tmp_path, monkeypatch):
+    """Issue 30: an out-of-memory error printed a traceback."""
+    import re
+
+    from keras_vit import runs
+
+    def train(config):
+        raise error()
+
+    monkeypatch.setattr(runs, "train", train)
+    assert cli.main(["train", "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("keras-vit train: error: out of memory (")
+    assert re.search(shown, err) and err.endswith("Try a smaller --batch-size, --image-size or model."), err
+
+
 @pytest.mark.parametrize("command, option", [("train", "--data"), ("evaluate", "--model"),
                                              ("predict", "--top-k")])
 def test_help_for_every_subcommand(command, option, capsys):
