@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import h5py
 import keras
 import numpy as np
 import pytest
@@ -410,7 +411,7 @@ def test_nan_run_raises_run_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_mid_training_then_same_command_resumes(tmp_path):
+def test_sigkill_mid_training_then_same_command_resumes(tmp_path, monkeypatch, capsys):
     output = tmp_path / "killed"
     command = [PYTHON, "-m", "keras_vit.cli", "train", "--epochs", "8", "--output", str(output)] + QUICK
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -435,14 +436,34 @@ def test_sigkill_mid_training_then_same_command_resumes(tmp_path):
     # The log row of an epoch is written just before its backup: a kill in
     # between leaves one row of an epoch that will be trained again.
     assert backed_up in (len(before), len(before) - 1)
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
-    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
-    assert "(resumed)" in completed.stdout
+    # The same command again, in this process (cli.main, as the entry point
+    # runs it) so that the weights and optimizer state the resumed run
+    # starts from can be compared with the backup file (issue 30).
+    backup_file = output / "backup" / runs.read_backup(output / "backup")["weights"]
+    with h5py.File(backup_file, "r") as f:
+        stored = {}
+        f.visititems(lambda key, obj: stored.__setitem__(key, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    restored = {}
+    load = run_callbacks.AtomicBackupAndRestore._load_model
+
+    def recording_load(self):
+        load(self)
+        restored["layers"] = [keras.ops.convert_to_numpy(v) for v in self.model.weights]
+        restored["optimizer"] = [keras.ops.convert_to_numpy(v) for v in self.model.optimizer.variables]
+
+    monkeypatch.setattr(run_callbacks.AtomicBackupAndRestore, "_load_model", recording_load)
+    assert cli.main(command[3:]) == 0
+    stdout = capsys.readouterr().out
+    assert "(resumed)" in stdout
+    for part in ("layers", "optimizer"):
+        in_file = sorted(np.asarray(v).tobytes() for k, v in stored.items() if k.startswith(part + "/"))
+        assert len(restored[part]) == len(in_file) > 0, part
+        assert sorted(np.asarray(v).tobytes() for v in restored[part]) == in_file, part
     after = _log(output)
     # The planned 8 epochs, each once: the run went on where it stopped.
     assert [int(row["epoch"]) for row in after] == list(range(8))
     assert after[:backed_up] == before[:backed_up]  # nothing backed up before the kill is lost
-    assert f"Epoch {backed_up + 1}/8" in completed.stdout and "Epoch 1/8" not in completed.stdout
+    assert f"Epoch {backed_up + 1}/8" in stdout and "Epoch 1/8" not in stdout
     assert not (output / "backup").exists()
     results = json.loads((output / "results.json").read_text())
     assert results["resumed"] is True and results["epochs"] == 8
