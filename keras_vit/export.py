@@ -28,6 +28,7 @@ a server watching the base never sees a half-written version.
 import json
 import os
 import pathlib
+import re
 import shutil
 import tempfile
 
@@ -45,6 +46,13 @@ _TEMP_PREFIX = ".tmp-keras-vit-"
 METADATA = "assets.extra/keras_vit.json"
 
 
+def version_number(name):
+    """The version a directory name stands for (ASCII digits only, as TF
+    Serving reads them), or None: `str.isdigit` also accepts `"²"`, which
+    `int` refuses."""
+    return int(name) if re.fullmatch(r"[0-9]+", name) else None
+
+
 def list_versions(base_dir):
     """The integer version numbers under `base_dir` that hold a SavedModel,
     in increasing order (hidden temporary directories are not versions)."""
@@ -52,8 +60,8 @@ def list_versions(base_dir):
     if not base.is_dir():
         return []
     return sorted(
-        int(p.name) for p in base.iterdir()
-        if p.name.isdigit() and p.is_dir() and (p / "saved_model.pb").is_file()
+        version_number(p.name) for p in base.iterdir()
+        if version_number(p.name) is not None and p.is_dir() and (p / "saved_model.pb").is_file()
     )
 
 
@@ -97,17 +105,71 @@ def _check_class_names(class_names, classes):
     return class_names
 
 
-def _next_version(base, version, overwrite):
+def _claim_version(base, version, overwrite):
+    """The version number to write, claimed by creating its (empty)
+    directory: `os.mkdir` succeeds for one process only, so two exports at
+    once never pick the same number, and one without `overwrite` never
+    replaces a version another export has just written. An empty directory
+    is not a version to `list_versions` or a server until the SavedModel is
+    renamed onto it."""
     if version is None:
-        existing = [int(p.name) for p in base.iterdir() if p.name.isdigit()]
-        return max(existing, default=0) + 1
+        version = max((n for n in map(version_number, (p.name for p in base.iterdir())) if n is not None),
+                      default=0) + 1
+        while True:
+            try:
+                os.mkdir(base / str(version))
+                return version
+            except FileExistsError:
+                version += 1
     check_int("version", version)
-    if (base / str(version)).exists() and not overwrite:
-        raise FileExistsError(
-            f"{base / str(version)} exists; pass overwrite=True (--overwrite) to replace it, "
-            f"or leave version out to write version {max(list_versions(base), default=0) + 1}."
-        )
+    try:
+        os.mkdir(base / str(version))
+    except FileExistsError:
+        if not overwrite:
+            raise FileExistsError(
+                f"{base / str(version)} exists; pass overwrite=True (--overwrite) to replace it, "
+                f"or leave version out to write version {max(list_versions(base), default=0) + 1}."
+            ) from None
     return version
+
+
+def _fsync_tree(path):
+    """Flushes every file under `path`, then the directories, to the disk:
+    a rename is durable only once what it names is."""
+    for root, _, names in os.walk(path):
+        for name in names:
+            with open(os.path.join(root, name), "rb") as f:
+                os.fsync(f.fileno())
+    for root, _, _ in os.walk(path, topdown=False):
+        _fsync_directory(root)
+
+
+def _exchange(first, second):
+    """Swaps two directories in one step (Linux `renameat2` with
+    `RENAME_EXCHANGE`, through ctypes: Python's `os` has no binding), so an
+    overwritten version is never missing; False where the system lacks it."""
+    import ctypes
+    import errno
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(str(first)), at_fdcwd, os.fsencode(str(second)), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(second))
+
+
+def _fsync_directory(path):
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def build_archive(model, class_names=None, top_k=None, max_image_pixels=vit_images.MAX_IMAGE_PIXELS,
@@ -234,21 +296,34 @@ def export_saved_model(model, base_dir, class_names=None, version=None, overwrit
     if base.exists() and not base.is_dir():
         raise NotADirectoryError(f"{base} exists and is not a directory.")
     base.mkdir(parents=True, exist_ok=True)
-    version = _next_version(base, version, overwrite)
+    version = _claim_version(base, version, overwrite)
     target = base / str(version)
     temp = pathlib.Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=base))
+    written = False
     try:
         archive.write_out(str(temp / "model"), verbose=False)
         (temp / "model" / METADATA).parent.mkdir()
         (temp / "model" / METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
-        if target.exists():
-            # Replace: move the old version aside first, so a reader sees the
-            # old one or the new one, never a mixture.
-            old = temp / "old"
-            os.rename(target, old)
-        os.rename(temp / "model", target)
+        _fsync_tree(temp / "model")
+        if not any(target.iterdir()):
+            # Onto the claimed empty directory (POSIX rename replaces an empty one).
+            os.rename(temp / "model", target)
+        elif not _exchange(temp / "model", target):
+            # Replace (overwrite=True) where the system cannot swap in one
+            # step: the old version aside first, so a reader sees the old
+            # one or the new one, never a mixture (a kill between the two
+            # renames leaves the old one in the temporary directory).
+            os.rename(target, temp / "old")
+            os.rename(temp / "model", target)
+        _fsync_directory(base)
+        written = True
     finally:
         shutil.rmtree(temp, ignore_errors=True)
+        if not written:
+            try:
+                target.rmdir()  # the claim, if still empty
+            except OSError:
+                pass
     return str(target)
 
 

@@ -352,3 +352,52 @@ def test_cli_export_of_a_training_run(tmp_path, capsys):
     np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=0.03)
     embeddings = fast.signatures["embeddings"](image_bytes=tf.constant([buffer.getvalue()]))["embeddings"]
     assert embeddings.dtype == tf.float32
+
+
+def test_versions_are_claimed_once_and_never_replaced_without_overwrite(exported, tmp_path, monkeypatch):
+    """Issue 30: two exports at once picked the same number and the second
+    replaced the first, even without overwrite; a folder named "²" (a
+    digit to str.isdigit, not to int) crashed the version listing."""
+    model = exported["model"]
+    base = tmp_path / "vit"
+    base.mkdir()
+    (base / "²").mkdir()
+    (base / "notes").mkdir()
+    build = export.build_archive
+    inner = {}
+
+    def archive_exporting_meanwhile(*args, **kwargs):
+        archive = build(*args, **kwargs)
+        write_out = archive.write_out
+
+        def write_out_while_another_exports(path, **options):
+            if not inner:  # the first export has claimed version 1: a second starts now
+                inner["started"] = True
+                inner["auto"] = export.export_saved_model(model, base)
+                with pytest.raises(FileExistsError, match=r"vit/1 exists; pass overwrite=True"):
+                    export.export_saved_model(model, base, version=1)
+            return write_out(path, **options)
+
+        archive.write_out = write_out_while_another_exports
+        return archive
+
+    monkeypatch.setattr(export, "build_archive", archive_exporting_meanwhile)
+    assert export.export_saved_model(model, base) == str(base / "1")
+    assert inner["auto"] == str(base / "2")
+    assert export.list_versions(base) == [1, 2]
+    assert sorted(os.listdir(base)) == ["1", "2", "notes", "²"]
+
+
+def test_overwrite_swaps_the_version_in_one_step(exported, tmp_path, monkeypatch):
+    """The served version is never missing: the new directory and the old
+    are exchanged by one renameat2 call, not two renames."""
+    model = exported["model"]
+    base = tmp_path / "vit"
+    export.export_saved_model(model, base, class_names=NAMES)
+    renamed = []
+    rename = os.rename
+    monkeypatch.setattr(os, "rename", lambda a, b: renamed.append((str(a), str(b))) or rename(a, b))
+    export.export_saved_model(model, base, class_names=NAMES[::-1], version=1, overwrite=True)
+    assert b"horse" in (base / "1" / "saved_model.pb").read_bytes()
+    assert not any(source == str(base / "1") for source, _ in renamed), renamed
+    assert sorted(os.listdir(base)) == ["1"]
