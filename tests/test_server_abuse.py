@@ -223,3 +223,50 @@ def test_soak_of_mixed_requests_keeps_answers_right_and_memory_flat(server):
           f"(bound: +{RSS_GROWTH_BOUND_MB} MB); still answering")
     assert counts["bad"] > 0.2 * SOAK_REQUESTS
     assert rss_after - rss_before < RSS_GROWTH_BOUND_MB
+
+
+def _pixels(value):
+    return [[[value] * 3] * SIZE[1]] * SIZE[0]
+
+
+@pytest.mark.parametrize("body, status, message", [
+    # Issue 30: these answered 500 with a traceback, or passed as pixels.
+    ("[" * 100_000, 400, r"JSON Parse error: nested too deeply"),
+    (json.dumps({"signature_name": [], "instances": [{"b64": ""}]}), 400,
+     r"'signature_name' must be a string, received list"),
+    (json.dumps({"signature_name": "predict_images", "inputs": {"images": [_pixels("1.5")]}}), 400,
+     r"Input 'images': pixel values must be numbers, received str\d* values"),
+    (json.dumps({"signature_name": "predict_images", "inputs": {"images": [_pixels(True)]}}), 400,
+     r"pixel values must be numbers, received bool values"),
+    ('{"signature_name": "predict_images", "inputs": {"images": [' + json.dumps(_pixels(0)).replace("0", "NaN", 1)
+     + "]}}", 400, r"JSON Parse error: NaN is not a JSON number"),
+    (json.dumps({"signature_name": "predict_images", "inputs": {"images": [_pixels(300)]}}), 400,
+     r"pixel values must be in \[0, 255\], received values in \[300, 300\]"),
+    (json.dumps({"instances": [""] * 100_000}), 413, r"100000 images in one request; the limit is 8"),
+])
+def test_malformed_bodies_get_a_4xx_with_tf_servings_error_and_no_internals(server, body, status, message):
+    response = requests.post(server["url"] + ":predict", data=body, timeout=60)
+    assert response.status_code == status, response.text[:300]
+    assert set(response.json()) == {"error"} and re.search(message, response.json()["error"]), response.json()
+    assert "Traceback" not in response.text
+
+
+def test_405_names_the_allowed_methods_and_status_lists_versions(server):
+    response = requests.delete(server["url"] + ":predict", timeout=30)
+    assert response.status_code == 405 and response.headers["Allow"] == "POST"
+    status = requests.get(server["url"], timeout=30).json()
+    assert [s["state"] for s in status["model_version_status"]] == ["AVAILABLE"]
+
+
+def test_stalled_uploads_do_not_take_the_pending_slots(server):
+    """Issue 30: a pending slot was taken before the body was read, so
+    max_pending stalled uploads got every other client a 503 for the whole
+    read timeout. Now they wait for their body outside the slots."""
+    sockets = [_slow_client(server["port"]) for _ in range(MAX_PENDING + 2)]
+    try:
+        time.sleep(0.5)
+        k, response = _good(server, 0)
+        _assert_good_answer(server, k, response)
+    finally:
+        for sock in sockets:
+            sock.close()

@@ -29,12 +29,17 @@ def parse_request(servable, body, max_images):
     request the servable cannot take.
     """
     try:
-        request = json.loads(body)
+        # NaN and Infinity are not JSON (Python's parser takes them): refused.
+        request = json.loads(body, parse_constant=_refuse_constant)
+    except RecursionError:  # "[[[[..." nested deeper than the parser recurses
+        raise RequestError(400, "JSON Parse error: nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as error:
-        raise RequestError(400, f"JSON Parse error: {error}")
+        raise RequestError(400, f"JSON Parse error: {error}") from None
     if not isinstance(request, dict):
         raise RequestError(400, "JSON Value: the request must be a JSON object")
     signature_name = request.get("signature_name", "serving_default")
+    if not isinstance(signature_name, str):
+        raise RequestError(400, f"'signature_name' must be a string, received {type(signature_name).__name__}")
     if signature_name not in servable.inputs:
         raise RequestError(
             400, f"Serving signature name: \"{signature_name}\" not found in signature def; "
@@ -70,13 +75,17 @@ def parse_request(servable, body, max_images):
         )
     tensors = {}
     for name, values in columns.items():
+        # Counted before anything is converted: a body of many small
+        # values must not be turned into arrays first.
+        if isinstance(values, list) and len(values) > max_images:
+            raise RequestError(413, f"{len(values)} images in one request; the limit is {max_images}")
         dtype, shape = specs[name]
         tensors[name] = _tensor(name, values, dtype, shape)
-        if len(tensors[name]) > max_images:
-            raise RequestError(
-                413, f"{len(tensors[name])} images in one request; the limit is {max_images}"
-            )
     return signature_name, tensors, columnar
+
+
+def _refuse_constant(name):
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _tensor(name, values, dtype, shape):
@@ -101,15 +110,35 @@ def _tensor(name, values, dtype, shape):
                 raise RequestError(400, f"Input '{name}'[{i}]: expected a string or {{\"b64\": ...}}")
         return np.array(out, dtype=object)
     try:
-        array = np.asarray(values, dtype=np.float32)
+        # Without a dtype first: NumPy would turn the strings "1.5" and
+        # "255" into numbers, and true into 1.0, where TF Serving refuses them.
+        found = np.asarray(values)
     except (ValueError, TypeError) as error:
-        raise RequestError(400, f"Input '{name}': not a numeric array of one shape: {error}")
-    if array.ndim != len(shape) or any(s not in (-1, a) for s, a in zip(shape, array.shape)):
+        raise RequestError(400, f"Input '{name}': not a numeric array of one shape: {error}") from None
+    if found.dtype.kind not in "iuf":
         raise RequestError(
-            400, f"Input '{name}' has shape {list(array.shape)}; the signature expects "
+            400, f"Input '{name}': pixel values must be numbers, received "
+                 f"{'an array of uneven shape' if found.dtype == object else found.dtype.name + ' values'}"
+        )
+    if array_shape_mismatch(found.shape, shape):
+        raise RequestError(
+            400, f"Input '{name}' has shape {list(found.shape)}; the signature expects "
                  f"{[s if s >= 0 else None for s in shape]}"
         )
+    array = found.astype(np.float32)
+    if not np.isfinite(array).all():
+        raise RequestError(400, f"Input '{name}': values must be finite numbers")
+    # keras_vit's `images` input (predict_images) takes pixels in [0, 255].
+    if name == "images" and array.size and not (array.min() >= 0 and array.max() <= 255):
+        raise RequestError(400, f"Input '{name}': pixel values must be in [0, 255], received values in "
+                                f"[{float(array.min()):g}, {float(array.max()):g}]")
     return array
+
+
+def array_shape_mismatch(found, expected):
+    """Whether an array of shape `found` does not fit a signature's
+    `expected` shape (-1 for any size)."""
+    return len(found) != len(expected) or any(s not in (-1, a) for s, a in zip(expected, found))
 
 
 def _decode_utf8(value):

@@ -11,6 +11,7 @@ import json
 import logging
 import pathlib
 import threading
+import uuid
 
 from keras_vit.serving import protocol
 
@@ -187,11 +188,23 @@ class Server:
     # -- handlers ---------------------------------------------------------
 
     async def _status(self, request):
-        servable = self._get(request.match_info["name"], request.match_info.get("version"))
-        return self._json({"model_version_status": [{
+        version = request.match_info.get("version")
+        if version is not None and request.match_info["name"] == self.model_name and int(version) in self._failed:
+            return self._json({"model_version_status": [self._failed_status(int(version))]})
+        servable = self._get(request.match_info["name"], version)
+        statuses = [{
             "version": str(servable.version), "state": "AVAILABLE",
             "status": {"error_code": "OK", "error_message": ""},
-        }]})
+        }]
+        if version is None:
+            # As TF Serving: the versions that failed to load are listed too
+            # (state END, with their error), newest first.
+            statuses += [self._failed_status(v) for v in sorted(self._failed, reverse=True)]
+        return self._json({"model_version_status": statuses})
+
+    def _failed_status(self, version):
+        return {"version": str(version), "state": "END",
+                "status": {"error_code": "UNKNOWN", "error_message": self._failed[version]}}
 
     async def _metadata(self, request):
         servable = self._get(request.match_info["name"], request.match_info.get("version"))
@@ -205,16 +218,23 @@ class Server:
 
     async def _predict(self, request):
         servable = self._get(request.match_info["name"], request.match_info.get("version"))
+        # The body is read (under its own time and size limits) before a
+        # pending slot is taken: slots count work for the model, so clients
+        # that stall their uploads cannot take them from everyone else.
+        try:
+            body = await asyncio.wait_for(request.read(), self.read_timeout)
+        except asyncio.TimeoutError:
+            raise protocol.RequestError(408, f"Request body not received within {self.read_timeout:g} s") \
+                from None
+        loop = asyncio.get_running_loop()
+        # Parsed, decoded and counted in a thread: a large legal body must
+        # not stall the event loop (and every other connection) meanwhile.
+        signature_name, tensors, columnar = await loop.run_in_executor(
+            None, protocol.parse_request, servable, body, self.max_images)
         if self._pending >= self.max_pending:
             raise protocol.RequestError(503, f"Server busy: {self._pending} requests pending; retry later")
         self._pending += 1
         try:
-            try:
-                body = await asyncio.wait_for(request.read(), self.read_timeout)
-            except asyncio.TimeoutError:
-                raise protocol.RequestError(408, f"Request body not received within {self.read_timeout:g} s")
-            signature_name, tensors, columnar = protocol.parse_request(servable, body, self.max_images)
-            loop = asyncio.get_running_loop()
             try:
                 outputs = await loop.run_in_executor(self._executor, servable.run, signature_name, tensors)
             except Exception as error:
@@ -262,10 +282,14 @@ class Server:
                     message = f"Request body larger than the limit of {self.max_body_bytes} bytes"
                 else:
                     message = error.reason
-                return self._json({"error": message}, status=error.status)
-            except Exception as error:  # never take the server down
-                logger.exception("keras-vit serve: error in %s", request.path)
-                return self._json({"error": f"Internal error: {type(error).__name__}: {error}"}, status=500)
+                response = self._json({"error": message}, status=error.status)
+                if "Allow" in error.headers:  # 405: the methods the path takes
+                    response.headers["Allow"] = error.headers["Allow"]
+                return response
+            except Exception:  # never take the server down, nor show its internals
+                incident = uuid.uuid4().hex[:12]
+                logger.exception("keras-vit serve: internal error %s in %s", incident, request.path)
+                return self._json({"error": f"Internal error (logged by the server as {incident})"}, status=500)
 
         app = web.Application(middlewares=[errors], client_max_size=self.max_body_bytes)
         name = r"{name:[^/:]+}"
