@@ -412,6 +412,13 @@ def _serve(args):
         poll_seconds=args.poll_seconds, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         max_images=args.max_images, max_pending=args.max_pending, read_timeout=args.read_timeout,
     )
+    import logging
+
+    # One line per request on stderr (aiohttp's access-log format).
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    serving.access_logger.addHandler(handler)
+    serving.access_logger.setLevel(logging.INFO)
     server.start()
     version = server.version
     print(f"keras-vit serve: model {server.model_name!r} from {server.base_dir} "

@@ -7,6 +7,8 @@ serving, new versions picked up without a restart, `keras-vit serve` and
 import base64
 import io
 import json
+import os
+import re
 import socket
 import subprocess
 import sys
@@ -330,3 +332,51 @@ def test_cli_serve_and_predict_with_server(served):
             process.kill()
             output = process.communicate()[0]
     assert f"on http://127.0.0.1:{port}/v1/models/vit" in output and "use TF Serving in production" in output
+
+
+def test_stop_then_start_serves_again(tmp_path):
+    """Issue 30: after stop() then start() every predict answered 500 (the
+    model's executor was shut down and never made again)."""
+    base = tmp_path / "vit"
+    export.export_saved_model(_classifier(seed=1), base, class_names=NAMES)
+    image = _png(skimage.data.chelsea())
+    server = serving.Server(base, port=0, poll_seconds=0.2)
+    for _ in range(2):
+        server.start()
+        with serving.Client(server.url, "vit") as client:
+            assert client.predict([image])[0].labels[0] in NAMES
+        server.stop()
+
+
+def test_sigterm_drains_the_request_in_flight_and_exits_0(tmp_path):
+    """`keras-vit serve` answers the request it is computing when SIGTERM
+    comes (docker stop, Kubernetes), logs each request, then exits 0."""
+    import signal
+    import threading
+
+    base = tmp_path / "vit"
+    export.export_saved_model(_classifier(seed=1), base, class_names=NAMES)
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, "-m", "keras_vit.cli", "serve", str(base), "--port", str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    try:
+        url = f"http://127.0.0.1:{port}/v1/models/vit"
+        _wait_for(url, process)
+        body = json.dumps({"instances": [{"b64": base64.b64encode(_png(skimage.data.chelsea())).decode()}] * 8})
+        answers = []
+        sender = threading.Thread(target=lambda: answers.append(requests.post(url + ":predict", data=body,
+                                                                              timeout=120)))
+        sender.start()
+        time.sleep(0.05)  # the request is in flight
+        process.send_signal(signal.SIGTERM)
+        sender.join(timeout=120)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output[-3000:]
+    assert answers and answers[0].status_code == 200, answers and answers[0].text[:300]
+    assert len(answers[0].json()["predictions"]) == 8
+    assert "SIGTERM: draining the requests in flight" in output
+    assert re.search(r'"POST /v1/models/vit:predict HTTP/1\.1" 200', output), output[-2000:]

@@ -33,6 +33,7 @@ from keras_vit.serving.server import (
     DEFAULT_MAX_IMAGES,
     DEFAULT_PORT,
     Server,
+    access_logger,
 )
 
 __all__ = [
@@ -43,5 +44,6 @@ __all__ = [
     "Prediction",
     "Server",
     "ServingError",
+    "access_logger",
     "encode_image",
 ]

@@ -16,6 +16,9 @@ import uuid
 from keras_vit.serving import protocol
 
 logger = logging.getLogger("keras_vit.serving")
+# One line per request (aiohttp's access log format); `keras-vit serve`
+# prints it, a program embedding Server configures this logger as it likes.
+access_logger = logging.getLogger("keras_vit.serving.access")
 
 DEFAULT_PORT = 8501
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
@@ -134,8 +137,8 @@ class Server:
         self._load_lock = threading.Lock()
         self._pending = 0
         # One model call at a time: TensorFlow already uses every core for
-        # one call, and a queue keeps memory bounded.
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="keras-vit-model")
+        # one call, and a queue keeps memory bounded. Made by start().
+        self._executor = None
         self._loop = None
         self._thread = None
         self._runner = None
@@ -312,7 +315,7 @@ class Server:
     async def _start_async(self):
         web = _aiohttp_web()
 
-        self._runner = web.AppRunner(self._app(), access_log=None)
+        self._runner = web.AppRunner(self._app(), access_log=access_logger)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
@@ -325,8 +328,13 @@ class Server:
 
     def start(self):
         """Loads the newest version and serves in a background thread;
-        returns once the port is open."""
+        returns once the port is open. A stopped server starts again."""
+        if self._loop is not None:
+            return self
         self.refresh()
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="keras-vit-model")
+        self._started.clear()
+        self._start_error = None
 
         def run():
             self._loop = asyncio.new_event_loop()
@@ -347,19 +355,24 @@ class Server:
             raise OSError(f"Cannot serve on {self.host}:{self.port}: {self._start_error}")
         return self
 
-    def stop(self):
-        """Stops serving and waits for the background thread."""
+    def stop(self, drain_seconds=60.0):
+        """Stops serving: no new connections, the requests in flight are
+        answered (for up to `drain_seconds`), then the background thread
+        ends. `start()` serves again."""
         if self._loop is None:
             return
 
         async def shutdown():
             self._poller.cancel()
+            # aiohttp's cleanup closes the listening socket, then waits for
+            # the handlers still running (up to its shutdown_timeout).
+            self._runner._shutdown_timeout = drain_seconds
             await self._runner.cleanup()
 
-        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=30)
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=drain_seconds + 30)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=30)
-        self._executor.shutdown(wait=False)
+        self._executor.shutdown(wait=True)
         self._loop = None
 
     def __enter__(self):
@@ -374,13 +387,24 @@ class Server:
         return self._servable.version if self._servable else None
 
     def serve_forever(self):
-        """Serves until interrupted (Ctrl-C), starting first if `start()` was
-        not called."""
+        """Serves until interrupted (Ctrl-C) or sent SIGTERM (what `docker
+        stop` and Kubernetes send), starting first if `start()` was not
+        called; then drains the requests in flight and returns."""
+        import signal
+
         if self._loop is None:
             self.start()
+        stopping = threading.Event()
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
         try:
-            threading.Event().wait()
+            while not stopping.wait(0.5):
+                pass
+            logger.warning("keras-vit serve: SIGTERM: draining the requests in flight, then stopping")
         except KeyboardInterrupt:
             pass
         finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
             self.stop()
