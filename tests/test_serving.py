@@ -380,3 +380,41 @@ def test_sigterm_drains_the_request_in_flight_and_exits_0(tmp_path):
     assert len(answers[0].json()["predictions"]) == 8
     assert "SIGTERM: draining the requests in flight" in output
     assert re.search(r'"POST /v1/models/vit:predict HTTP/1\.1" 200', output), output[-2000:]
+
+
+def test_versions_are_followed_as_tf_serving_does(tmp_path):
+    """Issue 30: a version that failed to load was never retried, deleting
+    the served version never fell back to the one below, and a served
+    version rewritten by `export --overwrite` was never reloaded."""
+    import shutil
+
+    base = tmp_path / "vit"
+    export.export_saved_model(_classifier(seed=1), base, class_names=NAMES)
+    (base / "2").mkdir()
+    (base / "2" / "saved_model.pb").write_bytes(b"\x00corrupt")
+    server = serving.Server(base, port=0, poll_seconds=0.2)
+    assert server.refresh() == 1
+    assert server._failed[2]["attempts"] == 1
+    # Fixed in place (as a rerun of the export would): loaded at once.
+    shutil.rmtree(base / "2")
+    export.export_saved_model(_classifier(seed=2), base, class_names=NAMES, version=2)
+    assert server.refresh() == 2 and 2 not in server._failed
+    # The served version rewritten: loaded again, with its new labels.
+    export.export_saved_model(_classifier(seed=2), base, class_names=[n.upper() for n in NAMES], version=2,
+                              overwrite=True)
+    assert server.refresh() == 2
+    assert b"HORSE" in (base / "2" / "saved_model.pb").read_bytes()
+    image = np.asarray(vit_images.load_images([_png_path(tmp_path)], SIZE))
+    outputs = server._servable.run("predict_images", {"images": image})
+    assert outputs["top_k_labels"][0][0].decode().isupper()
+    # The served version deleted: the one below is served.
+    shutil.rmtree(base / "2")
+    assert server.refresh() == 1
+    shutil.rmtree(base / "1")
+    assert server.refresh() is None
+
+
+def _png_path(directory):
+    path = directory / "chelsea.png"
+    path.write_bytes(_png(skimage.data.chelsea()))
+    return path

@@ -9,8 +9,10 @@ import asyncio
 import concurrent.futures
 import json
 import logging
+import os
 import pathlib
 import threading
+import time
 import uuid
 
 from keras_vit.serving import protocol
@@ -36,7 +38,9 @@ class _Servable:
         from keras_vit.export import read_metadata
 
         self.version = version
-        self.path = path
+        self.path = pathlib.Path(path)
+        # Read before loading: files rewritten meanwhile are loaded again.
+        self.identity = _identity(path)
         self.loaded = tf.saved_model.load(str(path))
         # How keras-vit export made it (precision, jit_compile, tta, ...);
         # {} for other SavedModels.
@@ -82,6 +86,20 @@ class _Servable:
                 except tf.errors.InvalidArgumentError as decode_error:
                     return f"Input '{name}'[{i}] is not a decodable image: {vit_images.tf_error_message(decode_error)}"
         return vit_images.tf_error_message(error)
+
+
+# The longest wait before a version that failed to load is tried again.
+_MAX_RETRY_SECONDS = 60.0
+
+
+def _identity(path):
+    """What changes when a version directory's SavedModel is written again:
+    its `saved_model.pb`'s inode and modification time (None when absent)."""
+    try:
+        info = os.stat(pathlib.Path(path) / "saved_model.pb")
+    except OSError:
+        return None
+    return info.st_ino, info.st_mtime_ns
 
 
 def _aiohttp_web():
@@ -148,31 +166,53 @@ class Server:
     # -- versions ---------------------------------------------------------
 
     def refresh(self):
-        """Loads the newest version if it is not the one served; returns the
-        served version (None while there is none)."""
+        """Serves the newest version that loads; returns the served version
+        (None while there is none).
+
+        As TF Serving's file-system source: a version that fails to load is
+        retried with backoff (at once when its files change), a served
+        version rewritten in place (`export --overwrite`) is loaded again,
+        and when the served version is deleted the newest one below it that
+        loads is served.
+        """
         from keras_vit.export import list_versions
 
         with self._load_lock:
-            current = self._servable.version if self._servable else 0
-            # The newest version that loads; a broken one is remembered (not
-            # retried) and the one served so far stays.
+            served = self._servable
+            if served is not None and _identity(served.path) != served.identity:
+                reason = "deleted" if not (served.path / "saved_model.pb").is_file() else "rewritten"
+                logger.warning("keras-vit serve: version %s was %s", served.version, reason)
+                served = None
+            now = time.monotonic()
             for version in reversed(list_versions(self.base_dir)):
-                if version <= current:
+                if served is not None and version <= served.version:
                     break
-                if version in self._failed:
+                path = self.base_dir / str(version)
+                failed = self._failed.get(version)
+                if failed and failed["identity"] == _identity(path) and now < failed["retry_at"]:
                     continue
                 try:
-                    servable = _Servable(version, self.base_dir / str(version))
+                    candidate = _Servable(version, path)
                 except Exception as error:  # a broken version must not take the server down
-                    self._failed[version] = f"{type(error).__name__}: {error}"
-                    logger.error("keras-vit serve: cannot load version %s: %s", version, error)
+                    attempts = failed["attempts"] + 1 if failed else 1
+                    self._failed[version] = {
+                        "error": f"{type(error).__name__}: {error}", "identity": _identity(path),
+                        "attempts": attempts,
+                        "retry_at": now + min(_MAX_RETRY_SECONDS, self.poll_seconds * 2 ** attempts),
+                    }
+                    logger.error("keras-vit serve: cannot load version %s (attempt %d): %s", version, attempts,
+                                 error)
                     continue
-                self._servable = servable
-                made = servable.keras_vit
+                self._failed.pop(version, None)
+                served = candidate
+                made = candidate.keras_vit
                 logger.warning("keras-vit serve: serving %s version %s from %s%s", self.model_name, version,
-                               servable.path, f" ({made['precision']}, tta {made.get('tta', 'none')})"
+                               candidate.path, f" ({made['precision']}, tta {made.get('tta', 'none')})"
                                if "precision" in made else "")
                 break
+            if served is None and self._servable is not None:
+                logger.warning("keras-vit serve: no version of %s loads: serving none", self.model_name)
+            self._servable = served
             return self.version
 
     def _get(self, name, version):
@@ -207,7 +247,7 @@ class Server:
 
     def _failed_status(self, version):
         return {"version": str(version), "state": "END",
-                "status": {"error_code": "UNKNOWN", "error_message": self._failed[version]}}
+                "status": {"error_code": "UNKNOWN", "error_message": self._failed[version]["error"]}}
 
     async def _metadata(self, request):
         servable = self._get(request.match_info["name"], request.match_info.get("version"))
