@@ -193,6 +193,10 @@ def _parser():
                        help="requests waiting for or in the model; more get HTTP 503 and Retry-After")
     serve.add_argument("--read-timeout", type=float, default=30.0,
                        help="seconds a client has to send its request body (slower: HTTP 408)")
+    serve.add_argument("--request-timeout", type=float, default=60.0,
+                       help="seconds from a request's body to its answer (later: HTTP 504, as TF Serving)")
+    serve.add_argument("--idle-timeout", type=float, default=30.0,
+                       help="seconds a kept-alive connection may stay idle before it is closed")
 
     explain = sub.add_parser(
         "explain", help="attention heat maps of a run's model on images (PNG)",
@@ -411,6 +415,7 @@ def _serve(args):
         args.base, model_name=args.model_name, host=args.host, port=args.port,
         poll_seconds=args.poll_seconds, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         max_images=args.max_images, max_pending=args.max_pending, read_timeout=args.read_timeout,
+        request_timeout=args.request_timeout, idle_timeout=args.idle_timeout,
     )
     import logging
 

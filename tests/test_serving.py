@@ -418,3 +418,45 @@ def _png_path(directory):
     path = directory / "chelsea.png"
     path.write_bytes(_png(skimage.data.chelsea()))
     return path
+
+
+def test_deadline_resource_exhaustion_and_idle_connections(tmp_path, monkeypatch):
+    """Issue 30: TF Serving answers 504 past its deadline and 429 when out
+    of memory (both were 500 or no answer), and idle keep-alive connections
+    are closed (aiohttp's default keeps them about an hour)."""
+    import tensorflow as tf
+
+    base = tmp_path / "vit"
+    export.export_saved_model(_classifier(seed=1), base, class_names=NAMES)
+    body = json.dumps({"instances": [{"b64": base64.b64encode(_png(skimage.data.chelsea())).decode()}]})
+    with serving.Server(base, port=0, request_timeout=0.5, idle_timeout=0.5) as server:
+        url = f"{server.url}/v1/models/vit:predict"
+        run = type(server._servable).run
+
+        def slow(self, *args):
+            time.sleep(1.5)
+            return run(self, *args)
+
+        monkeypatch.setattr(type(server._servable), "run", slow)
+        response = requests.post(url, data=body, timeout=60)
+        assert response.status_code == 504
+        assert response.json() == {"error": "Deadline exceeded: no answer within 0.5 s"}
+
+        def exhausted(self, *args):
+            raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[64,197,3072]")
+
+        monkeypatch.setattr(type(server._servable), "run", exhausted)
+        time.sleep(1.5)  # the slow call above has finished
+        response = requests.post(url, data=body, timeout=60)
+        assert response.status_code == 429
+        assert response.json()["error"].startswith("Resource exhausted: OOM when allocating tensor")
+        monkeypatch.setattr(type(server._servable), "run", run)
+        idle = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        idle.sendall(b"GET /v1/models/vit HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = idle.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200")
+        idle.settimeout(10)
+        started = time.time()
+        assert idle.recv(65536) == b""  # closed by the server
+        assert time.time() - started < 5
+        idle.close()

@@ -27,6 +27,10 @@ DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_IMAGES = 64
 
 
+class _ClientGone(Exception):
+    """The client closed its connection before its request ran."""
+
+
 class _Servable:
     """One loaded version: its signatures and their TF Serving metadata."""
 
@@ -128,11 +132,16 @@ class Server:
         max_pending: requests waiting for or in the model beyond this get
             HTTP 503 (busy, retry later).
         read_timeout: seconds a client has to send its request body (408).
+        request_timeout: seconds from the body's arrival to the answer;
+            past it, HTTP 504 (TF Serving's deadline), and a call not yet
+            started is dropped.
+        idle_timeout: seconds a kept-alive connection may stay idle.
     """
 
     def __init__(self, base_dir, model_name=None, host="127.0.0.1", port=DEFAULT_PORT,
                  poll_seconds=1.0, max_body_bytes=DEFAULT_MAX_BODY_BYTES,
-                 max_images=DEFAULT_MAX_IMAGES, max_pending=32, read_timeout=30.0):
+                 max_images=DEFAULT_MAX_IMAGES, max_pending=32, read_timeout=30.0,
+                 request_timeout=60.0, idle_timeout=30.0):
         self.base_dir = pathlib.Path(base_dir)
         if not self.base_dir.is_dir():
             raise FileNotFoundError(f"Model base directory not found: {self.base_dir}")
@@ -143,13 +152,15 @@ class Server:
                 raise ValueError(f"{name} must be an integer >= {low}, received {name}={value!r}.")
         if port > 65535:
             raise ValueError(f"port must be in [0, 65535], received port={port}.")
-        for name, value in (("poll_seconds", poll_seconds), ("read_timeout", read_timeout)):
+        for name, value in (("poll_seconds", poll_seconds), ("read_timeout", read_timeout),
+                            ("request_timeout", request_timeout), ("idle_timeout", idle_timeout)):
             if not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"{name} must be a positive number, received {name}={value!r}.")
         self.host, self.port = host, port
         self.poll_seconds = float(poll_seconds)
         self.max_body_bytes, self.max_images = max_body_bytes, max_images
         self.max_pending, self.read_timeout = max_pending, float(read_timeout)
+        self.request_timeout, self.idle_timeout = float(request_timeout), float(idle_timeout)
         self._servable = None
         self._failed = {}  # version -> load error, not retried
         self._load_lock = threading.Lock()
@@ -277,12 +288,33 @@ class Server:
         if self._pending >= self.max_pending:
             raise protocol.RequestError(503, f"Server busy: {self._pending} requests pending; retry later")
         self._pending += 1
+        transport = request.transport
+
+        def run():
+            # Queued work for a client that has gone is dropped unrun.
+            if transport is None or transport.is_closing():
+                raise _ClientGone()
+            return servable.run(signature_name, tensors)
+
         try:
             try:
-                outputs = await loop.run_in_executor(self._executor, servable.run, signature_name, tensors)
+                # TF Serving answers 504 past its deadline; a call not yet
+                # started is cancelled then (one running cannot be stopped).
+                outputs = await asyncio.wait_for(loop.run_in_executor(self._executor, run),
+                                                 self.request_timeout)
+            except asyncio.TimeoutError:
+                raise protocol.RequestError(
+                    504, f"Deadline exceeded: no answer within {self.request_timeout:g} s") from None
+            except _ClientGone:
+                raise protocol.RequestError(499, "Client closed the request") from None
             except Exception as error:
                 import tensorflow as tf
 
+                if isinstance(error, (tf.errors.ResourceExhaustedError, MemoryError)):
+                    # As TF Serving: 429, the client may retry with fewer images.
+                    message = getattr(error, "message", None) or type(error).__name__
+                    raise protocol.RequestError(
+                        429, "Resource exhausted: " + " ".join(message.split())[:500]) from None
                 if isinstance(error, (tf.errors.InvalidArgumentError, ValueError, TypeError)):
                     message = getattr(error, "message", None) or str(error)
                     raise protocol.RequestError(400, " ".join(message.split())[:2000])
@@ -355,7 +387,7 @@ class Server:
     async def _start_async(self):
         web = _aiohttp_web()
 
-        self._runner = web.AppRunner(self._app(), access_log=access_logger)
+        self._runner = web.AppRunner(self._app(), access_log=access_logger, keepalive_timeout=self.idle_timeout)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
