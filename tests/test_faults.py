@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
 
 import h5py
 import pytest
@@ -139,12 +140,15 @@ def test_sigkill_at_random_points_and_during_checkpoint_writes(tmp_path):
 
 
 def _mount_tmpfs(path, size):
+    """Mounts a tmpfs of `size` at `path`; returns None, or why it could not."""
     path.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        return False
+    if os.geteuid() != 0:
+        return "not root"
+    if shutil.which("mount") is None:
+        return "no mount command"
     result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                            capture_output=True)
-    return result.returncode == 0
+                            capture_output=True, text=True)
+    return None if result.returncode == 0 else f"mount failed: {result.stderr.strip()[:200]}"
 
 
 def _fill(directory):
@@ -173,7 +177,13 @@ def test_full_disk_during_checkpointing_fails_clearly_and_keeps_the_last_good_on
     when this machine lets the test mount one; else the same failure
     injected into the writes in this process."""
     disk = tmp_path / "disk"
-    if not _mount_tmpfs(disk, "64m"):
+    unmountable = _mount_tmpfs(disk, "64m")
+    if unmountable:
+        # Said, not silent (issue 30): CI runs as root and takes the real path.
+        warnings.warn(pytest.PytestWarning(
+            f"full-disk test: no real small file system here ({unmountable}); the ENOSPC failure is "
+            "injected into the checkpoint writes instead"))
+        print(f"\nfull disk: injected, not real ({unmountable})")
         _full_disk_injected(tmp_path)
         return
     process = None

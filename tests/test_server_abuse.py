@@ -5,6 +5,7 @@ memory measured before and after. The figures are printed (`pytest -n 0 -s`)
 and recorded in SECURITY.md."""
 
 import base64
+import collections
 import concurrent.futures
 import io
 import json
@@ -14,6 +15,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -45,6 +47,10 @@ def _b64(data):
     return {"b64": base64.b64encode(data).decode("ascii")}
 
 
+def _pixels(value):
+    return [[[value] * 3] * SIZE[1]] * SIZE[0]
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -72,16 +78,19 @@ def server(tmp_path_factory):
             images.append(path)
     expected = model.predict(vit_images.load_images(images, SIZE), verbose=0)
     port = _free_port()
+    # The server's output (an access-log line per request) goes to a file:
+    # a pipe nobody reads would fill and block the server.
+    log = open(directory / "serve.log", "w+")
     process = subprocess.Popen(
         [sys.executable, "-m", "keras_vit.cli", "serve", str(base), "--port", str(port),
          "--max-pending", str(MAX_PENDING), "--read-timeout", str(READ_TIMEOUT), "--max-body-mb", "2",
          "--max-images", "8"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     url = f"http://127.0.0.1:{port}/v1/models/vit"
     deadline = time.time() + 120
     while True:
-        assert process.poll() is None, process.stdout.read().decode()[-3000:]
+        assert process.poll() is None, (directory / "serve.log").read_text()[-3000:]
         try:
             if requests.get(url, timeout=2).status_code == 200:
                 break
@@ -93,6 +102,7 @@ def server(tmp_path_factory):
                bodies=[json.dumps({"instances": [_b64(p.read_bytes())]}) for p in images])
     process.terminate()
     process.wait(timeout=30)
+    log.close()
 
 
 def _good(server, i, session=requests):
@@ -185,6 +195,13 @@ def _bad_requests(server):
         (json.dumps({"instances": [_b64(png)] * 9}), 413, "the limit is 8"),
         (json.dumps({"inputs": {"pixels": [1]}}), 400, "expected"),
         (b"x" * (3 * 1024 * 1024), 413, "larger than the limit"),
+        ("[" * 100_000, 400, "nested too deeply"),
+        (json.dumps({"signature_name": [], "instances": [{"b64": ""}]}), 400, "must be a string"),
+        (json.dumps({"signature_name": "predict_images", "inputs": {"images": [_pixels("1")]}}), 400,
+         "must be numbers"),
+        (json.dumps({"signature_name": "predict_images", "inputs": {"images": [_pixels(256)]}}), 400,
+         r"must be in \[0, 255\]"),
+        (json.dumps({"instances": [""] * 50_000}), 413, "the limit is 8"),
     ]
 
 
@@ -197,15 +214,25 @@ def test_soak_of_mixed_requests_keeps_answers_right_and_memory_flat(server):
         _good(server, i, session)
     rss_before = _rss_mb(server["process"].pid)
     counts = {"good": 0, "bad": 0}
+    statuses, latencies, peak = collections.Counter(), [], [rss_before]
 
     def one(i):
+        if i % 100 == 0:  # a stalled upload now and then, holding a connection
+            stalled = _slow_client(server["port"])
+            threading.Timer(READ_TIMEOUT / 2, stalled.close).start()
+        if i % 50 == 0:
+            peak.append(_rss_mb(server["process"].pid))
         if is_bad[i]:
             body, status, message = bad[i % len(bad)]
             response = requests.post(server["url"] + ":predict", data=body, timeout=120)
+            statuses[response.status_code] += 1
             assert response.status_code == status, (message, response.status_code, response.text[:300])
             assert re.search(message, response.json()["error"]), response.json()
             return "bad"
+        started = time.perf_counter()
         k, response = _good(server, i)
+        latencies.append(time.perf_counter() - started)
+        statuses[response.status_code] += 1
         _assert_good_answer(server, k, response)
         return "good"
 
@@ -217,16 +244,16 @@ def test_soak_of_mixed_requests_keeps_answers_right_and_memory_flat(server):
     rss_after = _rss_mb(server["process"].pid)
     _assert_good_answer(server, *_good(server, 3))
     assert server["process"].poll() is None
-    print(f"\nsoak: {SOAK_REQUESTS} requests in {elapsed:.0f} s ({counts['good']} good, all equal to "
-          f"model.predict within 1e-5; {counts['bad']} bad, each a 4xx with its message); server RSS "
-          f"{rss_before:.0f} MB after warm-up, {rss_after:.0f} MB after the soak "
-          f"(bound: +{RSS_GROWTH_BOUND_MB} MB); still answering")
+    p99 = sorted(latencies)[int(0.99 * (len(latencies) - 1))] * 1000
+    print(f"\nsoak: {SOAK_REQUESTS} requests in {elapsed:.0f} s, 8 at a time, with a stalled upload every "
+          f"100 ({counts['good']} good, all equal to model.predict within 1e-5; {counts['bad']} bad of "
+          f"{len(bad)} kinds, each a 4xx with its message); by status: "
+          f"{', '.join(f'{code}: {n}' for code, n in sorted(statuses.items()))}; good requests p99 "
+          f"{p99:.0f} ms; server RSS {rss_before:.0f} MB after warm-up, peak {max(peak):.0f} MB, "
+          f"{rss_after:.0f} MB after (bound: +{RSS_GROWTH_BOUND_MB} MB); still answering")
     assert counts["bad"] > 0.2 * SOAK_REQUESTS
     assert rss_after - rss_before < RSS_GROWTH_BOUND_MB
 
-
-def _pixels(value):
-    return [[[value] * 3] * SIZE[1]] * SIZE[0]
 
 
 @pytest.mark.parametrize("body, status, message", [
