@@ -30,7 +30,9 @@ import os
 import pathlib
 import re
 import shutil
+import socket
 import tempfile
+import time
 
 import keras
 import tensorflow as tf
@@ -105,32 +107,76 @@ def _check_class_names(class_names, classes):
     return class_names
 
 
-def _claim_version(base, version, overwrite):
-    """The version number to write, claimed by creating its (empty)
-    directory: `os.mkdir` succeeds for one process only, so two exports at
-    once never pick the same number, and one without `overwrite` never
-    replaces a version another export has just written. An empty directory
-    is not a version to `list_versions` or a server until the SavedModel is
-    renamed onto it."""
-    if version is None:
-        version = max((n for n in map(version_number, (p.name for p in base.iterdir())) if n is not None),
-                      default=0) + 1
-        while True:
-            try:
-                os.mkdir(base / str(version))
-                return version
-            except FileExistsError:
-                version += 1
-    check_int("version", version)
+_CLAIM_PREFIX = ".claim-"
+
+
+def _claim_alive(claim):
+    """Whether a claim file belongs to an export still running: one of this
+    host whose process is alive, or one of another host (a shared file
+    system) younger than an hour."""
     try:
-        os.mkdir(base / str(version))
-    except FileExistsError:
-        if not overwrite:
-            raise FileExistsError(
-                f"{base / str(version)} exists; pass overwrite=True (--overwrite) to replace it, "
-                f"or leave version out to write version {max(list_versions(base), default=0) + 1}."
-            ) from None
-    return version
+        host, pid = claim.read_text().split()
+        age = time.time() - claim.stat().st_mtime
+    except (OSError, ValueError):
+        return False
+    if host != socket.gethostname():
+        return age < 3600
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        return True
+    return True
+
+
+def _claim_version(base, version, overwrite):
+    """The version number to write, and its claim: a hidden file
+    `.claim-<version>` created exclusively (`O_EXCL` succeeds for one
+    process only), so two exports at once never pick the same number and
+    one without `overwrite` never replaces a version written meanwhile. The
+    version's own directory appears only with the final rename; a claim
+    left by a killed export is hidden, and taken over by the next one.
+    """
+
+    def claim(number):
+        path = base / f"{_CLAIM_PREFIX}{number}"
+        for _ in range(2):
+            try:
+                descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if _claim_alive(path):
+                    return None
+                path.unlink(missing_ok=True)  # a killed export's: taken over
+                continue
+            with os.fdopen(descriptor, "w") as f:
+                f.write(f"{socket.gethostname()} {os.getpid()}\n")
+            return path
+        return None
+
+    if version is None:
+        names = [p.name for p in base.iterdir()]
+        taken = [version_number(n) for n in names]
+        taken += [version_number(n[len(_CLAIM_PREFIX):]) for n in names if n.startswith(_CLAIM_PREFIX)
+                  and _claim_alive(base / n)]
+        version = max((n for n in taken if n is not None), default=0) + 1
+        while True:
+            if not (base / str(version)).exists():
+                claimed = claim(version)
+                if claimed is not None:
+                    return version, claimed
+            version += 1
+    check_int("version", version)
+    if (base / str(version)).exists() and not overwrite:
+        raise FileExistsError(
+            f"{base / str(version)} exists; pass overwrite=True (--overwrite) to replace it, "
+            f"or leave version out to write version {max(list_versions(base), default=0) + 1}."
+        )
+    claimed = claim(version)
+    if claimed is None:
+        raise FileExistsError(f"{base / str(version)} is being written by another export (its claim "
+                              f"{base / (_CLAIM_PREFIX + str(version))} is held); try again when it ends.")
+    return version, claimed
 
 
 def _fsync_tree(path):
@@ -296,18 +342,26 @@ def export_saved_model(model, base_dir, class_names=None, version=None, overwrit
     if base.exists() and not base.is_dir():
         raise NotADirectoryError(f"{base} exists and is not a directory.")
     base.mkdir(parents=True, exist_ok=True)
-    version = _claim_version(base, version, overwrite)
+    version, claim = _claim_version(base, version, overwrite)
     target = base / str(version)
-    temp = pathlib.Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=base))
-    written = False
+    try:
+        temp = pathlib.Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=base))
+    except BaseException:
+        claim.unlink(missing_ok=True)
+        raise
     try:
         archive.write_out(str(temp / "model"), verbose=False)
         (temp / "model" / METADATA).parent.mkdir()
         (temp / "model" / METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
         _fsync_tree(temp / "model")
-        if not any(target.iterdir()):
-            # Onto the claimed empty directory (POSIX rename replaces an empty one).
-            os.rename(temp / "model", target)
+        if not target.exists():
+            try:
+                os.rename(temp / "model", target)
+            except OSError as error:  # created meanwhile by a writer that ignores claims
+                raise FileExistsError(f"{target} appeared while this export was written; it is kept.") \
+                    from error
+        elif not overwrite:
+            raise FileExistsError(f"{target} appeared while this export was written; it is kept.")
         elif not _exchange(temp / "model", target):
             # Replace (overwrite=True) where the system cannot swap in one
             # step: the old version aside first, so a reader sees the old
@@ -316,14 +370,9 @@ def export_saved_model(model, base_dir, class_names=None, version=None, overwrit
             os.rename(target, temp / "old")
             os.rename(temp / "model", target)
         _fsync_directory(base)
-        written = True
     finally:
         shutil.rmtree(temp, ignore_errors=True)
-        if not written:
-            try:
-                target.rmdir()  # the claim, if still empty
-            except OSError:
-                pass
+        claim.unlink(missing_ok=True)
     return str(target)
 
 

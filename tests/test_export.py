@@ -5,6 +5,7 @@ and by `saved_model_cli run`, equal to `model.predict`."""
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -374,7 +375,8 @@ def test_versions_are_claimed_once_and_never_replaced_without_overwrite(exported
             if not inner:  # the first export has claimed version 1: a second starts now
                 inner["started"] = True
                 inner["auto"] = export.export_saved_model(model, base)
-                with pytest.raises(FileExistsError, match=r"vit/1 exists; pass overwrite=True"):
+                with pytest.raises(FileExistsError, match=r"vit/1 is being written by another export \(its "
+                                                          r"claim .*vit/.claim-1 is held\)"):
                     export.export_saved_model(model, base, version=1)
             return write_out(path, **options)
 
@@ -385,7 +387,10 @@ def test_versions_are_claimed_once_and_never_replaced_without_overwrite(exported
     assert export.export_saved_model(model, base) == str(base / "1")
     assert inner["auto"] == str(base / "2")
     assert export.list_versions(base) == [1, 2]
-    assert sorted(os.listdir(base)) == ["1", "2", "notes", "²"]
+    assert sorted(os.listdir(base)) == ["1", "2", "notes", "²"]  # no claim left
+    # A claim left by a killed export (its process gone) is taken over.
+    (base / ".claim-3").write_text(f"{socket.gethostname()} 999999999\n")
+    assert export.export_saved_model(model, base) == str(base / "3")
 
 
 def test_overwrite_swaps_the_version_in_one_step(exported, tmp_path, monkeypatch):

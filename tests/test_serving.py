@@ -175,7 +175,8 @@ BAD_REQUESTS = [
     (json.dumps({"instances": [7]}), 400, r"expected a string or \{\"b64\""),
     (json.dumps({"signature_name": "predict_images", "instances": [[[1, 2, 3]]]}), 400,
      r"has shape \[1, 1, 3\]; the signature expects \[None, 32, 32, 3\]"),
-    (json.dumps({"signature_name": "predict_images", "instances": [["a"]]}), 400, "not a numeric array"),
+    (json.dumps({"signature_name": "predict_images", "instances": [["a"]]}), 400,
+     "pixel values must be numbers, received str32 values"),
     (json.dumps({"instances": [_b64(b"x")] * 9}), 413, "9 images in one request; the limit is 8"),
     (b"x" * (3 * 1024 * 1024), 413, "larger than the limit of 2097152 bytes"),
 ]
