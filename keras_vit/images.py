@@ -334,7 +334,8 @@ def array_to_pixels(images, image_size):
     return images
 
 
-_PILLOW_FORMATS = {"JPEG": "JPEG", "PNG": "PNG", "GIF": "GIF", "BMP": "BMP", "WEBP": "WebP"}
+# IMAGE_FORMATS as Pillow names them.
+_PILLOW_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
 
 
 def pillow_image_pixels(image):

@@ -36,6 +36,16 @@ def memory_limit():
         return 64 * 2**30
 
 
+# ml_dtypes' bfloat16 and float8 report kind "V": named here.
+_NUMBER_NAMES = ("bfloat16", "float8_e4m3fn", "float8_e5m2")
+
+
+def is_number_dtype(dtype):
+    """Whether arrays of `dtype` hold numbers a variable can take."""
+    dtype = np.dtype(dtype)
+    return dtype.kind in "fiu" or dtype.name in _NUMBER_NAMES
+
+
 def check_declared_sizes(path, declared, limit=None):
     """Refuses a checkpoint whose arrays, as its headers declare them, are
     not numbers or do not fit in memory, before any array is read.
@@ -52,8 +62,8 @@ def check_declared_sizes(path, declared, limit=None):
     total = 0
     for name, dtype, shape in declared:
         dtype = np.dtype(dtype)
-        if dtype.hasobject or (dtype.kind not in "fiub" and dtype.name not in ("bfloat16", "float8_e4m3fn",
-                                                                               "float8_e5m2")):
+        # Booleans pass here (readable); loading refuses them as values.
+        if dtype.hasobject or not (dtype.kind == "b" or is_number_dtype(dtype)):
             raise CheckpointError(f"{path}: array {name!r} has dtype {dtype}, not numbers.")
         nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
         total += nbytes

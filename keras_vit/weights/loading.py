@@ -13,7 +13,7 @@ import numpy as np
 from keras_vit import models, variants
 from keras_vit._validation import check_choice
 from keras_vit.inference import with_xla_if_int8
-from keras_vit.weights.formats import CheckpointError, read_checkpoint, sniff_format
+from keras_vit.weights.formats import CheckpointError, is_number_dtype, read_checkpoint, sniff_format
 from keras_vit.weights.layout import checkpoint_variables, read_keras_h5
 from keras_vit.weights.resample import INTERPOLATIONS, resample_position_embedding
 
@@ -120,18 +120,12 @@ def reconcile(model, arrays, path, interpolation="bilinear", antialias=False):
     return assignments
 
 
-# Array dtypes a variable may take a value from: numbers (ml_dtypes'
-# bfloat16 and float8 report kind "V" and are named here).
-_NUMBER_KINDS = "fiu"
-_NUMBER_NAMES = ("bfloat16", "float8_e4m3fn", "float8_e5m2")
-
-
 def _checked_value(value, variable, name, path):
     """`value` cast to `variable`'s dtype, after checking that it holds
     numbers and that all of them are finite: checked for every array before
     any variable changes, so a file with one bad array is refused whole."""
     dtype = value.dtype
-    if dtype.kind not in _NUMBER_KINDS and dtype.name not in _NUMBER_NAMES:
+    if not is_number_dtype(dtype):
         raise CheckpointError(
             f"{path}: {name!r} has dtype {dtype} but variable {variable.path!r} takes numbers "
             f"({variable.dtype})."
