@@ -121,7 +121,12 @@ def test_bfloat16_and_int8_agree_with_float32_on_the_digits_test_split(trained_r
     reference = model.predict(images, verbose=0)
     top1 = np.argmax(reference, axis=-1)
     print(f"float32 accuracy {np.mean(top1 == labels):.4f}", file=sys.stderr)
-    for precision, minimum in (("bfloat16", 0.99), ("int8", 0.97)):
+    # This quick model (about 80% accurate) has near-ties that 16 or 8 bits may flip: CI
+    # on another CPU saw 4 of 359 flipped in bfloat16, each a float32 top-1 margin under
+    # 0.03. So the test bounds how far each probability moves (a flip needs a margin
+    # under twice that) and keeps a floor on agreement; the issue's >= 0.99 on models
+    # trained by the recipes is measured by benchmarks/bf16_agreement.py (BENCHMARKS.md).
+    for precision, minimum in (("bfloat16", 0.97), ("int8", 0.97)):
         copy = inference.with_precision(model, precision)
         assert inference.precision_of(copy) == precision and inference.precision_of(model) == "float32"
         probabilities = copy.predict(images, verbose=0)
@@ -129,8 +134,11 @@ def test_bfloat16_and_int8_agree_with_float32_on_the_digits_test_split(trained_r
         assert not np.array_equal(probabilities, reference)  # it did compute at that precision
         agreement = np.mean(np.argmax(probabilities, axis=-1) == top1)
         print(f"{precision}: top-1 agreement {agreement:.4f}, accuracy "
-              f"{np.mean(np.argmax(probabilities, axis=-1) == labels):.4f}", file=sys.stderr)
+              f"{np.mean(np.argmax(probabilities, axis=-1) == labels):.4f}, largest probability change "
+              f"{np.abs(probabilities - reference).max():.4f}", file=sys.stderr)
         assert agreement >= minimum, (precision, agreement)
+        moved = np.abs(probabilities - reference)
+        assert moved.max() <= 0.06 and moved.mean() <= 0.005, (precision, moved.max(), moved.mean())
     # The CLI's evaluate at int8 says so, and its accuracy is the copy's.
     assert cli.main(["evaluate", str(trained_run), "--precision", "int8"]) == 0
     assert "(int8)" in capsys.readouterr().out
