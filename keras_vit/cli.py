@@ -197,6 +197,10 @@ def _parser():
                        help="seconds from a request's body to its answer (later: HTTP 504, as TF Serving)")
     serve.add_argument("--idle-timeout", type=float, default=30.0,
                        help="seconds a kept-alive connection may stay idle before it is closed")
+    serve.add_argument("--header-timeout", type=float, default=10.0,
+                       help="seconds a new connection has to send its request headers (slower: closed)")
+    serve.add_argument("--max-connections", type=int, default=256,
+                       help="open connections; more are answered HTTP 503 with Retry-After and closed")
 
     explain = sub.add_parser(
         "explain", help="attention heat maps of a run's model on images (PNG)",
@@ -416,6 +420,7 @@ def _serve(args):
         poll_seconds=args.poll_seconds, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         max_images=args.max_images, max_pending=args.max_pending, read_timeout=args.read_timeout,
         request_timeout=args.request_timeout, idle_timeout=args.idle_timeout,
+        header_timeout=args.header_timeout, max_connections=args.max_connections,
     )
     import logging
 

@@ -458,6 +458,71 @@ def test_deadline_resource_exhaustion_and_idle_connections(tmp_path, monkeypatch
         assert first.startswith(b"HTTP/1.1 200")
         idle.settimeout(10)
         started = time.time()
-        assert idle.recv(65536) == b""  # closed by the server
+        while idle.recv(65536):  # the rest of the answer, then the server's close
+            pass
         assert time.time() - started < 5
         idle.close()
+
+
+def _closed_within(sock, seconds, trickle=b""):
+    """Seconds until the server closes `sock` (sending `trickle` a byte at a
+    time meanwhile), or None if it is still open after `seconds`."""
+    started = time.time()
+    sock.settimeout(0.1)
+    for i in range(10**6):
+        if time.time() - started > seconds:
+            return None
+        try:
+            if i < len(trickle):
+                sock.sendall(trickle[i:i + 1])
+            if sock.recv(65536) == b"":
+                return time.time() - started
+        except socket.timeout:
+            pass
+        except OSError:  # reset by the server
+            return time.time() - started
+
+
+def test_header_timeout_and_connection_cap(tmp_path):
+    """Issue 30: a connection that sends no request, or trickles its headers,
+    is closed after `header_timeout` (aiohttp before 3.14 kept it until the
+    client left); connections beyond `max_connections` are answered 503 with
+    Retry-After, and a slot freed is usable again."""
+    base = tmp_path / "vit"
+    export.export_saved_model(_classifier(seed=1), base, class_names=NAMES)
+    headers = b"GET /v1/models/vit HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: 1\r\n" * 200 + b"\r\n"
+    with serving.Server(base, port=0, idle_timeout=1.0) as server:
+        # A kept-alive connection trickling its next request: closed after
+        # idle_timeout (aiohttp's keep-alive timer).
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(b"GET /v1/models/vit HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+            closed = _closed_within(sock, 8, headers)
+            assert closed is not None and closed < 4, closed
+    with serving.Server(base, port=0, header_timeout=1.0, idle_timeout=60, max_connections=3) as server:
+        address = ("127.0.0.1", server.port)
+        for trickle in (b"", headers):
+            with socket.create_connection(address, timeout=10) as sock:
+                closed = _closed_within(sock, 8, trickle)
+                assert closed is not None and 0.9 < closed < 4, (trickle[:10], closed)
+        # Three silent connections fill the cap: the fourth is refused.
+        held = [socket.create_connection(address, timeout=10) for _ in range(3)]
+        time.sleep(0.2)
+        refused = requests.get(f"{server.url}/v1/models/vit", timeout=10)
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+        assert refused.json() == {"error": "Server busy: 3 connections open, the limit is 3; retry later"}
+        held.pop().close()
+        time.sleep(0.2)
+        answered = requests.get(f"{server.url}/v1/models/vit", timeout=10)
+        assert answered.status_code == 200, answered.text
+        for sock in held:  # past the header timeout the server closes them
+            assert _closed_within(sock, 8) is not None
+        # A burst of 20 at once: never more than 3 reach aiohttp.
+        burst = [socket.create_connection(address, timeout=10) for _ in range(20)]
+        for sock in burst:
+            sock.sendall(b"GET /v1/models/vit HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answers = [b"".join(iter(lambda s=sock: s.recv(65536), b"")).split(b"\r\n", 1)[0] for sock in burst]
+        for sock in burst:
+            sock.close()
+        assert sorted(set(answers)) == [b"HTTP/1.1 200 OK", b"HTTP/1.1 503 Service Unavailable"]
+        assert answers.count(b"HTTP/1.1 200 OK") <= 3, answers

@@ -31,6 +31,44 @@ class _ClientGone(Exception):
     """The client closed its connection before its request ran."""
 
 
+class _Refusal(asyncio.Protocol):
+    """A connection past the server's `max_connections`: answered 503 with
+    `Retry-After` and closed, without reaching aiohttp.
+
+    The answer is written at once and the write side shut; what the client
+    sends meanwhile is read and dropped for up to `linger` seconds, so the
+    close does not reset the connection before the client has read the 503
+    (a close with unread data sends RST, which may discard the answer).
+    """
+
+    def __init__(self, message, linger=2.0):
+        self._body = json.dumps({"error": message}).encode()
+        self._linger = linger
+        self._transport = None
+        self._timer = None
+
+    def connection_made(self, transport):
+        self._transport = transport
+        transport.write(
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
+            b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(self._body), self._body)
+        )
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._timer = asyncio.get_running_loop().call_later(self._linger, transport.close)
+
+    def data_received(self, data):
+        pass  # the request is not read: it is refused whatever it is
+
+    def eof_received(self):
+        self._transport.close()
+        return False
+
+    def connection_lost(self, exc):
+        if self._timer is not None:
+            self._timer.cancel()
+
+
 class _Servable:
     """One loaded version: its signatures and their TF Serving metadata."""
 
@@ -135,25 +173,33 @@ class Server:
         request_timeout: seconds from the body's arrival to the answer;
             past it, HTTP 504 (TF Serving's deadline), and a call not yet
             started is dropped.
-        idle_timeout: seconds a kept-alive connection may stay idle.
+        idle_timeout: seconds a kept-alive connection may stay idle, or
+            take to send its next request's headers.
+        header_timeout: seconds a new connection has to send its first
+            request's headers (a client that connects and stays silent, or
+            trickles its headers a byte at a time, is disconnected).
+        max_connections: open connections beyond this are answered 503
+            (with `Retry-After`) and closed at once.
     """
 
     def __init__(self, base_dir, model_name=None, host="127.0.0.1", port=DEFAULT_PORT,
                  poll_seconds=1.0, max_body_bytes=DEFAULT_MAX_BODY_BYTES,
                  max_images=DEFAULT_MAX_IMAGES, max_pending=32, read_timeout=30.0,
-                 request_timeout=60.0, idle_timeout=30.0):
+                 request_timeout=60.0, idle_timeout=30.0, header_timeout=10.0, max_connections=256):
         self.base_dir = pathlib.Path(base_dir)
         if not self.base_dir.is_dir():
             raise FileNotFoundError(f"Model base directory not found: {self.base_dir}")
         self.model_name = model_name or self.base_dir.resolve().name
         for name, value, low in (("port", port, 0), ("max_body_bytes", max_body_bytes, 1),
-                                 ("max_images", max_images, 1), ("max_pending", max_pending, 1)):
+                                 ("max_images", max_images, 1), ("max_pending", max_pending, 1),
+                                 ("max_connections", max_connections, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, received {name}={value!r}.")
         if port > 65535:
             raise ValueError(f"port must be in [0, 65535], received port={port}.")
         for name, value in (("poll_seconds", poll_seconds), ("read_timeout", read_timeout),
-                            ("request_timeout", request_timeout), ("idle_timeout", idle_timeout)):
+                            ("request_timeout", request_timeout), ("idle_timeout", idle_timeout),
+                            ("header_timeout", header_timeout)):
             if not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"{name} must be a positive number, received {name}={value!r}.")
         self.host, self.port = host, port
@@ -161,6 +207,7 @@ class Server:
         self.max_body_bytes, self.max_images = max_body_bytes, max_images
         self.max_pending, self.read_timeout = max_pending, float(read_timeout)
         self.request_timeout, self.idle_timeout = float(request_timeout), float(idle_timeout)
+        self.header_timeout, self.max_connections = float(header_timeout), max_connections
         self._servable = None
         self._failed = {}  # version -> load error, not retried
         self._load_lock = threading.Lock()
@@ -171,6 +218,12 @@ class Server:
         self._loop = None
         self._thread = None
         self._runner = None
+        self._listener = None
+        self._accepting = 0  # connections made but not yet registered with aiohttp
+        # Connections not yet past their first request's headers (aiohttp's
+        # handlers take no weak references): each leaves at its deadline.
+        self._awaiting_headers = set()
+        self._refused_logged_at = 0.0
         self._started = threading.Event()
         self._start_error = None
 
@@ -344,6 +397,7 @@ class Server:
 
         @web.middleware
         async def errors(request, handler):
+            self._awaiting_headers.discard(request.protocol)  # its headers arrived in time
             try:
                 return await handler(request)
             except protocol.RequestError as error:
@@ -389,10 +443,60 @@ class Server:
 
         self._runner = web.AppRunner(self._app(), access_log=access_logger, keepalive_timeout=self.idle_timeout)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
-        self._poller = asyncio.get_running_loop().create_task(self._poll())
+        loop = asyncio.get_running_loop()
+        # aiohttp's runner.server is the protocol factory (its low-level
+        # server API); listening with our own factory around it adds what
+        # aiohttp lacks: a connection cap and, before aiohttp 3.14, any
+        # deadline for a new connection's first request.
+        self._listener = await loop.create_server(self._connection, self.host, self.port)
+        self.port = self._listener.sockets[0].getsockname()[1]
+        self._poller = loop.create_task(self._poll())
+
+    def _connection(self):
+        """A new connection's protocol: aiohttp's request handler, or a 503
+        refusal past `max_connections`."""
+        try:
+            return self._protocol()
+        except Exception:  # asyncio drops the connection silently (outside debug mode): say why
+            logger.exception("keras-vit serve: cannot accept a connection")
+            raise
+
+    def _protocol(self):
+        loop = asyncio.get_running_loop()
+        aiohttp_server = self._runner.server
+        # A handler joins aiohttp_server.connections in its connection_made,
+        # which asyncio runs on the loop's next pass, right after the
+        # decrement scheduled here: so the sum counts each connection once,
+        # including those accepted in one burst.
+        open_now = len(aiohttp_server.connections) + self._accepting
+        if open_now >= self.max_connections:
+            now = time.monotonic()
+            if now - self._refused_logged_at > 10:
+                self._refused_logged_at = now
+                logger.warning("keras-vit serve: %d connections open (max_connections): refusing more with 503",
+                               open_now)
+            return _Refusal(f"Server busy: {open_now} connections open, the limit is {self.max_connections}; "
+                            f"retry later")
+        self._accepting += 1
+        loop.call_soon(self._accepted)
+        handler = aiohttp_server()
+        self._awaiting_headers.add(handler)
+        loop.call_later(self.header_timeout, self._first_request_deadline, handler)
+        return handler
+
+    def _accepted(self):
+        self._accepting -= 1
+
+    def _first_request_deadline(self, handler):
+        if handler not in self._awaiting_headers:
+            return
+        self._awaiting_headers.discard(handler)
+        if handler not in self._runner.server.connections:  # gone already
+            return
+        access_logger.info("%s closed: no request headers within %g s (header_timeout)",
+                           (handler.transport.get_extra_info("peername") if handler.transport else None),
+                           self.header_timeout)
+        handler.force_close()
 
     @property
     def url(self):
@@ -436,6 +540,7 @@ class Server:
 
         async def shutdown():
             self._poller.cancel()
+            self._listener.close()  # no new connections; those open are drained below
             # aiohttp's cleanup closes the listening socket, then waits for
             # the handlers still running (up to its shutdown_timeout).
             self._runner._shutdown_timeout = drain_seconds
