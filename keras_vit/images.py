@@ -86,7 +86,7 @@ def to_pixels(image, image_size):
     TensorShape([8, 8, 3])
     """
     require_tensorflow("keras_vit.images.to_pixels")
-    image = tf.cast(image, tf.float32)
+    image = tf.convert_to_tensor(image)
     channels = image.shape[-1]
     if channels == 1:
         image = tf.image.grayscale_to_rgb(image)
@@ -94,10 +94,13 @@ def to_pixels(image, image_size):
         image = image[..., :3]
     if tuple(image.shape[-3:-1]) != tuple(image_size):
         # Bilinear without antialiasing: what keras.utils.image_dataset_from_directory
-        # (folder data sets) does, so every path resizes alike.
+        # (folder data sets) does, so every path resizes alike. A uint8 image is
+        # resized as it is (the kernel reads uint8 and writes float32, the same
+        # values as casting first): a float32 copy at full size would take four
+        # bytes a pixel-channel, 1 GB for an image just under the pixel limit.
         image = tf.image.resize(image, image_size, method="bilinear")
         image = tf.clip_by_value(image, 0.0, 255.0)
-    return image
+    return tf.cast(image, tf.float32)
 
 
 def _unsigned(head, start, length, big_endian=False):
