@@ -75,3 +75,14 @@ def require_tensorflow(feature):
             f"{feature} needs TensorFlow, which is not installed: {FRAMEWORKS['tensorflow'][1]} "
             "(it works beside JAX or PyTorch as Keras' backend)."
         )
+
+
+def is_out_of_memory(error):
+    """Whether `error` is a framework's out-of-memory error: Python's
+    MemoryError, TensorFlow's ResourceExhaustedError, PyTorch's
+    OutOfMemoryError, or XLA's RESOURCE_EXHAUSTED (JAX). Told by name, so
+    that no framework is imported to check. The CLI's one-line error and
+    the server's 429 both use it."""
+    return (isinstance(error, MemoryError)
+            or type(error).__name__ in ("ResourceExhaustedError", "OutOfMemoryError")
+            or (isinstance(error, RuntimeError) and "RESOURCE_EXHAUSTED" in str(error)))

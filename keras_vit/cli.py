@@ -26,6 +26,8 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from keras_vit._backend import is_out_of_memory  # noqa: E402 -- after the log level, before TensorFlow loads
+
 
 def _bool_flag(parser, name, help_text, default=None):
     parser.add_argument(f"--{name}", dest=name.replace("-", "_"), action=argparse.BooleanOptionalAction,
@@ -438,16 +440,6 @@ def _serve(args):
     server.serve_forever()
 
 
-def _out_of_memory(error):
-    """Whether `error` is a framework's out-of-memory error: Python's
-    MemoryError, TensorFlow's ResourceExhaustedError, PyTorch's
-    OutOfMemoryError, or XLA's RESOURCE_EXHAUSTED (JAX). Told by name, so
-    that no framework is imported to check."""
-    return (isinstance(error, MemoryError)
-            or type(error).__name__ in ("ResourceExhaustedError", "OutOfMemoryError")
-            or (isinstance(error, RuntimeError) and "RESOURCE_EXHAUSTED" in str(error)))
-
-
 def main(argv=None):
     """Runs the command line; returns the exit code."""
     parser = _parser()
@@ -465,7 +457,7 @@ def main(argv=None):
             {"train": _train, "evaluate": _evaluate, "predict": _predict, "export": _export,
              "serve": _serve, "explain": _explain, "inspect": _inspect, "weights": _weights}[args.command](args)
         except Exception as error:  # noqa: BLE001 -- only out-of-memory errors are handled here
-            if not _out_of_memory(error):
+            if not is_out_of_memory(error):
                 raise
             first = (" ".join(str(error).split()) or type(error).__name__)[:300]
             print(f"keras-vit {args.command}: error: out of memory ({type(error).__name__}: {first}). "

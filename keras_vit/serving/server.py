@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 
+from keras_vit._backend import is_out_of_memory
 from keras_vit.serving import protocol
 
 logger = logging.getLogger("keras_vit.serving")
@@ -363,9 +364,9 @@ class Server:
             except Exception as error:
                 import tensorflow as tf
 
-                if isinstance(error, (tf.errors.ResourceExhaustedError, MemoryError)):
+                if is_out_of_memory(error):
                     # As TF Serving: 429, the client may retry with fewer images.
-                    message = getattr(error, "message", None) or type(error).__name__
+                    message = getattr(error, "message", None) or str(error) or type(error).__name__
                     raise protocol.RequestError(
                         429, "Resource exhausted: " + " ".join(message.split())[:500]) from None
                 if isinstance(error, (tf.errors.InvalidArgumentError, ValueError, TypeError)):
