@@ -2,7 +2,12 @@
 from a file, and a damaged file is refused with an error naming it before
 any variable of the model changes."""
 
+import json
+import os
+import subprocess
+import sys
 import warnings
+import zipfile
 
 import keras
 import numpy as np
@@ -183,6 +188,70 @@ def test_keras_file_with_code_is_refused_in_safe_mode(tmp_path):
     loaded = keras_vit.load_model(path, safe_mode=False)
     loaded(np.zeros((1, 4), "float32"))
     assert marker.exists()
+
+
+def _config_payload_keras_file(path, marker):
+    """A `.keras` archive with no code in it, only config: a Functional model
+    whose "layer" is `os.system` (module "os", class_name "function"), which
+    Keras before 3.9 imported and, rebuilding the graph, called with the
+    node's arguments: a shell command (CVE-2025-1550, a safe-mode bypass)."""
+    config = {
+        "module": "keras.src.models.functional", "class_name": "Functional", "registered_name": "Functional",
+        "config": {
+            "name": "innocent", "trainable": True,
+            "layers": [
+                {"module": "keras.layers", "class_name": "InputLayer", "registered_name": None, "name": "x",
+                 "config": {"batch_shape": [None, 1], "dtype": "float32", "sparse": False, "name": "x"},
+                 "inbound_nodes": []},
+                {"module": "os", "class_name": "function", "config": "system", "registered_name": "function",
+                 "name": "payload", "inbound_nodes": [{"args": [f"touch {marker}"], "kwargs": {}}]},
+            ],
+            "input_layers": [["x", 0, 0]], "output_layers": [["x", 0, 0]],
+        },
+    }
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", json.dumps(config))
+        archive.writestr("metadata.json", json.dumps({"keras_version": "3.8.0", "date_saved": "2025-03-01@00:00:00"}))
+        archive.writestr("model.weights.h5", b"")
+    return path
+
+
+_LOAD_IN_ANOTHER_KERAS = """
+import sys
+import keras
+try:
+    keras.saving.load_model(sys.argv[1], safe_mode=True)
+except Exception as error:
+    print(type(error).__name__, error)
+"""
+
+
+def test_keras_file_with_a_config_level_module_import_payload_is_refused(tmp_path):
+    """Issue 30: beside Lambda bytecode, the config-only payload of
+    CVE-2025-1550 is refused under keras>=3.13.2 and its command never runs;
+    the same file ran its command under Keras 3.8.0 (the control, below,
+    when PyPI is reachable)."""
+    marker = tmp_path / "config-payload-ran"
+    path = _config_payload_keras_file(tmp_path / "innocent.keras", marker)
+    with pytest.raises(keras_vit.CheckpointError, match=r"innocent.keras"):
+        keras_vit.load_model(path)
+    with pytest.raises(keras_vit.CheckpointError, match=r"run-with-code/last.keras"):
+        runs.load_run_model(_run_with(tmp_path, path))
+    with pytest.raises(keras_vit.CheckpointError):
+        keras_vit.load_model(path, safe_mode=False)  # Keras 3.9+ refuses modules outside Keras even then
+    assert not marker.exists()
+    # The control: the file is a real threat under a Keras before the floor.
+    old = tmp_path / "keras-3.8.0"
+    try:
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(old),
+                        "keras==3.8.0"], check=True, capture_output=True, timeout=120)
+    except (subprocess.SubprocessError, OSError) as error:
+        warnings.warn(f"the Keras 3.8.0 control did not run (pip: {error}); the refusal above was checked")
+        return
+    env = dict(os.environ, PYTHONPATH=str(old), KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", _LOAD_IN_ANOTHER_KERAS, str(path)], capture_output=True,
+                         text=True, timeout=300, env=env, cwd=tmp_path)
+    assert marker.exists(), out.stdout[-2000:] + out.stderr[-2000:]
 
 
 def _run_with(tmp_path, keras_file):
