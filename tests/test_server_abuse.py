@@ -33,6 +33,7 @@ NAMES = ["cat", "dog", "bird", "fish", "frog", "horse"]
 SIZE = (32, 32)
 MAX_PENDING = 16
 READ_TIMEOUT = 3.0
+HEADER_TIMEOUT = 2.0
 SOAK_REQUESTS = 3000
 RSS_GROWTH_BOUND_MB = 60
 
@@ -84,7 +85,7 @@ def server(tmp_path_factory):
     process = subprocess.Popen(
         [sys.executable, "-m", "keras_vit.cli", "serve", str(base), "--port", str(port),
          "--max-pending", str(MAX_PENDING), "--read-timeout", str(READ_TIMEOUT), "--max-body-mb", "2",
-         "--max-images", "8"],
+         "--max-images", "8", "--header-timeout", str(HEADER_TIMEOUT)],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     url = f"http://127.0.0.1:{port}/v1/models/vit"
@@ -215,11 +216,14 @@ def test_soak_of_mixed_requests_keeps_answers_right_and_memory_flat(server):
     rss_before = _rss_mb(server["process"].pid)
     counts = {"good": 0, "bad": 0}
     statuses, latencies, peak = collections.Counter(), [], [rss_before]
+    silent = []
 
     def one(i):
         if i % 100 == 0:  # a stalled upload now and then, holding a connection
             stalled = _slow_client(server["port"])
             threading.Timer(READ_TIMEOUT / 2, stalled.close).start()
+        if i % 100 == 50:  # a connection that never sends a request: the server must close it
+            silent.append(socket.create_connection(("127.0.0.1", server["port"]), timeout=HEADER_TIMEOUT + 30))
         if i % 50 == 0:
             peak.append(_rss_mb(server["process"].pid))
         if is_bad[i]:
@@ -241,12 +245,15 @@ def test_soak_of_mixed_requests_keeps_answers_right_and_memory_flat(server):
         for kind in pool.map(one, range(SOAK_REQUESTS)):
             counts[kind] += 1
     elapsed = time.time() - started
+    for sock in silent:
+        assert sock.recv(4096) == b"", "a silent connection was answered instead of closed"
+        sock.close()
     rss_after = _rss_mb(server["process"].pid)
     _assert_good_answer(server, *_good(server, 3))
     assert server["process"].poll() is None
     p99 = sorted(latencies)[int(0.99 * (len(latencies) - 1))] * 1000
-    print(f"\nsoak: {SOAK_REQUESTS} requests in {elapsed:.0f} s, 8 at a time, with a stalled upload every "
-          f"100 ({counts['good']} good, all equal to model.predict within 1e-5; {counts['bad']} bad of "
+    print(f"\nsoak: {SOAK_REQUESTS} requests in {elapsed:.0f} s, 8 at a time, with a stalled upload and a "
+          f"silent connection (each closed by the server) every 100 ({counts['good']} good, all equal to model.predict within 1e-5; {counts['bad']} bad of "
           f"{len(bad)} kinds, each a 4xx with its message); by status: "
           f"{', '.join(f'{code}: {n}' for code, n in sorted(statuses.items()))}; good requests p99 "
           f"{p99:.0f} ms; server RSS {rss_before:.0f} MB after warm-up, peak {max(peak):.0f} MB, "
