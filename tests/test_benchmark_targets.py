@@ -155,6 +155,9 @@ def test_amx_targets_read_na_without_amx_and_count_with_it(targets):
         verdicts = _verdicts(rows)
         assert [verdicts[what] for what in na] == [verdict] * 4
         assert verdicts["ViT-S/16 bfloat16 inference batch 8 vs timm autocast"] == ("met" if amx else verdict)
+    # Without AMX run_all does not run the ViT-S/16 comparison: n/a, not missing.
+    rows = _check(targets, _inference(amx=False, **slow), training=[dict(r, amx=False) for r in slow_training], s16=[])
+    assert _verdicts(rows)["ViT-S/16 bfloat16 inference batch 1 vs timm autocast"] == "n/a: no AMX"
 
 
 def test_a_missed_training_agreement_or_time_target_is_not_met(targets):
