@@ -203,6 +203,9 @@ def _parser():
                        help="seconds a new connection has to send its request headers (slower: closed)")
     serve.add_argument("--max-connections", type=int, default=256,
                        help="open connections; more are answered HTTP 503 with Retry-After and closed")
+    serve.add_argument("--max-request-megapixels", type=float, default=128.0,
+                       help="pixels a request's images may declare in all, in millions, read from their "
+                            "headers before decoding (more: HTTP 413)")
 
     explain = sub.add_parser(
         "explain", help="attention heat maps of a run's model on images (PNG)",
@@ -417,12 +420,15 @@ def _serve(args):
 
     if not args.max_body_mb > 0:
         raise ValueError(f"--max-body-mb must be > 0, received {args.max_body_mb}.")
+    if not args.max_request_megapixels > 0:
+        raise ValueError(f"--max-request-megapixels must be > 0, received {args.max_request_megapixels}.")
     server = serving.Server(
         args.base, model_name=args.model_name, host=args.host, port=args.port,
         poll_seconds=args.poll_seconds, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         max_images=args.max_images, max_pending=args.max_pending, read_timeout=args.read_timeout,
         request_timeout=args.request_timeout, idle_timeout=args.idle_timeout,
         header_timeout=args.header_timeout, max_connections=args.max_connections,
+        max_request_pixels=max(1, round(args.max_request_megapixels * 1_000_000)),
     )
     import logging
 

@@ -325,6 +325,7 @@ def test_cli_offers_exactly_the_librarys_tta_modes():
         (["evaluate", "/nonexistent/run"], r"/nonexistent/run is not a training run"),
         (["predict", "--server", "http://localhost:1", "--model-name", "vit", "x.png", "--tta", "flip"],
          r"--tta applies to a run's model; with --server the exported model decides"),
+        (["serve", ".", "--max-request-megapixels", "0"], r"--max-request-megapixels must be > 0, received 0.0"),
     ],
 )
 def test_cli_errors_are_one_line_with_exit_code_2(argv, match, capsys, tmp_path, monkeypatch):

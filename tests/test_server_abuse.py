@@ -192,7 +192,7 @@ def _bad_requests(server):
         (json.dumps({"instances": [_b64(png[: len(png) // 2])]}), 400, "not a decodable image"),
         (json.dumps({"instances": [_b64(b"")]}), 400, "empty image"),
         (json.dumps({"instances": [_b64(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes.fromhex("0000c3500000c350") + bytes(13))]}),
-         400, "pixels refused"),
+         413, r"The image of input 'image_bytes' declares 2,500,000,000 pixels in all"),
         (json.dumps({"instances": [_b64(png)] * 9}), 413, "the limit is 8"),
         (json.dumps({"inputs": {"pixels": [1]}}), 400, "expected"),
         (b"x" * (3 * 1024 * 1024), 413, "larger than the limit"),
@@ -203,6 +203,10 @@ def _bad_requests(server):
         (json.dumps({"signature_name": "predict_images", "inputs": {"images": [_pixels(256)]}}), 400,
          r"must be in \[0, 255\]"),
         (json.dumps({"instances": [""] * 50_000}), 413, "the limit is 8"),
+        # Eight images of 16.8 megapixels each (a few KB of PNG): under the
+        # per-image limit, over the request's 128 megapixels.
+        (json.dumps({"instances": [_b64(_encode(np.zeros((4096, 4096), np.uint8), "PNG"))] * 8}), 413,
+         r"declare 134,217,728 pixels in all; the limit is 128,000,000 per request"),
     ]
 
 

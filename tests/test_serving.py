@@ -526,3 +526,31 @@ def test_header_timeout_and_connection_cap(tmp_path):
             sock.close()
         assert sorted(set(answers)) == [b"HTTP/1.1 200 OK", b"HTTP/1.1 503 Service Unavailable"]
         assert answers.count(b"HTTP/1.1 200 OK") <= 3, answers
+
+
+def test_request_pixel_budget_is_checked_from_headers_before_decoding(tmp_path, monkeypatch):
+    """Issue 30: the images of a request are decoded in the model's thread,
+    so one request of many large images (each under the per-image limit)
+    held every other client for as long as decoding took. Their declared
+    pixels are now summed from the headers first: past `max_request_pixels`,
+    413, and nothing is decoded."""
+    base = tmp_path / "vit"
+    export.export_saved_model(_classifier(seed=1), base, class_names=NAMES)
+    large = _b64(_png(np.zeros((700, 800, 3), np.uint8)))  # 560,000 pixels
+    with serving.Server(base, port=0, max_request_pixels=1_000_000) as server:
+        calls = []
+        run = type(server._servable).run
+        monkeypatch.setattr(type(server._servable), "run", lambda self, *a: calls.append(1) or run(self, *a))
+        url = f"{server.url}/v1/models/vit:predict"
+        response = requests.post(url, json={"instances": [large, large]}, timeout=60)
+        assert response.status_code == 413
+        assert response.json() == {"error": "The 2 images of input 'image_bytes' declare 1,120,000 pixels in all; "
+                                            "the limit is 1,000,000 per request (max_request_pixels)"}
+        assert calls == []  # refused before the model's thread
+        # Within the budget, and with a damaged image beside it (counted as
+        # nothing; the model's decoding refuses it by position).
+        assert requests.post(url, json={"instances": [large]}, timeout=60).status_code == 200
+        damaged = requests.post(url, json={"instances": [large, _b64(b"\xff\xd8\xff" + bytes(40))]}, timeout=60)
+        assert damaged.status_code == 400 and "'image_bytes'[1]" in damaged.json()["error"], damaged.text
+    with pytest.raises(ValueError, match="max_request_pixels must be an integer >= 1, received max_request_pixels=0"):
+        serving.Server(base, max_request_pixels=0)

@@ -15,6 +15,8 @@ import threading
 import time
 import uuid
 
+import numpy as np
+
 from keras_vit._backend import is_out_of_memory
 from keras_vit.serving import protocol
 
@@ -26,6 +28,10 @@ access_logger = logging.getLogger("keras_vit.serving.access")
 DEFAULT_PORT = 8501
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_IMAGES = 64
+# Pixels the images of one request may declare in all: decoding them is the
+# work a request costs whatever the model, done in the model's thread (so
+# every other request waits); 128 megapixels is ten 12-megapixel photos.
+DEFAULT_MAX_REQUEST_PIXELS = 128_000_000
 
 
 class _ClientGone(Exception):
@@ -131,6 +137,34 @@ class _Servable:
         return vit_images.tf_error_message(error)
 
 
+_count_pixels = None
+
+
+def _declared_pixels(values):
+    """The pixel count each encoded image's header declares (NumPy int64;
+    -1 for bytes that are not an image of a known format, 0 where the
+    header cannot be read: the model's own checks answer for those)."""
+    global _count_pixels
+    import tensorflow as tf
+
+    from keras_vit import images as vit_images
+
+    if _count_pixels is None:
+        _count_pixels = tf.function(
+            # Bytes too short for a header count as unknown.
+            lambda one: tf.cond(tf.strings.length(one) >= 32, lambda: vit_images.image_pixels(one),
+                                lambda: tf.constant(-1, tf.int64)),
+            input_signature=[tf.TensorSpec([], tf.string)], autograph=False,
+        )
+    counts = []
+    for value in values:  # one at a time: a damaged header must not hide the others' counts
+        try:
+            counts.append(int(_count_pixels(tf.constant(value, tf.string))))
+        except tf.errors.InvalidArgumentError:
+            counts.append(0)
+    return np.array(counts, np.int64)
+
+
 # The longest wait before a version that failed to load is tried again.
 _MAX_RETRY_SECONDS = 60.0
 
@@ -181,19 +215,23 @@ class Server:
             trickles its headers a byte at a time, is disconnected).
         max_connections: open connections beyond this are answered 503
             (with `Retry-After`) and closed at once.
+        max_request_pixels: a request whose images' headers declare more
+            pixels in all gets HTTP 413, before anything is decoded.
     """
 
     def __init__(self, base_dir, model_name=None, host="127.0.0.1", port=DEFAULT_PORT,
                  poll_seconds=1.0, max_body_bytes=DEFAULT_MAX_BODY_BYTES,
                  max_images=DEFAULT_MAX_IMAGES, max_pending=32, read_timeout=30.0,
-                 request_timeout=60.0, idle_timeout=30.0, header_timeout=10.0, max_connections=256):
+                 request_timeout=60.0, idle_timeout=30.0, header_timeout=10.0, max_connections=256,
+                 max_request_pixels=DEFAULT_MAX_REQUEST_PIXELS):
         self.base_dir = pathlib.Path(base_dir)
         if not self.base_dir.is_dir():
             raise FileNotFoundError(f"Model base directory not found: {self.base_dir}")
         self.model_name = model_name or self.base_dir.resolve().name
         for name, value, low in (("port", port, 0), ("max_body_bytes", max_body_bytes, 1),
                                  ("max_images", max_images, 1), ("max_pending", max_pending, 1),
-                                 ("max_connections", max_connections, 1)):
+                                 ("max_connections", max_connections, 1),
+                                 ("max_request_pixels", max_request_pixels, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, received {name}={value!r}.")
         if port > 65535:
@@ -209,6 +247,7 @@ class Server:
         self.max_pending, self.read_timeout = max_pending, float(read_timeout)
         self.request_timeout, self.idle_timeout = float(request_timeout), float(idle_timeout)
         self.header_timeout, self.max_connections = float(header_timeout), max_connections
+        self.max_request_pixels = max_request_pixels
         self._servable = None
         self._failed = {}  # version -> load error, not retried
         self._load_lock = threading.Lock()
@@ -337,8 +376,7 @@ class Server:
         loop = asyncio.get_running_loop()
         # Parsed, decoded and counted in a thread: a large legal body must
         # not stall the event loop (and every other connection) meanwhile.
-        signature_name, tensors, columnar = await loop.run_in_executor(
-            None, protocol.parse_request, servable, body, self.max_images)
+        signature_name, tensors, columnar = await loop.run_in_executor(None, self._parse, servable, body)
         if self._pending >= self.max_pending:
             raise protocol.RequestError(503, f"Server busy: {self._pending} requests pending; retry later")
         self._pending += 1
@@ -386,6 +424,23 @@ class Server:
             columns = {k: protocol.to_json(outputs[k]) for k in names}
             predictions = [{k: columns[k][i] for k in names} for i in range(batch)]
         return self._json({"predictions": predictions})
+
+    def _parse(self, servable, body):
+        """The request's (signature name, tensors, columnar), after its
+        images' declared pixels are counted against `max_request_pixels`."""
+        signature_name, tensors, columnar = protocol.parse_request(servable, body, self.max_images)
+        for name, values in tensors.items():
+            if values.dtype != object:
+                continue
+            declared = _declared_pixels(values)
+            total = int(declared[declared > 0].sum())
+            if total > self.max_request_pixels:
+                images = f"The image of input '{name}' declares" if len(values) == 1 else \
+                    f"The {len(values)} images of input '{name}' declare"
+                raise protocol.RequestError(
+                    413, f"{images} {total:,} pixels in all; the limit is {self.max_request_pixels:,} per request "
+                         f"(max_request_pixels)")
+        return signature_name, tensors, columnar
 
     @staticmethod
     def _json(payload, status=200):
