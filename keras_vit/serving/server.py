@@ -547,7 +547,8 @@ class Server:
         if handler not in self._awaiting_headers:
             return
         self._awaiting_headers.discard(handler)
-        if handler not in self._runner.server.connections:  # gone already
+        aiohttp_server = self._runner.server if self._runner is not None else None
+        if aiohttp_server is None or handler not in aiohttp_server.connections:  # gone, or the server stopped
             return
         access_logger.info("%s closed: no request headers within %g s (header_timeout)",
                            (handler.transport.get_extra_info("peername") if handler.transport else None),
@@ -567,6 +568,9 @@ class Server:
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="keras-vit-model")
         self._started.clear()
         self._start_error = None
+        # A stopped loop may have left these behind.
+        self._accepting = 0
+        self._awaiting_headers.clear()
 
         def run():
             self._loop = asyncio.new_event_loop()
