@@ -150,12 +150,8 @@ def _declared_pixels(values):
     from keras_vit import images as vit_images
 
     if _count_pixels is None:
-        _count_pixels = tf.function(
-            # Bytes too short for a header count as unknown.
-            lambda one: tf.cond(tf.strings.length(one) >= 32, lambda: vit_images.image_pixels(one),
-                                lambda: tf.constant(-1, tf.int64)),
-            input_signature=[tf.TensorSpec([], tf.string)], autograph=False,
-        )
+        _count_pixels = tf.function(vit_images.image_pixels, input_signature=[tf.TensorSpec([], tf.string)],
+                                    autograph=False)
     counts = []
     for value in values:  # one at a time: a damaged header must not hide the others' counts
         try:
