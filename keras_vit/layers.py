@@ -36,6 +36,20 @@ def _quantize_sublayers(layer, modes):
             sub.quantize(mode)
 
 
+def _norm_policy(policy):
+    """The policy of a block's LayerNorms under the block's `policy`.
+
+    LayerNorms compute in float32 whatever their policy (Keras' and
+    `LayerNorm`'s fast kernels alike), so under a pure 16-bit policy
+    (`"bfloat16"`, which `keras_vit.with_precision` gives a block's matrix
+    products) they keep float32 scales and offsets: the mixed policy of
+    the same compute dtype. Any other policy is the block's own.
+    """
+    if policy.quantization_mode is None and policy.variable_dtype in ("bfloat16", "float16"):
+        return keras.dtype_policies.DTypePolicy(f"mixed_{policy.compute_dtype}")
+    return policy
+
+
 @keras.saving.register_keras_serializable(package="keras_vit")
 class Patches(keras.layers.Layer):
     """Cuts images into non-overlapping square patches and flattens each one.
@@ -413,7 +427,8 @@ class TransformerBlock(keras.layers.Layer):
 
         policy = self.dtype_policy
         self.fast_kernels = backend.use_fast_kernels()
-        self.norm1 = LayerNorm(epsilon=self.layer_norm_epsilon, dtype=policy, name="norm1")
+        norm_policy = _norm_policy(policy)
+        self.norm1 = LayerNorm(epsilon=self.layer_norm_epsilon, dtype=norm_policy, name="norm1")
         # The original initialises attention and MLP kernels with Xavier
         # uniform and MLP biases with N(0, 1e-6).
         self.attn = keras.layers.MultiHeadAttention(
@@ -432,7 +447,7 @@ class TransformerBlock(keras.layers.Layer):
         self.attn_dropout = keras.layers.Dropout(
             dropout_rate, dtype=policy, name="attn_output_dropout"
         )
-        self.norm2 = LayerNorm(epsilon=self.layer_norm_epsilon, dtype=policy, name="norm2")
+        self.norm2 = LayerNorm(epsilon=self.layer_norm_epsilon, dtype=norm_policy, name="norm2")
         mlp_bias_init = keras.initializers.RandomNormal(stddev=1e-6)
         # The GELU is the block's (`_gelu`), so that training can take the
         # fused kernel; Keras' "gelu" is the exact (erf) GELU, as in timm.

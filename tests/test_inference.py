@@ -139,10 +139,17 @@ def test_with_precision_copies_and_never_changes_the_model(rng, monkeypatch):
     int8 = inference.with_precision(model, "int8")
     assert all(layer.quantization_mode == "int8" for layer in int8._flatten_layers()
                if isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense)))
-    # A bfloat16 model comes back to float32 on request.
-    back = inference.with_precision(inference.with_precision(model, "bfloat16"), "float32")
+    # A bfloat16 model comes back to float32 on request: with float32
+    # variables holding its rounded values (as a PyTorch model would after
+    # .bfloat16().float()).
+    bfloat16 = inference.with_precision(model, "bfloat16")
+    back = inference.with_precision(bfloat16, "float32")
     assert inference.precision_of(back) == "float32"
-    np.testing.assert_allclose(back.predict_on_batch(x), expected, atol=1e-6)
+    for restored, rounded in zip(back.weights, bfloat16.weights):
+        assert keras.backend.standardize_dtype(restored.dtype) == "float32"
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(restored),
+                                      keras.ops.convert_to_numpy(keras.ops.cast(rounded, "float32")))
+    np.testing.assert_allclose(back.predict_on_batch(x), expected, atol=0.02)
     for fast_cpu, chosen in ((True, "bfloat16"), (False, "float32")):
         monkeypatch.setattr(inference, "bfloat16_cpu", lambda fast_cpu=fast_cpu: fast_cpu)
         assert inference.auto_precision() == chosen
@@ -152,7 +159,10 @@ def test_with_precision_copies_and_never_changes_the_model(rng, monkeypatch):
 def test_with_precision_in_place_changes_the_model_itself(rng):
     model = randomize(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5))
     x = rng.uniform(-1, 1, (4,) + TINY_SHAPE).astype("float32")
-    expected = {p: inference.with_precision(model, p).predict_on_batch(x) for p in ("bfloat16", "int8")}
+    bfloat16 = inference.with_precision(model, "bfloat16")
+    # int8 after bfloat16 quantizes the bfloat16 values (rounded once more).
+    expected = {"bfloat16": bfloat16.predict_on_batch(x),
+                "int8": inference.with_precision(bfloat16, "int8").predict_on_batch(x)}
     model.predict_on_batch(x)  # a float32 predict function traced before
     weights = len(model.weights)
     assert inference.with_precision(model, "bfloat16", copy=False) is model
@@ -165,6 +175,69 @@ def test_with_precision_in_place_changes_the_model_itself(rng):
     np.testing.assert_allclose(model.predict_on_batch(x), expected["int8"], atol=1e-6)
     with pytest.raises(ValueError, match="copy must be True or False, received 'no'"):
         inference.with_precision(model, "float32", copy="no")
+
+
+def _dtypes(model):
+    return {w.path: keras.backend.standardize_dtype(w.dtype) for w in model.weights}
+
+
+@pytest.mark.parametrize("copy", [True, False])
+def test_bfloat16_precision_stores_its_products_weights_in_bfloat16_with_the_same_outputs(rng, tmp_path, copy):
+    model = randomize(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5))
+    x = rng.uniform(-1, 1, (4,) + TINY_SHAPE).astype("float32")
+    # The reference: Keras' mixed policy, float32 variables cast on each call.
+    mixed = inference.with_dtype_policy(model, "mixed_bfloat16")
+    expected = mixed.predict_on_batch(x)
+    assert set(_dtypes(mixed).values()) == {"float32"}
+    paths = [w.path for w in model.weights]
+    values = [keras.ops.convert_to_numpy(w) for w in model.weights]
+    fast = inference.with_precision(model, "bfloat16", copy=copy)
+    assert (fast is model) is not copy
+    dtypes = _dtypes(fast)
+    # Same variables in the same order: get_weights and .keras files follow it.
+    assert list(dtypes) == paths
+    norms = {path for path in paths if "norm" in path}
+    assert {dtypes[path] for path in norms} == {"float32"} and len(norms) == 2 * 2 * 2 + 2
+    assert {dtypes[path] for path in set(paths) - norms} == {"bfloat16"}
+    for weight, value in zip(fast.weights, values):
+        # Each stored value is the float32 one rounded, as the cast was.
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(weight),
+                                      keras.ops.convert_to_numpy(keras.ops.cast(value, weight.dtype)))
+    float32_bytes = sum(v.nbytes for v in values)
+    assert sum(np.dtype(keras.ops.convert_to_numpy(w).dtype).itemsize * int(np.prod(w.shape))
+               for w in fast.weights) < 0.52 * float32_bytes
+    # Bit for bit the outputs of the mixed policy, by each way of calling.
+    np.testing.assert_array_equal(fast.predict_on_batch(x), expected)
+    np.testing.assert_array_equal(fast.predict(x, verbose=0), expected)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(fast(x)), expected)
+    # A .keras file keeps the dtypes, the values and the outputs.
+    fast.save(tmp_path / "bf16.keras")
+    loaded = keras_vit.load_model(tmp_path / "bf16.keras")
+    assert _dtypes(loaded) == dtypes and inference.precision_of(loaded) == "bfloat16"
+    for saved, restored in zip(fast.weights, loaded.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(saved), keras.ops.convert_to_numpy(restored))
+    np.testing.assert_array_equal(loaded.predict_on_batch(x), expected)
+    # Back to float32 (the values stay rounded) and on to int8.
+    back = inference.with_precision(fast, "float32")
+    assert set(_dtypes(back).values()) == {"float32"}
+    np.testing.assert_allclose(back.predict_on_batch(x), model.predict_on_batch(x) if copy else expected,
+                               atol=0.02)
+    assert inference.precision_of(inference.with_precision(fast, "int8")) == "int8"
+
+
+def test_a_block_under_a_pure_16_bit_policy_keeps_float32_layer_norms(rng):
+    block = keras_vit.layers.TransformerBlock(8, 2, 16, dtype="bfloat16")
+    tokens = rng.normal(size=(2, 5, 8)).astype("float32")
+    out = block(tokens)
+    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+    dtypes = {w.path.split("/", 1)[1]: keras.backend.standardize_dtype(w.dtype) for w in block.weights}
+    assert dtypes.pop("norm1/gamma") == dtypes.pop("norm1/beta") == "float32"
+    assert dtypes.pop("norm2/gamma") == dtypes.pop("norm2/beta") == "float32"
+    assert set(dtypes.values()) == {"bfloat16"} and len(dtypes) == 12
+    assert block.norm1.compute_dtype == "bfloat16"
+    # A float32 or mixed block is unchanged.
+    assert keras_vit.layers.TransformerBlock(8, 2, 16, dtype="mixed_bfloat16").norm1.dtype_policy.name == \
+        "mixed_bfloat16"
 
 
 def test_with_precision_rejects_what_it_cannot_do():
