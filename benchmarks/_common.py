@@ -63,6 +63,12 @@ def set_backend(system, device="cpu"):
     if device == "cpu":
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
         os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    if system.startswith("keras_vit") or system == "matmul_floor":
+        # First, as a user's `import keras_vit`: it turns on TensorFlow's
+        # oneDNN kernels where TensorFlow would leave them off (x86 without
+        # AVX512-VNNI/BF16 or AMX), which must happen before TensorFlow
+        # loads. The matrix-product floor runs the same kernels.
+        import keras_vit  # noqa: F401
 
 
 def match_jax_float32_matmuls(device):

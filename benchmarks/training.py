@@ -53,6 +53,9 @@ CASES = {
     "vit_s16": dict(image=224, patch=16, width=384, depth=12, heads=6, mlp=1536, classes=1000,
                     batches=(16, 32)),
     "tiny": dict(image=32, patch=4, width=192, depth=6, heads=3, mlp=768, classes=10, batches=(128,)),
+    # The Fashion-MNIST recipe's model (keras_vit.runs.config.RECIPES), for
+    # profiles; not run by default.
+    "fashion_mnist": dict(image=28, patch=4, width=64, depth=6, heads=4, mlp=128, classes=10, batches=(128,)),
     # Not run by default (minutes a system on 2 CPU cores): the GPU script's.
     "vit_b16": dict(image=224, patch=16, width=768, depth=12, heads=12, mlp=3072, classes=1000,
                     batches=(8,)),

@@ -15,11 +15,15 @@ try:
 except ImportError:
     pass
 
+# keras_vit before Keras, as a user's `import keras_vit` first: it picks
+# the backend and turns on TensorFlow's oneDNN kernels where TensorFlow
+# leaves them off (`keras_vit._backend.enable_onednn`), so the tests run
+# the kernels users get.
+import keras_vit  # noqa: E402, I001
+
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-
-import keras_vit  # noqa: E402
 
 # The tiny variant from the table: 16 wide, 2 deep, 2 heads, 4x4 patches.
 TINY_VARIANT = "Test/4"

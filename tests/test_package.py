@@ -71,3 +71,35 @@ def test_benchmark_scripts_do_not_shadow_standard_modules():
     names = {path.stem for path in folder.glob("*.py")}
     assert {"inference", "training", "time_to_accuracy"} <= names
     assert not names & set(sys.stdlib_module_names)
+
+
+@pytest.mark.skipif(__import__("platform").machine().lower() not in ("x86_64", "amd64"),
+                    reason="oneDNN is turned on on x86 only")
+@pytest.mark.parametrize("setting, first, expected", [
+    (None, "keras_vit", True),  # keras_vit turns it on, whatever the CPU
+    ("0", "keras_vit", False),  # the user's choice is kept
+    (None, "tensorflow", None),  # too late: TensorFlow's own default for this CPU
+])
+def test_importing_keras_vit_first_turns_on_tensorflows_onednn_kernels(setting, first, expected):
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if setting is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = setting
+    code = (f"import {first}, keras_vit, os; "
+            "print(keras_vit.backend.onednn_enabled(), os.environ.get('TF_ENABLE_ONEDNN_OPTS'))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    enabled, variable = out.stdout.split()
+    assert variable == (setting or ("1" if first == "keras_vit" else "None"))
+    if expected is not None:
+        assert enabled == str(expected)
+    else:
+        # TensorFlow's default: on only with AVX512-VNNI, AVX512-BF16,
+        # AVX-VNNI or AMX (on an AMD Zen 2 this is False: the case the
+        # import order fixes).
+        flags = set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split())
+        features = {"avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16"}
+        default = bool(flags & features)
+        assert enabled == str(default), flags & features

@@ -79,6 +79,25 @@ def set_fast_kernels(enabled):
     _override = enabled
 
 
+def onednn_enabled():
+    """Whether this process's TensorFlow runs its oneDNN kernels (False
+    without TensorFlow).
+
+    `import keras_vit` before TensorFlow turns them on where TensorFlow
+    would leave them off (x86 CPUs without AVX512-VNNI, AVX512-BF16,
+    AVX-VNNI or AMX), unless `TF_ENABLE_ONEDNN_OPTS` is set: see
+    `keras_vit._backend.enable_onednn`.
+
+    Example:
+
+    >>> keras_vit.backend.onednn_enabled() in (True, False)
+    True
+    """
+    from keras_vit._backend import tensorflow_installed
+
+    return tensorflow_installed() and _tensorflow().onednn_enabled()
+
+
 def _tensorflow():
     from keras_vit.backend import tensorflow
 
