@@ -42,13 +42,6 @@ def bfloat16_cpu():
     return False
 
 
-FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
-
-
-def _output_layers(model):
-    return {id(tensor._keras_history.operation) for tensor in model.outputs}
-
-
 def _set_policy(model, policy, only=None):
     """Sets `policy` on every layer of `model` but its output layers (or on
     those of the types `only`), in place; returns `model`.
@@ -58,7 +51,7 @@ def _set_policy(model, policy, only=None):
     variables converted (`_convert_variables`), so that it holds what a
     layer built under the new policy would hold.
     """
-    outputs = _output_layers(model)
+    outputs = {id(tensor._keras_history.operation) for tensor in model.outputs}
     # Setting each layer's policy (a Keras 3 property) instead of editing the
     # nested configs: it reaches the sub-layers that blocks create themselves.
     for layer in model._flatten_layers(include_self=False, recursive=True):
