@@ -182,7 +182,7 @@ def _error(completed):
 
 
 @pytest.mark.slow
-def test_a_preempted_multi_worker_run_resumes_on_every_worker_from_the_chiefs_backup(tmp_path):
+def test_a_preempted_multi_worker_run_resumes_on_every_worker_then_refuses_to_run_again(tmp_path):
     from keras_vit import runs
 
     output, scratch = tmp_path / "run", tmp_path / "scratch"
@@ -224,6 +224,14 @@ def test_a_preempted_multi_worker_run_resumes_on_every_worker_from_the_chiefs_ba
     assert list(resumed_scratch.glob("keras_vit_worker_*")) == []
     assert len(list(scratch.glob("keras_vit_worker_*"))) == 1
 
+    # The run is finished now: it is not trained again without overwrite.
+    # The chief says why; the other worker stops with it instead of waiting
+    # for it.
+    chief, worker = _run_workers(_RESUMABLE_SCRIPT, [[str(output)]] * 2, timeout=180)
+    assert _error(chief).startswith(f"{output} already holds a finished run")
+    assert _error(worker) == (f"the chief worker refused {output} (see its error): fix that, then "
+                              "start every worker again.")
+
 
 @pytest.mark.slow
 def test_a_chief_task_and_a_worker_that_see_different_backups_are_both_refused(tmp_path):
@@ -240,18 +248,6 @@ def test_a_chief_task_and_a_worker_that_see_different_backups_are_both_refused(t
         assert _error(completed).startswith(
             f"the workers found different backups in {own / 'backup'} (chief: epoch 2, worker 0: none): ")
     assert (output / "backup" / "training_metadata.json").is_file()
-
-@pytest.mark.slow
-def test_workers_stop_with_the_chief_when_it_refuses_the_run_directory(tmp_path):
-    output = tmp_path / "run"
-    completed = _run_workers(_RESUMABLE_SCRIPT, [[str(output)]] * 2)
-    assert [_result(c)["epochs"] for c in completed] == [3, 3]
-    # A finished run is not trained again without overwrite: the chief says
-    # why, the other worker stops with it instead of waiting for it.
-    chief, worker = _run_workers(_RESUMABLE_SCRIPT, [[str(output)]] * 2, timeout=180)
-    assert _error(chief).startswith(f"{output} already holds a finished run")
-    assert _error(worker) == (f"the chief worker refused {output} (see its error): fix that, then "
-                              "start every worker again.")
 
 @pytest.mark.slow
 def test_fused_adamw_under_mirrored_strategy_matches_keras_adamw():
