@@ -12,7 +12,7 @@ import numpy as np
 
 from keras_vit import models, variants
 from keras_vit._validation import check_choice
-from keras_vit.inference import with_xla_if_int8
+from keras_vit.inference import collect_garbage_once, with_xla_if_int8
 from keras_vit.weights.formats import CheckpointError, is_number_dtype, read_checkpoint, sniff_format
 from keras_vit.weights.layout import checkpoint_variables, read_keras_h5
 from keras_vit.weights.resample import INTERPOLATIONS, resample_position_embedding
@@ -234,7 +234,8 @@ def load_model(path, safe_mode=True, compile=True):
             "archive); the file is truncated or corrupted."
         )
     try:
-        model = keras.saving.load_model(path, safe_mode=safe_mode, compile=compile)
+        with collect_garbage_once():  # quantized layers drop float kernels as they load
+            model = keras.saving.load_model(path, safe_mode=safe_mode, compile=compile)
     except Exception as error:  # noqa: BLE001 -- Keras raises many kinds here
         message = " ".join(str(error).split())
         raise CheckpointError(f"Cannot load {path}: {message}") from error
