@@ -126,29 +126,6 @@ def _run_workers(script, args_per_worker, env=None, timeout=420, chief_task=Fals
     return outputs
 
 
-@pytest.mark.slow
-def test_two_workers_multi_worker_mirrored_strategy(tmp_path):
-    # Fails without distribute.patch_keras_multi_worker (keras-team/keras#20585).
-    output = tmp_path / "run"
-    script = _TRAIN_SCRIPT.format(output=str(output), strategy="multi_worker")
-    chief, worker = (_result(o) for o in _run_workers(script, [[], []]))
-    assert chief["replicas"] == worker["replicas"] == 2
-    # Synchronous training: identical weights on both workers.
-    assert chief["first"] == worker["first"]
-    assert chief["checksum"] == pytest.approx(worker["checksum"], rel=1e-6)
-    assert chief["loss"] == pytest.approx(worker["loss"], rel=1e-6)
-    assert chief["loss"][-1] < chief["loss"][0]
-    # The final evaluation, test-time flips included, runs on both workers.
-    assert chief["accuracy"] == pytest.approx(worker["accuracy"], abs=1e-6)
-    assert chief["without_tta"] == pytest.approx(worker["without_tta"], abs=1e-6)
-    # Only the chief writes the run's files; the log has its 3 epochs once.
-    assert sorted(p.name for p in output.iterdir()) == [
-        "best.keras", "config.json", "curves.png", "last.keras", "log.csv", "logs", "results.json",
-    ]
-    assert len((output / "log.csv").read_text().strip().splitlines()) == 1 + 3
-
-
-
 # Both workers die right after the backup of epoch DIE_AFTER_EPOCH, as a
 # preempted cluster does; TMPDIR is where worker 1 keeps its scratch copies.
 _RESUMABLE_SCRIPT = """
@@ -164,15 +141,19 @@ def on_epoch_end(self, epoch, logs=None):
 callbacks.AtomicBackupAndRestore.on_epoch_end = on_epoch_end
 config = runs.TrainConfig(data="digits", epochs=3, output=sys.argv[1], hidden_dim=32, num_heads=2,
                           mlp_dim=64, num_layers=2, batch_size=64, learning_rate=3e-3,
-                          warmup_epochs=0.5, strategy="multi_worker", verbose=2)
+                          warmup_epochs=0.5, strategy="multi_worker", verbose=2, tta="flip")
 try:
     run = runs.train(config)
 except runs.RunError as error:
     print("ERROR " + str(error))
     sys.exit(2)
 weights = run.model.get_weights()
-print("RESULT " + json.dumps(dict(epochs=len(run.history["loss"]), resumed=run.results["resumed"],
-                                  checksum=float(sum(float(abs(w).sum()) for w in weights)))))
+print("RESULT " + json.dumps(dict(
+    epochs=len(run.history["loss"]), resumed=run.results["resumed"], replicas=run.results["num_replicas"],
+    loss=run.history["loss"], accuracy=run.results["test_accuracy"],
+    without_tta=run.results["test_accuracy_without_tta"],
+    checksum=float(sum(float(abs(w).sum()) for w in weights)),
+    first=[float(x) for x in weights[0].ravel()[:8]])))
 """
 
 
@@ -183,6 +164,9 @@ def _error(completed):
 
 @pytest.mark.slow
 def test_a_preempted_multi_worker_run_resumes_on_every_worker_then_refuses_to_run_again(tmp_path):
+    # Two workers under MultiWorkerMirroredStrategy, stopped after epoch 2
+    # and started again. Fails without distribute.patch_keras_multi_worker
+    # (keras-team/keras#20585).
     from keras_vit import runs
 
     output, scratch = tmp_path / "run", tmp_path / "scratch"
@@ -208,17 +192,28 @@ def test_a_preempted_multi_worker_run_resumes_on_every_worker_then_refuses_to_ru
     assert len(runs.read_log(output / "log.csv")) == 2
 
     # Rerun as it was: both workers restore the chief's backup and train the
-    # last epoch only, in step (the same weights at the end).
+    # last epoch only, in step: synchronous training, identical weights.
     resumed_scratch = tmp_path / "scratch2"
     resumed_scratch.mkdir()
     chief, worker = (_result(c) for c in _run_workers(_RESUMABLE_SCRIPT, [[str(output)]] * 2,
                                                      env={"TMPDIR": str(resumed_scratch)}))
     assert chief["resumed"] and worker["resumed"]
+    assert chief["replicas"] == worker["replicas"] == 2
     assert chief["epochs"] == worker["epochs"] == 1
+    assert chief["first"] == worker["first"]
     assert chief["checksum"] == pytest.approx(worker["checksum"], rel=1e-6)
-    assert [int(row["epoch"]) for row in runs.read_log(output / "log.csv")] == [0, 1, 2]
+    assert chief["loss"] == pytest.approx(worker["loss"], rel=1e-6)
+    # The final evaluation, test-time flips included, runs on both workers.
+    assert chief["accuracy"] == pytest.approx(worker["accuracy"], abs=1e-6)
+    assert chief["without_tta"] == pytest.approx(worker["without_tta"], abs=1e-6)
+    log = runs.read_log(output / "log.csv")
+    assert [int(row["epoch"]) for row in log] == [0, 1, 2]  # each epoch once
+    assert float(log[-1]["loss"]) < float(log[0]["loss"])
     assert json.loads((output / "results.json").read_text())["resumed"] is True
-    assert not (output / "backup").exists()
+    # Only the chief writes the run's files; the backup is gone.
+    assert sorted(p.name for p in output.iterdir()) == [
+        "best.keras", "config.json", "curves.png", "last.keras", "log.csv", "logs", "results.json",
+    ]
     # Worker 1's scratch copies (checkpoints, backup) are removed when it
     # ends; only a killed process leaves its own behind.
     assert list(resumed_scratch.glob("keras_vit_worker_*")) == []
