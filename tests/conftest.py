@@ -2,6 +2,7 @@
 one layer-test helper used for every layer (config round trip, `.keras`
 saving, mixed precision)."""
 
+import gc
 import inspect
 import os
 
@@ -36,7 +37,16 @@ def _reset_keras():
     keras.config.set_dtype_policy("float32")
     yield
     keras.config.set_dtype_policy("float32")
+    # Without Keras' full garbage collection after every test (0.3-1 s each
+    # in a worker that holds TensorFlow, PyTorch and timm: a third of the
+    # suite's time); _collect_per_file runs one per test file instead.
     keras.backend.clear_session(free_memory=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _collect_per_file():
+    yield
+    gc.collect()
 
 
 @pytest.fixture
