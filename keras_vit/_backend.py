@@ -90,6 +90,13 @@ def _configured_backend():
 def tensorflow_installed():
     """Whether TensorFlow can be imported (its data pipelines, SavedModel
     export and distribution strategies need it, whatever the backend)."""
+    import sys
+
+    if "tensorflow" in sys.modules:
+        # Also keeps AutoGraph out of importlib when a function that checks
+        # runs in a tf.data map or a tf.function: it cannot convert
+        # `find_spec` and said so in a warning on every `keras-vit train`.
+        return True
     try:
         return importlib.util.find_spec("tensorflow") is not None
     except (ImportError, ValueError):  # an import hook refusing it; a broken entry in sys.modules

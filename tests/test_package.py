@@ -44,6 +44,7 @@ def test_missing_tensorflow_fails_in_one_line_naming_the_extras(monkeypatch):
         "find_spec",
         lambda name, *a: None if name == "tensorflow" else real_find_spec(name, *a),
     )
+    monkeypatch.delitem(sys.modules, "tensorflow")  # as if never imported (monkeypatch puts it back)
     monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
     with pytest.raises(ImportError) as error:
         _backend.select_backend()
@@ -55,6 +56,20 @@ def test_missing_tensorflow_fails_in_one_line_naming_the_extras(monkeypatch):
     with pytest.raises(ImportError, match=r"^keras_vit.export needs TensorFlow, which is not installed: pip "
                                           r"install 'keras-vision-transformer\[cpu\]'"):
         _backend.require_tensorflow("keras_vit.export")
+
+
+def test_tensorflow_check_leaves_importlib_alone_once_tensorflow_is_imported(monkeypatch):
+    # The check runs inside tf.data maps (images.to_pixels): AutoGraph
+    # cannot convert importlib's find_spec and warned on every
+    # `keras-vit train` (test_faults checks a real run's output).
+    assert "tensorflow" in sys.modules
+
+    def refuse(name, package=None):
+        raise AssertionError(f"find_spec({name!r}) called")
+
+    monkeypatch.setattr(_backend.importlib.util, "find_spec", refuse)
+    assert _backend.tensorflow_installed() is True
+    _backend.require_tensorflow("this test")
 
 
 def test_keras_runs_on_tensorflow():
