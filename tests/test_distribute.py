@@ -38,27 +38,43 @@ def test_is_chief(monkeypatch):
     assert distribute.is_chief()
 
 
-def _run(script, env=None, timeout=300):
-    return subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, timeout=timeout,
+def _run(script, args=(), env=None, timeout=300):
+    return subprocess.run([PYTHON, "-c", script, *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
 
 
+# A digits run into argv[1] under {strategy}, printing RESULT (or ERROR with
+# exit code 2). With DIE_AFTER_EPOCH, the process dies right after the
+# backup of that epoch, as a preempted cluster does; TMPDIR is where worker 1
+# of a multi-worker run keeps its scratch copies.
 _TRAIN_SCRIPT = """
-import json, sys
+import json, os, sys
 from keras_vit import runs
-config = runs.TrainConfig(data="digits", epochs=3, output=sys.argv[1] if len(sys.argv) > 1 else {output!r},
-                          hidden_dim=32, num_heads=2, mlp_dim=64, num_layers=2, batch_size=64,
-                          learning_rate=3e-3, warmup_epochs=0.5, strategy={strategy!r}, verbose=2,
-                          tta="flip")
-run = runs.train(config)
+from keras_vit.runs import callbacks
+die = int(os.environ.get("DIE_AFTER_EPOCH", "0"))
+save = callbacks.AtomicBackupAndRestore.on_epoch_end
+def on_epoch_end(self, epoch, logs=None):
+    save(self, epoch, logs)
+    if epoch + 1 == die:
+        os._exit(3)
+callbacks.AtomicBackupAndRestore.on_epoch_end = on_epoch_end
+config = runs.TrainConfig(data="digits", epochs=3, output=sys.argv[1], hidden_dim=32, num_heads=2,
+                          mlp_dim=64, num_layers=2, batch_size=64, learning_rate=3e-3,
+                          warmup_epochs=0.5, strategy={strategy!r}, verbose=2, tta="flip")
+try:
+    run = runs.train(config)
+except runs.RunError as error:
+    print("ERROR " + str(error))
+    sys.exit(2)
 weights = run.model.get_weights()
 print("RESULT " + json.dumps(dict(
-    replicas=run.results["num_replicas"], loss=run.history["loss"],
-    accuracy=run.results["test_accuracy"],
+    epochs=len(run.history["loss"]), resumed=run.results["resumed"], replicas=run.results["num_replicas"],
+    loss=run.history["loss"], accuracy=run.results["test_accuracy"],
     without_tta=run.results["test_accuracy_without_tta"],
     checksum=float(sum(float(abs(w).sum()) for w in weights)),
     first=[float(x) for x in weights[0].ravel()[:8]])))
 """
+_RESUMABLE_SCRIPT = _TRAIN_SCRIPT.format(strategy="multi_worker")
 
 
 def _result(completed):
@@ -74,8 +90,8 @@ def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
         import tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    """) + _TRAIN_SCRIPT.format(output=str(tmp_path / "run"), strategy="mirrored")
-    result = _result(_run(script))
+    """) + _TRAIN_SCRIPT.format(strategy="mirrored")
+    result = _result(_run(script, [str(tmp_path / "run")]))
     assert result["replicas"] == 2
     assert result["loss"][-1] < result["loss"][0]
     assert result["without_tta"] > 0.2  # twice chance after 3 short epochs
@@ -126,35 +142,6 @@ def _run_workers(script, args_per_worker, env=None, timeout=420, chief_task=Fals
     return outputs
 
 
-# Both workers die right after the backup of epoch DIE_AFTER_EPOCH, as a
-# preempted cluster does; TMPDIR is where worker 1 keeps its scratch copies.
-_RESUMABLE_SCRIPT = """
-import json, os, sys
-from keras_vit import runs
-from keras_vit.runs import callbacks
-die = int(os.environ.get("DIE_AFTER_EPOCH", "0"))
-save = callbacks.AtomicBackupAndRestore.on_epoch_end
-def on_epoch_end(self, epoch, logs=None):
-    save(self, epoch, logs)
-    if epoch + 1 == die:
-        os._exit(3)
-callbacks.AtomicBackupAndRestore.on_epoch_end = on_epoch_end
-config = runs.TrainConfig(data="digits", epochs=3, output=sys.argv[1], hidden_dim=32, num_heads=2,
-                          mlp_dim=64, num_layers=2, batch_size=64, learning_rate=3e-3,
-                          warmup_epochs=0.5, strategy="multi_worker", verbose=2, tta="flip")
-try:
-    run = runs.train(config)
-except runs.RunError as error:
-    print("ERROR " + str(error))
-    sys.exit(2)
-weights = run.model.get_weights()
-print("RESULT " + json.dumps(dict(
-    epochs=len(run.history["loss"]), resumed=run.results["resumed"], replicas=run.results["num_replicas"],
-    loss=run.history["loss"], accuracy=run.results["test_accuracy"],
-    without_tta=run.results["test_accuracy_without_tta"],
-    checksum=float(sum(float(abs(w).sum()) for w in weights)),
-    first=[float(x) for x in weights[0].ravel()[:8]])))
-"""
 
 
 def _error(completed):
