@@ -24,7 +24,8 @@ _COLLECT_LOCK = threading.RLock()
 @contextlib.contextmanager
 def collect_garbage_once():
     """Within this context, Keras' per-variable garbage collections are
-    skipped; one collection runs when it ends.
+    skipped; one collection runs when it ends, if any was skipped (loading
+    a float model asks for none, and gets none).
 
     Keras' `Layer.__delattr__` runs a full `gc.collect()` for every variable
     it removes, and `quantize("int8")` removes the float kernel of every
@@ -39,16 +40,23 @@ def collect_garbage_once():
     """
     with _COLLECT_LOCK:
         collect = gc.collect
+        outermost = collect is not _no_collection
+        if outermost:
+            _skipped[0] = 0
         gc.collect = _no_collection
         try:
             yield
         finally:
             gc.collect = collect
-            if collect is not _no_collection:  # the outermost context
+            if outermost and _skipped[0]:
                 collect()
 
 
+_skipped = [0]  # collections asked for within the outermost context
+
+
 def _no_collection(generation=2):
+    _skipped[0] += 1
     return 0
 
 

@@ -310,8 +310,11 @@ def test_quantizing_and_loading_int8_collect_garbage_once(tmp_path, monkeypatch)
     import warnings
 
     model = keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5)
+    model.save(tmp_path / "float32.keras")
     calls = []
     monkeypatch.setattr(gc, "collect", lambda generation=2: calls.append(generation) or 0)
+    keras_vit.load_model(tmp_path / "float32.keras")
+    assert calls == []  # nothing dropped, nothing collected
     int8 = inference.with_precision(model, "int8")
     assert len(calls) == 1
     int8.save(tmp_path / "int8.keras")
