@@ -621,3 +621,49 @@ def test_saving_builds_no_reference_layers_once_keras_cache_is_primed(trained_ru
         assert len(names) > 50
         for name in names:
             np.testing.assert_array_equal(a[name][()], b[name][()])
+
+
+def _datasets(path_or_file):
+    found = {}
+    with h5py.File(path_or_file, "r") as f:
+        f.visititems(lambda name, item: found.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None)
+    return found
+
+
+def test_backup_copies_the_weights_of_the_epochs_checkpoint(trained_run, tmp_path, monkeypatch):
+    """The backup of an epoch whose `last.keras` was just written is the
+    `model.weights.h5` inside it, not a second serialisation; it holds
+    what `save_weights` writes, value by value (layers and optimizer); an
+    epoch without a checkpoint of its own is written by `save_weights`."""
+    model = keras.saving.load_model(trained_run / "last.keras")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (32,) + tuple(model.input_shape[1:])).astype("float32")
+    y = np.eye(10, dtype="float32")[np.arange(32) % 10]  # the recipe trains on one-hot labels
+    written = []
+    save_weights = keras.Model.save_weights
+    monkeypatch.setattr(keras.Model, "save_weights",
+                        lambda self, path, **kw: written.append(str(path)) or save_weights(self, path, **kw))
+    last = run_callbacks.CheckpointIfFinite(str(tmp_path / "last.keras"))
+    backup = run_callbacks.AtomicBackupAndRestore(str(tmp_path / "copied"), weights_from=last)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[last, backup])
+    assert written == [] and last.saved == (0, tmp_path / "last.keras")
+    copied = tmp_path / "copied" / runs.read_backup(tmp_path / "copied")["weights"]
+    model.save_weights(tmp_path / "reference.weights.h5")
+    expected = _datasets(tmp_path / "reference.weights.h5")
+    assert any(name.startswith("optimizer/") for name in expected) and len(expected) > 50
+    got = _datasets(copied)
+    assert sorted(got) == sorted(expected)
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+    # The next epoch, without the checkpoint callback: `last.keras` is of
+    # epoch 0, so the backup of epoch 1 must not copy it.
+    written.clear()
+    backup = run_callbacks.AtomicBackupAndRestore(str(tmp_path / "written"), weights_from=last)
+    model.fit(x, y, batch_size=16, initial_epoch=1, epochs=2, verbose=0, callbacks=[backup])
+    metadata = runs.read_backup(tmp_path / "written")
+    assert metadata["epoch"] == 2 and len(written) == 1
+    got = _datasets(tmp_path / "written" / metadata["weights"])
+    model.save_weights(tmp_path / "reference.weights.h5")
+    for name, value in _datasets(tmp_path / "reference.weights.h5").items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+    assert any(not np.array_equal(got[name], expected[name]) for name in expected)  # it trained

@@ -258,10 +258,11 @@ def _callbacks(run, write_dir):
     found = [run_callbacks.StopOnNaN()]
     if run.chief:
         found.append(run_callbacks.CSVLogger(str(run.log_path), append=True))
+    last = run_callbacks.CheckpointIfFinite(str(write_dir / "last.keras"))
     found += [
         run_callbacks.CheckpointIfFinite(str(write_dir / "best.keras"), monitor="val_accuracy", mode="max",
                                          save_best_only=True, initial_value_threshold=best_so_far),
-        run_callbacks.CheckpointIfFinite(str(write_dir / "last.keras")),
+        last,
     ]
     if run.chief:
         if tensorflow_installed():  # Keras' TensorBoard callback writes with tf.summary
@@ -270,7 +271,8 @@ def _callbacks(run, write_dir):
     # Every worker resumes from the chief's backup (the run directory must
     # then be on a file system they share, as for Keras 2's BackupAndRestore).
     found.append(run_callbacks.AtomicBackupAndRestore(
-        str(run.backup_dir if run.chief else write_dir / "backup"), restore_dir=str(run.backup_dir)))
+        str(run.backup_dir if run.chief else write_dir / "backup"), restore_dir=str(run.backup_dir),
+        weights_from=last))
     return found
 
 
