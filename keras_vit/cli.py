@@ -125,6 +125,10 @@ def _parser():
                        help="files of a folder data set that cannot be read as images: fail before "
                             "training, naming them (default), or skip them with a warning")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--checkpoint-every", type=float, default=10.0, metavar="SECONDS",
+                       help="write last.keras and the backup (for resuming) at the end of an epoch once "
+                            "this many seconds have passed since the last write, and after the last epoch "
+                            "(default: 10; 0: every epoch). best.keras is written whenever it improves")
     train.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
                        help="Keras progress: 1 bars, 2 a line per epoch")
 

@@ -60,7 +60,8 @@ def on_epoch_end(self, epoch, logs=None):
 callbacks.AtomicBackupAndRestore.on_epoch_end = on_epoch_end
 config = runs.TrainConfig(data="digits", epochs=3, output=sys.argv[1], hidden_dim=32, num_heads=2,
                           mlp_dim=64, num_layers=2, batch_size=64, learning_rate=3e-3,
-                          warmup_epochs=0.5, strategy={strategy!r}, verbose=2, tta="flip")
+                          warmup_epochs=0.5, strategy={strategy!r}, verbose=2, tta="flip",
+                          checkpoint_every=0)
 try:
     run = runs.train(config)
 except runs.RunError as error:

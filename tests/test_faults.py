@@ -34,8 +34,10 @@ EPOCHS = 10
 
 
 def _train_command(output, epochs=EPOCHS):
+    # --checkpoint-every 0: last.keras and a backup every epoch, so that
+    # what a kill loses is at most one epoch and writes are frequent.
     return [PYTHON, "-m", "keras_vit.cli", "train", "--epochs", str(epochs),
-            "--output", str(output)] + QUICK
+            "--output", str(output), "--checkpoint-every", "0"] + QUICK
 
 
 def _train_here(output, epochs, extra=()):
@@ -251,7 +253,8 @@ def _full_disk_injected(tmp_path):
     keras.Model.save = save
     try:
         config = runs.TrainConfig(output=str(output), epochs=4, hidden_dim=32, num_heads=2,
-                                  mlp_dim=64, num_layers=2, batch_size=64, verbose=0)
+                                  mlp_dim=64, num_layers=2, batch_size=64, verbose=0,
+                                  checkpoint_every=0)
         with pytest.raises(runs.RunError, match=r"No space left on device; the previous .* is kept"):
             runs.train(config)
     finally:

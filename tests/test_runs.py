@@ -319,6 +319,8 @@ def test_cli_offers_exactly_the_librarys_tta_modes():
         (["train", "--image-size", "9"], r"image_size=9 must be divisible by patch_size=8"),
         (["train", "--strategy", "gpus"], r"strategy must be one of"),
         (["train", "--epochs", "0"], r"epochs must be a positive int"),
+        (["train", "--checkpoint-every", "-1"], r"checkpoint_every must be a number of seconds >= 0 \(0: every "
+                                                 r"epoch\), received checkpoint_every=-1.0"),
         (["train", "--translate", "1.5"], r"translate must be in \[0, 1\), received translate=1.5"),
         (["train", "--weights", "nope.npz"], r"weights='nope.npz': no such checkpoint file"),
         (["train", "--variant", "Q/16"], r"Unknown variant 'Q/16'"),
@@ -422,7 +424,9 @@ def test_nan_run_raises_run_error(tmp_path):
 @pytest.mark.slow
 def test_sigkill_mid_training_then_same_command_resumes(tmp_path, monkeypatch, capsys):
     output = tmp_path / "killed"
-    command = [PYTHON, "-m", "keras_vit.cli", "train", "--epochs", "8", "--output", str(output)] + QUICK
+    # --checkpoint-every 0: a backup every epoch, so what a kill loses is known.
+    command = [PYTHON, "-m", "keras_vit.cli", "train", "--epochs", "8", "--output", str(output),
+               "--checkpoint-every", "0"] + QUICK
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     try:
@@ -656,10 +660,13 @@ def test_backup_copies_the_weights_of_the_epochs_checkpoint(trained_run, tmp_pat
     for name in expected:
         np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
     # The next epoch, without the checkpoint callback: `last.keras` is of
-    # epoch 0, so the backup of epoch 1 must not copy it.
+    # epoch 0, so the backup following it writes nothing, not its weights.
+    follower = run_callbacks.AtomicBackupAndRestore(str(tmp_path / "skipped"), weights_from=last)
+    # Without a checkpoint to follow, each epoch is written by save_weights.
+    alone = run_callbacks.AtomicBackupAndRestore(str(tmp_path / "written"))
     written.clear()
-    backup = run_callbacks.AtomicBackupAndRestore(str(tmp_path / "written"), weights_from=last)
-    model.fit(x, y, batch_size=16, initial_epoch=1, epochs=2, verbose=0, callbacks=[backup])
+    model.fit(x, y, batch_size=16, initial_epoch=1, epochs=2, verbose=0, callbacks=[follower, alone])
+    assert runs.read_backup(tmp_path / "skipped") is None
     metadata = runs.read_backup(tmp_path / "written")
     assert metadata["epoch"] == 2 and len(written) == 1
     got = _datasets(tmp_path / "written" / metadata["weights"])
@@ -667,3 +674,29 @@ def test_backup_copies_the_weights_of_the_epochs_checkpoint(trained_run, tmp_pat
     for name, value in _datasets(tmp_path / "reference.weights.h5").items():
         np.testing.assert_array_equal(got[name], value, err_msg=name)
     assert any(not np.array_equal(got[name], expected[name]) for name in expected)  # it trained
+
+
+def test_last_checkpoint_and_backup_are_written_at_most_every_n_seconds_and_after_the_last_epoch(
+        trained_run, tmp_path, monkeypatch):
+    """`--checkpoint-every` (default 10 s): the main job's epochs take about
+    a second, and each `last.keras` write a fifth of that."""
+    model = keras.saving.load_model(trained_run / "last.keras")
+    clock = [100.0]
+    monkeypatch.setattr(run_callbacks.time, "monotonic", lambda: clock[0])
+    last = run_callbacks.CheckpointIfFinite(str(tmp_path / "last.keras"), every_seconds=10)
+    backup = run_callbacks.AtomicBackupAndRestore(str(tmp_path / "backup"), weights_from=last)
+    written = []
+    for callback in (last, backup):
+        callback.set_model(model)
+        callback.set_params({"epochs": 7, "verbose": 0, "steps": 1})
+    for epoch in range(7):
+        clock[0] += 4.0  # a 4-second epoch
+        last.on_epoch_end(epoch, {"loss": 1.0})
+        backup.on_epoch_end(epoch, {"loss": 1.0})
+        if last.saved and last.saved[0] == epoch:
+            written.append((epoch, runs.read_backup(tmp_path / "backup")["epoch"]))
+    # The first epoch, then once 10 s have passed (epochs 3 and 6: 12 s
+    # each), and the last one (6) in any case; each backup the same epoch.
+    assert written == [(0, 1), (3, 4), (6, 7)]
+    with pytest.raises(ValueError, match="every_seconds=10 cannot be used with save_best_only=True"):
+        run_callbacks.CheckpointIfFinite(str(tmp_path / "best.keras"), save_best_only=True, every_seconds=10)

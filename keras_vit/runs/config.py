@@ -45,7 +45,7 @@ _DEFAULTS = dict(
 )
 DEFAULT_VARIANT = "Ti/16"
 # Settings that do not change the training: a resumed run may change them.
-_NOT_TRAINING = ("verbose", "overwrite", "tta")
+_NOT_TRAINING = ("verbose", "overwrite", "tta", "checkpoint_every")
 
 
 @dataclasses.dataclass
@@ -96,6 +96,9 @@ class TrainConfig:
     seed: int = 0
     verbose: int = 1
     overwrite: bool = False
+    # last.keras and the backup: at most one write per this many seconds
+    # of training, and after the last epoch (0: after every epoch).
+    checkpoint_every: float = 10.0
 
     def resolved(self):
         """A copy with the recipe's defaults filled in and checked."""
@@ -129,6 +132,12 @@ class TrainConfig:
                 raise ValueError(f"{key} must be a positive int, received {key}={getattr(self, key)!r}.")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, received learning_rate={self.learning_rate}.")
+        every = self.checkpoint_every
+        if isinstance(every, bool) or not isinstance(every, (int, float)) or not 0 <= every < float("inf"):
+            raise ValueError(
+                f"checkpoint_every must be a number of seconds >= 0 (0: every epoch), received "
+                f"checkpoint_every={every!r}."
+            )
         _check_start_weights(self)
         inference.check_tta(self.tta)
         if self.strategy not in distribute.STRATEGIES:

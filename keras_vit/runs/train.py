@@ -247,7 +247,7 @@ def _compiled_model(config, info, strategy):
     return model
 
 
-def _callbacks(run, write_dir):
+def _callbacks(run, write_dir, checkpoint_every=0.0):
     """The run's callbacks; non-chief workers write their checkpoints and
     backup under `write_dir`, a scratch folder."""
     # On resume, the best model so far must be beaten before it is replaced.
@@ -258,7 +258,7 @@ def _callbacks(run, write_dir):
     found = [run_callbacks.StopOnNaN()]
     if run.chief:
         found.append(run_callbacks.CSVLogger(str(run.log_path), append=True))
-    last = run_callbacks.CheckpointIfFinite(str(write_dir / "last.keras"))
+    last = run_callbacks.CheckpointIfFinite(str(write_dir / "last.keras"), every_seconds=checkpoint_every)
     found += [
         run_callbacks.CheckpointIfFinite(str(write_dir / "best.keras"), monitor="val_accuracy", mode="max",
                                          save_best_only=True, initial_value_threshold=best_so_far),
@@ -282,7 +282,7 @@ def _fit(model, run, config, ds_train, ds_val):
     # Non-chief workers write their copies to a scratch folder, as Keras'
     # multi-worker guide does; only the chief's files are the run's.
     write_dir = run.output if run.chief else pathlib.Path(tempfile.mkdtemp(prefix="keras_vit_worker_"))
-    callbacks = _callbacks(run, write_dir)
+    callbacks = _callbacks(run, write_dir, config.checkpoint_every)
     try:
         # shuffle=False: the pipeline (tf.data or ArrayBatches) shuffles itself.
         history = model.fit(ds_train, validation_data=ds_val, epochs=config.epochs,
