@@ -3,6 +3,7 @@ naming what to install."""
 
 import importlib.util
 import os
+import sys
 
 # Keras backend name -> (the module it needs, how to install it).
 FRAMEWORKS = {
@@ -64,7 +65,6 @@ def enable_onednn():
     set, `0` included, is kept.
     """
     import platform
-    import sys
 
     if ("tensorflow" in sys.modules or "TF_ENABLE_ONEDNN_OPTS" in os.environ
             or platform.machine().lower() not in ("x86_64", "amd64")):
@@ -90,8 +90,6 @@ def _configured_backend():
 def tensorflow_installed():
     """Whether TensorFlow can be imported (its data pipelines, SavedModel
     export and distribution strategies need it, whatever the backend)."""
-    import sys
-
     if "tensorflow" in sys.modules:
         # Also keeps AutoGraph out of importlib when a function that checks
         # runs in a tf.data map or a tf.function: it cannot convert

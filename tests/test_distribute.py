@@ -143,8 +143,6 @@ def _run_workers(script, args_per_worker, env=None, timeout=420, chief_task=Fals
     return outputs
 
 
-
-
 def _error(completed):
     assert completed.returncode == 2, completed.stderr[-3000:]
     return next(l for l in completed.stdout.splitlines() if l.startswith("ERROR "))[len("ERROR "):]

@@ -453,9 +453,7 @@ def test_sigkill_mid_training_then_same_command_resumes(tmp_path, monkeypatch, c
     # runs it) so that the weights and optimizer state the resumed run
     # starts from can be compared with the backup file (issue 30).
     backup_file = output / "backup" / runs.read_backup(output / "backup")["weights"]
-    with h5py.File(backup_file, "r") as f:
-        stored = {}
-        f.visititems(lambda key, obj: stored.__setitem__(key, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    stored = _datasets(backup_file)
     restored = {}
     load = run_callbacks.AtomicBackupAndRestore._load_model
 
@@ -637,8 +635,9 @@ def _datasets(path_or_file):
 def test_backup_copies_the_weights_of_the_epochs_checkpoint(trained_run, tmp_path, monkeypatch):
     """The backup of an epoch whose `last.keras` was just written is the
     `model.weights.h5` inside it, not a second serialisation; it holds
-    what `save_weights` writes, value by value (layers and optimizer); an
-    epoch without a checkpoint of its own is written by `save_weights`."""
+    what `save_weights` writes, value by value (layers and optimizer). A
+    backup following a checkpoint skips the epochs the checkpoint skipped;
+    one following none writes every epoch with `save_weights`."""
     model = keras.saving.load_model(trained_run / "last.keras")
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (32,) + tuple(model.input_shape[1:])).astype("float32")

@@ -247,7 +247,7 @@ def _compiled_model(config, info, strategy):
     return model
 
 
-def _callbacks(run, write_dir, checkpoint_every=0.0):
+def _callbacks(run, write_dir, checkpoint_every):
     """The run's callbacks; non-chief workers write their checkpoints and
     backup under `write_dir`, a scratch folder."""
     # On resume, the best model so far must be beaten before it is replaced.
