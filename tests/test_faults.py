@@ -48,11 +48,13 @@ def _train_here(output, epochs, extra=()):
 
 
 def _rows(output):
-    path = output / "log.csv"
-    if not path.is_file():
+    # A fresh run (one killed before its first backup, started again) deletes
+    # the old log.csv: it may go between a check and the open.
+    try:
+        with open(output / "log.csv", newline="") as f:
+            return list(csv.reader(f))[1:]
+    except FileNotFoundError:
         return []
-    with open(path, newline="") as f:
-        return list(csv.reader(f))[1:]
 
 
 def _temp_files(*directories):

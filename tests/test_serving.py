@@ -12,6 +12,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -434,9 +435,14 @@ def test_deadline_resource_exhaustion_and_idle_connections(tmp_path, monkeypatch
         url = f"{server.url}/v1/models/vit:predict"
         run = type(server._servable).run
 
+        finished = threading.Event()
+
         def slow(self, *args):
-            time.sleep(1.5)
-            return run(self, *args)
+            try:
+                time.sleep(1.5)
+                return run(self, *args)
+            finally:
+                finished.set()
 
         monkeypatch.setattr(type(server._servable), "run", slow)
         response = requests.post(url, data=body, timeout=60)
@@ -447,7 +453,9 @@ def test_deadline_resource_exhaustion_and_idle_connections(tmp_path, monkeypatch
             raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[64,197,3072]")
 
         monkeypatch.setattr(type(server._servable), "run", exhausted)
-        time.sleep(1.5)  # the slow call above has finished
+        # The slow call above has finished (a fixed sleep was not enough on a
+        # loaded 2-core CI machine: the next request queued behind it).
+        assert finished.wait(timeout=60)
         response = requests.post(url, data=body, timeout=60)
         assert response.status_code == 429
         assert response.json()["error"].startswith("Resource exhausted: OOM when allocating tensor")
