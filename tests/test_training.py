@@ -247,6 +247,42 @@ def test_fused_adamw_matches_keras_adamw(monkeypatch, policy, amsgrad, jit_compi
     assert max(np.abs(a - b).max() for a, b in zip(moved, expected[1])) > 1e-3
 
 
+@pytest.mark.parametrize("as_dataset", [False, True])
+def test_fit_traces_its_train_step_once_with_the_same_losses(monkeypatch, as_dataset):
+    """VisionTransformer builds the optimizer and metrics from the data's
+    shapes before the first trace; Keras' TensorFlow trainer builds them
+    inside it without a strategy, so TensorFlow traces the step twice."""
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    from keras_vit import models
+
+    traced = []
+    for name in ("train_step", "test_step"):
+        original = getattr(tf_trainer.TensorFlowTrainer, name)
+        monkeypatch.setattr(tf_trainer.TensorFlowTrainer, name,
+                            lambda self, data, _original=original, _name=name: traced.append(_name)
+                            or _original(self, data))
+    x = np.random.default_rng(0).uniform(-1, 1, (16,) + TINY_SHAPE).astype("float32")
+    y = np.eye(3)[np.arange(16) % 3]
+
+    def fit():
+        keras.utils.set_random_seed(0)
+        model = training.compile(_tiny(), steps=6, warmup_steps=1)
+        data = dict(x=tf.data.Dataset.from_tensor_slices((x, y)).batch(8)) if as_dataset else dict(
+            x=x, y=y, batch_size=8, shuffle=False)
+        history = model.fit(**data, validation_data=(x[:8], y[:8]), epochs=3, verbose=0)
+        assert model.optimizer.built
+        return history.history
+
+    ours = fit()
+    assert traced == ["train_step", "test_step"]
+    traced.clear()
+    monkeypatch.setattr(models.VisionTransformer, "_maybe_symbolic_build", keras.Model._maybe_symbolic_build)
+    theirs = fit()
+    assert traced.count("train_step") == 2  # what the override saves
+    assert ours == theirs  # every loss and accuracy, bit for bit
+
+
 def test_fused_adamw_saves_and_resumes_like_keras(tmp_path):
     model = training.compile(_tiny(), steps=20, learning_rate=1e-2, warmup_steps=2)
     assert type(model.optimizer) is training.AdamW
