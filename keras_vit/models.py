@@ -128,8 +128,11 @@ class VisionTransformer(keras.Model):
                 get_dataset = getattr(iterator, "_get_iterator", None)
                 specs = getattr(get_dataset(), "element_spec", None) if get_dataset else None
             if specs is not None and _all_dense_specs(specs):
-                self._symbolic_build(data_batch=specs)
-                return
+                try:
+                    self._symbolic_build(data_batch=specs)
+                    return
+                except Exception:  # e.g. fit without targets: Keras' deferred build, as before
+                    pass
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def get_config(self):
