@@ -699,3 +699,46 @@ def test_last_checkpoint_and_backup_are_written_at_most_every_n_seconds_and_afte
     assert written == [(0, 1), (3, 4), (6, 7)]
     with pytest.raises(ValueError, match="every_seconds=10 cannot be used with save_best_only=True"):
         run_callbacks.CheckpointIfFinite(str(tmp_path / "best.keras"), save_best_only=True, every_seconds=10)
+
+
+def _event_tags(logdir):
+    """{(subfolder, tag): number of values} of the TensorBoard event files
+    under `logdir`, and whether a graph was written."""
+    import tensorflow as tf
+
+    tags, graphs = {}, 0
+    for path in sorted(logdir.rglob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            graphs += bool(event.graph_def)
+            for value in event.summary.value:
+                key = (path.parent.name, value.tag)
+                tags[key] = tags.get(key, 0) + 1
+    return tags, graphs
+
+
+def test_epoch_tensorboard_writes_what_keras_tensorboard_writes_without_its_per_batch_calls(
+        trained_run, tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    x = np.random.default_rng(0).uniform(0, 16, (24, 32, 32, 3)).astype("float32")
+    y = np.eye(10)[np.arange(24) % 10]
+    calls = []
+    scalar = tf.summary.scalar
+    monkeypatch.setattr(tf.summary, "scalar", lambda name, *a, **k: calls.append(name) or scalar(name, *a, **k))
+    written = {}
+    for kind in (keras.callbacks.TensorBoard, run_callbacks.EpochTensorBoard):
+        model = keras.saving.load_model(trained_run / "last.keras")
+        calls.clear()
+        model.fit(x, y, batch_size=8, epochs=2, validation_data=(x[:8], y[:8]), verbose=0,
+                  callbacks=[kind(str(tmp_path / kind.__name__))])
+        written[kind] = _event_tags(tmp_path / kind.__name__), [name for name in calls if name.startswith("batch_")]
+    (keras_tags, keras_graphs), keras_calls = written[keras.callbacks.TensorBoard]
+    (tags, graphs), ours = written[run_callbacks.EpochTensorBoard]
+    # Keras: a call per metric and batch (3 batches x 2 epochs), writing
+    # nothing; here only in the first batch, where Keras writes the graph.
+    assert sorted(keras_calls) == ["batch_accuracy"] * 6 + ["batch_loss"] * 6
+    assert sorted(ours) == ["batch_accuracy", "batch_loss"]
+    # The same summaries: the epoch metrics of training and validation and
+    # the learning rate (and a graph where Keras writes one).
+    assert tags == keras_tags and graphs == keras_graphs
+    assert tags[("train", "epoch_loss")] == tags[("validation", "epoch_accuracy")] == 2

@@ -201,6 +201,28 @@ class StopOnNaN(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class EpochTensorBoard(keras.callbacks.TensorBoard):
+    """Keras' `TensorBoard` callback without the per-batch work it does for
+    nothing when it writes once an epoch (`update_freq="epoch"`, the
+    default).
+
+    Keras 3.15's `on_train_batch_end` calls `tf.summary.scalar` for every
+    metric of every batch even then; with no default writer set, nothing is
+    written, but each call costs 0.4 ms (2 a batch: 1 s of the main job's
+    1,140 steps on an AMD EPYC Zen 1). The epoch summaries, the graph (at
+    the first batch), per-batch summaries (`update_freq` a number) and
+    profiling are Keras' own: the batch hook runs whenever Keras' state
+    says any of them may be due, or is not what this class expects.
+    """
+
+    def on_train_batch_end(self, batch, logs=None):
+        nothing_due = (self.update_freq == "epoch" and not self.write_steps_per_second
+                       and getattr(self, "_should_write_train_graph", True) is False
+                       and getattr(self, "_should_trace", True) is False)
+        if not nothing_due:
+            super().on_train_batch_end(batch, logs)
+
+
 class LearningCurves(keras.callbacks.Callback):
     """Redraws the run's learning curves (`curves.png`) from `log.csv`, so a
     resumed run's plot covers all its epochs: after the first epoch, then

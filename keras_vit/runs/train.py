@@ -266,7 +266,7 @@ def _callbacks(run, write_dir, checkpoint_every):
     ]
     if run.chief:
         if tensorflow_installed():  # Keras' TensorBoard callback writes with tf.summary
-            found.append(keras.callbacks.TensorBoard(str(run.output / "logs")))
+            found.append(run_callbacks.EpochTensorBoard(str(run.output / "logs")))
         found.append(run_callbacks.LearningCurves(run.log_path, run.output / "curves.png"))
     # Every worker resumes from the chief's backup (the run directory must
     # then be on a file system they share, as for Keras 2's BackupAndRestore).
