@@ -703,7 +703,7 @@ def test_last_checkpoint_and_backup_are_written_at_most_every_n_seconds_and_afte
 
 def _event_tags(logdir):
     """{(subfolder, tag): number of values} of the TensorBoard event files
-    under `logdir`, and whether a graph was written."""
+    under `logdir`, and the number of graphs written."""
     import tensorflow as tf
 
     tags, graphs = {}, 0
