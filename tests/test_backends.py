@@ -144,7 +144,7 @@ def test_the_cli_trains_evaluates_predicts_and_explains_on_jax_and_torch(backend
     env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
     strategy = []
     if backend == "jax":
-        env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+        env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2"
         strategy = ["--strategy", "data_parallel"]
     run = tmp_path / "run"
     image = tmp_path / "digit.png"

@@ -316,7 +316,7 @@ def jax_distributed(tmp_path_factory):
     completed = subprocess.run(
         [PYTHON, worker, str(directory)], capture_output=True, text=True, timeout=900,
         env={**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": root,
-             "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+             "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2"})
     line = next((l for l in completed.stdout.splitlines() if l.startswith("RESULT ")), None)
     assert completed.returncode == 0 and line, completed.stderr[-4000:]
     return json.loads(line[len("RESULT "):])
