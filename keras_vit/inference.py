@@ -375,7 +375,7 @@ def with_probabilities(model):
     if activation is not None and getattr(activation, "__name__", "") != "linear":
         return model
     probabilities = keras.layers.Softmax(dtype="float32", name="probabilities")(model.outputs[0])
-    return with_xla_if_int8(keras.Model(model.inputs, probabilities, name=f"{model.name}_probabilities"))
+    return with_xla_if_int8(models.WrapperModel(model.inputs, probabilities, name=f"{model.name}_probabilities"))
 
 
 def with_flip_tta(model):
@@ -393,9 +393,9 @@ def with_flip_tta(model):
             keras_vit classifier.
 
     Returns:
-        A functional `keras.Model` sharing `model`'s weights (training one
-        trains the other); it saves, loads, predicts and evaluates like any
-        Keras model.
+        A functional `keras.Model` (a `keras_vit.models.WrapperModel`)
+        sharing `model`'s weights (training one trains the other); it saves,
+        loads, predicts and evaluates like any Keras model.
 
     Example:
 
@@ -426,4 +426,4 @@ def with_flip_tta(model):
     average = keras.layers.Average(name="flip_average", dtype=output_dtype)(
         [model(images), model(mirrored)]
     )
-    return with_xla_if_int8(keras.Model(images, average, name=f"{model.name}_flip_tta"))
+    return with_xla_if_int8(models.WrapperModel(images, average, name=f"{model.name}_flip_tta"))

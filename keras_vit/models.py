@@ -22,8 +22,109 @@ _POOLINGS = ("token", "avg", None)
 _INFERENCE_FUNCTIONS = weakref.WeakKeyDictionary()
 
 
+class _BuildsBeforeTracing:
+    """Mixed into the keras_vit model classes (`VisionTransformer`,
+    `WrapperModel`) so that their steps are traced once."""
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Builds the optimizer's and the compiled metrics' variables before
+        the first step is traced, from the data's shapes.
+
+        Keras' TensorFlow trainer does this only under a distribution
+        strategy; without one it defers to the first trace of the train (or
+        test) step, whose variable creation then makes `tf.function` trace
+        the whole step a second time (TensorFlow's rule for functions that
+        create variables). That second trace of the train step took 4 s of
+        the tiny test model's 9 s `fit` on an AMD EPYC Zen 1, with losses
+        equal bit for bit either way (tests/test_training.py). The shapes
+        come from the dataset's `element_spec`, so no batch is consumed
+        (Keras' strategy path takes one from the iterator). Anything else,
+        including a strategy (and its multi-worker fix in
+        `keras_vit.distribute`), goes to Keras' own method.
+        """
+        if (keras.backend.backend() == "tensorflow" and getattr(self, "_distribute_strategy", True) is None
+                and hasattr(self, "_symbolic_build")):
+            if self._symbolically_built():
+                # Every later fit/evaluate (each epoch's validation among
+                # them): finding the dataset's spec below only to build
+                # nothing took 25 ms a call on an AMD EPYC Zen 1.
+                return
+            specs = data_batch
+            if specs is None and iterator is not None:
+                get_dataset = getattr(iterator, "_get_iterator", None)
+                specs = getattr(get_dataset(), "element_spec", None) if get_dataset else None
+            if specs is not None and _all_dense_specs(specs):
+                try:
+                    if not self._build_from_outputs(specs):
+                        self._symbolic_build(data_batch=specs)
+                    return
+                except Exception:  # e.g. fit without targets: Keras' deferred build, as before
+                    pass
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def _build_from_outputs(self, specs):
+        """What Keras' `_symbolic_build` builds (compiled metrics and loss,
+        optimizer), for a built functional model with one input and one
+        output, without tracing the model; returns False, building nothing,
+        for any other model.
+
+        Keras finds the prediction's shape by tracing the whole model in a
+        scratch graph (`compute_output_spec(self, x)`), which took 1.9 s of
+        the first `evaluate` of the Fashion-MNIST recipe's model on an AMD
+        EPYC Zen 1, as long as tracing the test step itself. A functional
+        model already knows its output: the prediction is its output tensor
+        with the batch's leading dimension.
+        """
+        inputs, outputs = getattr(self, "inputs", None), getattr(self, "outputs", None)
+        if not inputs or len(inputs) != 1 or not outputs or len(outputs) != 1:
+            return False
+        if not all(layer.built for layer in self._flatten_layers()):
+            return False
+
+        def symbolic(spec):
+            return None if spec is None else keras.KerasTensor(spec.shape, keras.backend.standardize_dtype(spec.dtype))
+
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(keras.tree.map_structure(symbolic, specs))
+        if not isinstance(x, keras.KerasTensor) or len(x.shape) != len(inputs[0].shape):
+            return False
+        # Keras' own tool for it, as `_symbolic_build` uses; not public API
+        # (an ImportError in a later Keras falls back to Keras' deferred build).
+        from keras.src.backend import compute_output_spec
+
+        output = outputs[0]
+        y_pred = keras.KerasTensor((x.shape[0],) + tuple(output.shape[1:]), output.dtype)
+        if self._compile_metrics is not None and not self._compile_metrics.built:
+            compute_output_spec(self.compute_metrics, x, y, y_pred, sample_weight=sample_weight)
+        if self._compile_loss is not None and not self._compile_loss.built:
+            compute_output_spec(self._compute_loss, x, y, y_pred, sample_weight=sample_weight, training=False)
+        if self.optimizer is not None and not self.optimizer.built:
+            self.optimizer.build(self.trainable_variables)
+        self._post_build()
+        return True
+
+    def _symbolically_built(self):
+        """Whether the optimizer, the compiled loss and the compiled metrics
+        all have their variables (what `_symbolic_build` creates)."""
+        parts = (self.optimizer, getattr(self, "_compile_loss", None), getattr(self, "_compile_metrics", None))
+        return self.built and all(part is None or part.built for part in parts)
+
+
 @keras.saving.register_keras_serializable(package="keras_vit")
-class VisionTransformer(keras.Model):
+class WrapperModel(_BuildsBeforeTracing, keras.Model):
+    """The functional `keras.Model` that the wrappers of `keras_vit`
+    (`with_flip_tta`, the softmax of `with_probabilities`) return around a
+    model.
+
+    A plain functional model, as `keras.Model(inputs, outputs)` gives, whose
+    `evaluate` and `fit` trace their step once instead of twice (the
+    compiled metrics' variables are built first, as `VisionTransformer`
+    does): on an AMD EPYC Zen 1 the second trace took 3 s of a 7 s
+    `evaluate` of the Fashion-MNIST recipe's model under test-time flips.
+    """
+
+
+@keras.saving.register_keras_serializable(package="keras_vit")
+class VisionTransformer(_BuildsBeforeTracing, keras.Model):
     """The functional `keras.Model` that the keras_vit builders return.
 
     It is a plain functional model (same layers, config, `.keras` files,
@@ -104,47 +205,6 @@ class VisionTransformer(keras.Model):
                 )
         # A tuple, not a list: Keras would track a list attribute.
         self._class_names = names
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        """Builds the optimizer's and the compiled metrics' variables before
-        the first step is traced, from the data's shapes.
-
-        Keras' TensorFlow trainer does this only under a distribution
-        strategy; without one it defers to the first trace of the train (or
-        test) step, whose variable creation then makes `tf.function` trace
-        the whole step a second time (TensorFlow's rule for functions that
-        create variables). That second trace of the train step took 4 s of
-        the tiny test model's 9 s `fit` on an AMD EPYC Zen 1, with losses
-        equal bit for bit either way (tests/test_training.py). The shapes
-        come from the dataset's `element_spec`, so no batch is consumed
-        (Keras' strategy path takes one from the iterator). Anything else,
-        including a strategy (and its multi-worker fix in
-        `keras_vit.distribute`), goes to Keras' own method.
-        """
-        if (keras.backend.backend() == "tensorflow" and getattr(self, "_distribute_strategy", True) is None
-                and hasattr(self, "_symbolic_build")):
-            if self._symbolically_built():
-                # Every later fit/evaluate (each epoch's validation among
-                # them): finding the dataset's spec below only to build
-                # nothing took 25 ms a call on an AMD EPYC Zen 1.
-                return
-            specs = data_batch
-            if specs is None and iterator is not None:
-                get_dataset = getattr(iterator, "_get_iterator", None)
-                specs = getattr(get_dataset(), "element_spec", None) if get_dataset else None
-            if specs is not None and _all_dense_specs(specs):
-                try:
-                    self._symbolic_build(data_batch=specs)
-                    return
-                except Exception:  # e.g. fit without targets: Keras' deferred build, as before
-                    pass
-        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-
-    def _symbolically_built(self):
-        """Whether the optimizer, the compiled loss and the compiled metrics
-        all have their variables (what `_symbolic_build` creates)."""
-        parts = (self.optimizer, getattr(self, "_compile_loss", None), getattr(self, "_compile_metrics", None))
-        return self.built and all(part is None or part.built for part in parts)
 
     def get_config(self):
         config = super().get_config()

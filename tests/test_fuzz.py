@@ -77,7 +77,7 @@ def test_random_valid_vits_give_finite_outputs_and_round_trip(config, batch, pol
         assert trained.shape == outputs.shape and np.isfinite(trained).all()
     finally:
         keras.config.set_dtype_policy("float32")
-        keras.backend.clear_session()
+        keras.backend.clear_session(free_memory=False)
 
 
 @FUZZ

@@ -68,6 +68,7 @@ def test_with_flip_tta_averages_each_image_and_its_mirror_image(rng, tmp_path):
     # A .keras file holds the wrapper, loaded in safe mode without custom objects.
     tta.save(tmp_path / "tta.keras")
     loaded = keras.saving.load_model(tmp_path / "tta.keras")
+    assert type(loaded) is type(tta) is keras_vit.models.WrapperModel
     np.testing.assert_allclose(loaded.predict(images, verbose=0), new, atol=1e-6)
 
 

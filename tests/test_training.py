@@ -277,17 +277,61 @@ def test_fit_traces_its_train_step_once_with_the_same_losses(monkeypatch, as_dat
     builds = []
     original_build = keras.Model._symbolic_build
     monkeypatch.setattr(keras.Model, "_symbolic_build",
-                        lambda self, **kwargs: builds.append(1) or original_build(self, **kwargs))
+                        lambda self, **kwargs: builds.append("traced") or original_build(self, **kwargs))
+    original_from_outputs = models.VisionTransformer._build_from_outputs
+    monkeypatch.setattr(models.VisionTransformer, "_build_from_outputs",
+                        lambda self, specs: original_from_outputs(self, specs) and builds.append("outputs") is None)
     ours = fit()
     assert traced == ["train_step", "test_step"]
-    # Built once, before the first trace; each epoch's validation and later
-    # calls find everything built and skip it (they took 25 ms each).
-    assert len(builds) == 1
+    # Built once, before the first trace, from the model's output without
+    # tracing it (Keras' _symbolic_build traces it); each epoch's validation
+    # and later calls find everything built and skip it (they took 25 ms each).
+    assert builds == ["outputs"]
+    # A model it cannot read the output from goes to Keras' _symbolic_build
+    # (one trace of the model), before the step's trace all the same.
+    traced.clear()
+    builds.clear()
+    monkeypatch.setattr(models.VisionTransformer, "_build_from_outputs", lambda self, specs: False)
+    traced_build = fit()
+    assert traced == ["train_step", "test_step"] and builds == ["traced"]
     traced.clear()
     monkeypatch.setattr(models.VisionTransformer, "_maybe_symbolic_build", keras.Model._maybe_symbolic_build)
     theirs = fit()
     assert traced.count("train_step") == 2  # what the override saves
-    assert ours == theirs  # every loss and accuracy, bit for bit
+    assert ours == traced_build == theirs  # every loss and accuracy, bit for bit
+
+
+def test_evaluate_of_a_wrapper_traces_its_step_once_with_keras_results(monkeypatch):
+    """`with_flip_tta` and `with_probabilities` return `WrapperModel`s, which
+    build their compiled metrics as `VisionTransformer` does."""
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    from keras_vit import inference, models
+
+    traced = []
+    original = tf_trainer.TensorFlowTrainer.test_step
+    monkeypatch.setattr(tf_trainer.TensorFlowTrainer, "test_step",
+                        lambda self, data: traced.append(1) or original(self, data))
+    model = _tiny()
+    x = np.random.default_rng(0).uniform(-1, 1, (20,) + TINY_SHAPE).astype("float32")
+    y = np.eye(3)[np.arange(20) % 3]
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+
+    def evaluate(wrapper):
+        traced.clear()
+        wrapper.compile(loss="categorical_crossentropy", metrics=["accuracy"])
+        return wrapper.evaluate(data, verbose=0, return_dict=True)
+
+    tta = inference.with_flip_tta(model)
+    assert type(tta) is models.WrapperModel
+    ours = evaluate(tta)
+    assert len(traced) == 1
+    mirrored = (model.predict(x, verbose=0) + model.predict(x[:, :, ::-1], verbose=0)) / 2
+    assert ours["accuracy"] == pytest.approx(float(np.mean(mirrored.argmax(-1) == y.argmax(-1))))
+    monkeypatch.setattr(models.WrapperModel, "_maybe_symbolic_build", keras.Model._maybe_symbolic_build)
+    theirs = evaluate(inference.with_flip_tta(model))
+    assert len(traced) == 2  # Keras' own build: the step traced twice
+    assert ours == theirs
 
 
 def test_fused_adamw_saves_and_resumes_like_keras(tmp_path):
