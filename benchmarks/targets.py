@@ -14,8 +14,9 @@ writing its own table (with `--write`):
     inference.py                       ViT-B/16 inference, batch 1 and 8, every system
     inference.py --variant S/16        ViT-S/16 bfloat16 inference against timm's autocast (AMX only)
     training.py --cases tiny           the 32x32 from-scratch case, float32 and bfloat16
-    training.py --cases vit_s16        ViT-S/16, batch 16 and 32, 2-step repeats (timm's autocast
-                                       on AMX only: elsewhere it runs at a twentieth of float32)
+    training.py --cases vit_s16        ViT-S/16, batch 16 and 32, 2-step repeats
+                                       (both: timm's autocast on AMX only; elsewhere it
+                                       runs at a twentieth of float32)
     time_to_accuracy.py digits         the main job (and fashion_mnist with --fashion)
     bf16_agreement.py                  bfloat16 and int8 against float32 on the runs just trained
 and keeps their JSON results in `--results DIR` (default: a temporary
@@ -232,11 +233,15 @@ def run_all(results, fashion, write, rounds=3):
              "--json", str(results / "inference-S16.json"), *extra)
     else:
         print("\nNo AMX on this CPU: the ViT-S/16 bfloat16 comparison (target 28.1) is n/a, not run.", flush=True)
-    _run("training.py", "--cases", "tiny", *rounds, "--json", str(results / "training-tiny.json"), *extra)
-    # Likewise timm's autocast training of ViT-S/16 (target 28.5), which
-    # would take over 30 minutes of a run without AMX (1/20 of float32's
-    # speed in the tiny case on an AVX2 Zen 2); the tiny case keeps it.
+    # Likewise timm's autocast training (target 28.5, n/a without AMX): at
+    # 1/20 of float32's speed without AMX it would take over 30 minutes of
+    # a run for ViT-S/16 and about 25 for the tiny case's 28 steps (AVX2
+    # Zen 2 and Zen 1); the other systems are measured as on AMX.
     systems = [] if amx else ["--systems", *(s for s in training.SYSTEMS if s != "timm_bf16")]
+    if not amx:
+        print("\nNo AMX on this CPU: timm's autocast training (target 28.5) is n/a, not run.", flush=True)
+    _run("training.py", "--cases", "tiny", *rounds, *systems, "--json", str(results / "training-tiny.json"),
+         *extra)
     _run("training.py", "--cases", "vit_s16", "--steps", "2", *rounds, *systems,
          "--json", str(results / "training-vit_s16.json"), *extra)
     runs = []

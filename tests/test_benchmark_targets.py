@@ -158,6 +158,10 @@ def test_amx_targets_read_na_without_amx_and_count_with_it(targets):
     # Without AMX run_all does not run the ViT-S/16 comparison: n/a, not missing.
     rows = _check(targets, _inference(amx=False, **slow), training=[dict(r, amx=False) for r in slow_training], s16=[])
     assert _verdicts(rows)["ViT-S/16 bfloat16 inference batch 1 vs timm autocast"] == "n/a: no AMX"
+    # Nor timm's autocast training, in either case: n/a too.
+    without_timm_bf16 = [dict(r, amx=False) for r in slow_training if r["system"] != "timm_bf16"]
+    verdicts = _verdicts(_check(targets, _inference(amx=False, **slow), training=without_timm_bf16, s16=[]))
+    assert [verdicts[what] for what in na if what.startswith("model.fit")] == ["n/a: no AMX"] * 2
 
 
 def test_a_missed_training_agreement_or_time_target_is_not_met(targets):
