@@ -5,7 +5,7 @@ dataset-fashion-mnist`) or a TFDS `--data-dir` that holds it.
 
 Run:
     python examples/train_from_scratch.py                      # the recipe: 24 epochs, about 30 minutes on 2 CPU cores
-    python examples/train_from_scratch.py --epochs 1 --steps 50 --eval-steps 16  # a quick look
+    python examples/train_from_scratch.py --epochs 1 --steps 30 --eval-steps 8   # a quick look, about 30 s
 
 This is what `keras-vit train --data fashion_mnist` does, spelled out:
 tf.data pipelines (`keras_vit.data.load`), the recipe's small ViT, AdamW with

@@ -163,20 +163,8 @@ def test_a_preempted_multi_worker_run_resumes_on_every_worker_then_refuses_to_ru
     assert runs.read_backup(output / "backup")["epoch"] == 2
     assert len(runs.read_log(output / "log.csv")) == 2
 
-    # A worker that cannot see the chief's backup (its --output elsewhere,
-    # as on a file system the workers do not share) is refused before any
-    # training, on both workers, and the run is left as it was.
-    elsewhere = tmp_path / "elsewhere"
-    refused = _run_workers(_RESUMABLE_SCRIPT, [[str(output)], [str(elsewhere)]])
-    for completed, own in zip(refused, [output, elsewhere]):  # each names the folder it read
-        assert _error(completed) == (
-            f"the workers found different backups in {own / 'backup'} (worker 0: epoch 2, "
-            "worker 1: none): resuming a multi-worker run needs its --output on a file system that "
-            "every worker shares; rerun with such an --output, or pick another --output to start again."
-        )
-    assert runs.read_backup(output / "backup")["epoch"] == 2
-    assert len(runs.read_log(output / "log.csv")) == 2
-
+    # (Workers that see different backups are refused before any training:
+    # test_a_chief_task_and_a_worker_that_see_different_backups_are_both_refused.)
     # Rerun as it was: both workers restore the chief's backup and train the
     # last epoch only, in step: synchronous training, identical weights.
     resumed_scratch = tmp_path / "scratch2"
@@ -216,19 +204,27 @@ def test_a_preempted_multi_worker_run_resumes_on_every_worker_then_refuses_to_ru
 
 @pytest.mark.slow
 def test_a_chief_task_and_a_worker_that_see_different_backups_are_both_refused(tmp_path):
-    # TF_CONFIG with a separate `chief` task: the message names each by its
-    # task. The chief's folder holds a complete backup (what read_backup
-    # checks); the check comes before any weights are read.
+    # A worker that cannot see the chief's backup (its --output elsewhere, as
+    # on a file system the workers do not share) is refused before any
+    # training, on both workers, and the run is left as it was. TF_CONFIG
+    # with a separate `chief` task: the message names each by its task. The
+    # chief's folder holds a complete backup (what read_backup checks); the
+    # check comes before any weights are read.
     output, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
     (output / "backup").mkdir(parents=True)
     (output / "backup" / "epoch-2.weights.h5").write_bytes(b"")
-    (output / "backup" / "training_metadata.json").write_text(
-        json.dumps({"epoch": 2, "batch": 0, "weights": "epoch-2.weights.h5"}))
+    metadata = json.dumps({"epoch": 2, "batch": 0, "weights": "epoch-2.weights.h5"})
+    (output / "backup" / "training_metadata.json").write_text(metadata)
     refused = _run_workers(_RESUMABLE_SCRIPT, [[str(output)], [str(elsewhere)]], chief_task=True, timeout=180)
-    for completed, own in zip(refused, [output, elsewhere]):
-        assert _error(completed).startswith(
-            f"the workers found different backups in {own / 'backup'} (chief: epoch 2, worker 0: none): ")
-    assert (output / "backup" / "training_metadata.json").is_file()
+    for completed, own in zip(refused, [output, elsewhere]):  # each names the folder it read
+        assert _error(completed) == (
+            f"the workers found different backups in {own / 'backup'} (chief: epoch 2, worker 0: none): "
+            "resuming a multi-worker run needs its --output on a file system that every worker shares; "
+            "rerun with such an --output, or pick another --output to start again."
+        )
+    assert sorted(p.relative_to(output).as_posix() for p in output.rglob("*")) == [
+        "backup", "backup/epoch-2.weights.h5", "backup/training_metadata.json"]
+    assert (output / "backup" / "training_metadata.json").read_text() == metadata
 
 @pytest.mark.slow
 def test_fused_adamw_under_mirrored_strategy_matches_keras_adamw():

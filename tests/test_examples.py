@@ -189,16 +189,16 @@ def test_train_from_scratch_example(capsys, monkeypatch):
         return augmentation(**kwargs)
 
     monkeypatch.setattr(training, "augmentation", recording)
-    # The docstring's quick look. 50 steps: with the recipe's random erasing
-    # 30 steps reached 0.3976, 50 steps 0.4548 (the same 25 s in all). 16
-    # batches of the validation and test splits: evaluating all of them (6000
-    # validation images, 10000 test images with and without flips) took 46 s
-    # of the 86 on a Zen 1 core pair.
-    accuracy, plain = _run_example("train_from_scratch", ["--epochs", "1", "--steps", "50", "--eval-steps", "16"])
+    # The docstring's quick look: 30 steps and 8 batches of the validation
+    # and test splits (evaluating all of them, 6000 validation images and
+    # 10000 test images with and without flips, took 46 s of 86 on a Zen 1
+    # core pair). On a Zen 1: 0.4219 with flips, 0.4229 without, in 32 s
+    # alone; 50 steps and 16 batches gave 0.4624 in 59 s.
+    accuracy, plain = _run_example("train_from_scratch", ["--epochs", "1", "--steps", "30", "--eval-steps", "8"])
     out = capsys.readouterr().out
     assert re.search(rf"Fashion-MNIST test accuracy {accuracy:.4f} with flip TTA \({plain:.4f} without\) "
-                     rf"on 2048 test images after 1 epochs \(\d+ s\)", out)
-    assert accuracy > 0.4 and plain > 0.4  # 50 steps of 128 images: far above chance (0.1)
+                     rf"on 1024 test images after 1 epochs \(\d+ s\)", out)
+    assert accuracy > 0.3 and plain > 0.3  # 30 steps of 128 images: far above chance (0.1)
     # "What keras-vit train --data fashion_mnist does, spelled out": the
     # recipe's augmentation, random erasing included.
     recipe = runs.TrainConfig(data="fashion_mnist").resolved()
