@@ -250,18 +250,18 @@ def test_fused_adamw_under_mirrored_strategy_matches_keras_adamw():
                 model.compile(optimizer=opt, loss="categorical_crossentropy")
             x = np.random.default_rng(0).uniform(-1, 1, (32, 16, 16, 3)).astype("float32")
             y = np.eye(3)[np.arange(32) % 3]
-            model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
             # Not the key bias: its gradient is zero in exact arithmetic, so
             # Adam steps it by the sign of rounding noise (tests/test_training.py).
-            replicas = [[c.numpy() for c in w.value.values] for w in model.weights
-                        if not w.path.endswith("key/bias")]
+            weights = [w for w in model.weights if not w.path.endswith("key/bias")]
+            untrained = [w.numpy() for w in weights]
+            model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+            replicas = [[c.numpy() for c in w.value.values] for w in weights]
             spread = max(float(np.abs(r[0] - r[-1]).max()) for r in replicas)
-            return [r[0] for r in replicas], spread, len(replicas[0])
+            return [r[0] for r in replicas], spread, len(replicas[0]), untrained
 
-        keras_w, _, _ = fit(keras.optimizers.AdamW)
-        fused_w, spread, copies = fit(training.AdamW)
-        untrained = fit(lambda **kw: keras.optimizers.AdamW(**{**kw, "learning_rate": 0.0,
-                                                                "weight_decay": 0.0}))[0]
+        keras_w, _, _, untrained = fit(keras.optimizers.AdamW)
+        fused_w, spread, copies, fused_untrained = fit(training.AdamW)
+        assert all(np.array_equal(a, b) for a, b in zip(untrained, fused_untrained))  # the same start
         print("RESULT " + json.dumps(dict(
             copies=copies, spread=spread,
             diff=max(float(np.abs(a - b).max()) for a, b in zip(fused_w, keras_w)),
