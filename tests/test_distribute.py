@@ -226,6 +226,7 @@ def test_a_chief_task_and_a_worker_that_see_different_backups_are_both_refused(t
         "backup", "backup/epoch-2.weights.h5", "backup/training_metadata.json"]
     assert (output / "backup" / "training_metadata.json").read_text() == metadata
 
+
 @pytest.mark.slow
 def test_fused_adamw_under_mirrored_strategy_matches_keras_adamw():
     # keras_vit.training.AdamW updates each replica's copy with TensorFlow's
