@@ -225,25 +225,22 @@ def run_all(results, fashion, write, rounds=3):
     rounds = ["--rounds", str(rounds)]
     _run("inference.py", *rounds, "--json", str(results / "inference.json"), *extra)
     amx = "amx_bf16" in _common.cpu_flags()
+    # Targets 28.1 at ViT-S/16 and 28.5 (timm's autocast training) apply on
+    # AMX CPUs only; elsewhere timm's bfloat16 autocast runs at about 1/20
+    # of float32's speed and would take most of the run for "n/a" rows (over
+    # 30 minutes for ViT-S/16 training, about 25 for the tiny case's 28
+    # steps on AVX2 Zen 2 and Zen 1). The other systems are measured as on AMX.
+    systems = []
     if amx:
-        # Target 28.1 at ViT-S/16 applies on AMX CPUs only; elsewhere timm's
-        # bfloat16 autocast runs many times slower than float32 and would
-        # take most of the run for an "n/a" row.
         _run("inference.py", "--variant", "S/16", "--systems", "keras_vit_bf16", "timm_bf16", *rounds,
              "--json", str(results / "inference-S16.json"), *extra)
     else:
-        print("\nNo AMX on this CPU: the ViT-S/16 bfloat16 comparison (target 28.1) is n/a, not run.", flush=True)
-    # Likewise timm's autocast training (target 28.5, n/a without AMX): at
-    # 1/20 of float32's speed without AMX it would take over 30 minutes of
-    # a run for ViT-S/16 and about 25 for the tiny case's 28 steps (AVX2
-    # Zen 2 and Zen 1); the other systems are measured as on AMX.
-    systems = [] if amx else ["--systems", *(s for s in training.SYSTEMS if s != "timm_bf16")]
-    if not amx:
-        print("\nNo AMX on this CPU: timm's autocast training (target 28.5) is n/a, not run.", flush=True)
-    _run("training.py", "--cases", "tiny", *rounds, *systems, "--json", str(results / "training-tiny.json"),
-         *extra)
-    _run("training.py", "--cases", "vit_s16", "--steps", "2", *rounds, *systems,
-         "--json", str(results / "training-vit_s16.json"), *extra)
+        print("\nNo AMX on this CPU: the ViT-S/16 bfloat16 comparison (target 28.1) and timm's autocast "
+              "training (target 28.5) are n/a, not run.", flush=True)
+        systems = ["--systems", *(s for s in training.SYSTEMS if s != "timm_bf16")]
+    for case, steps in (("tiny", []), ("vit_s16", ["--steps", "2"])):
+        _run("training.py", "--cases", case, *steps, *rounds, *systems,
+             "--json", str(results / f"training-{case}.json"), *extra)
     runs = []
     for data in ["digits"] + (["fashion_mnist"] if fashion else []):
         _run("time_to_accuracy.py", "--keep", str(results / f"run-{data}"),
