@@ -88,6 +88,17 @@ def test_benchmark_scripts_do_not_shadow_standard_modules():
     assert not names & set(sys.stdlib_module_names)
 
 
+def test_the_suite_order_names_real_test_files_once():
+    # A renamed or removed file would drop out of the order silently, and
+    # its tests would run last again.
+    from tests.conftest import LONGEST_FILES_FIRST
+
+    files = {path.stem for path in (ROOT / "tests").glob("test_*.py")}
+    assert sorted(set(LONGEST_FILES_FIRST) - files) == []
+    assert len(set(LONGEST_FILES_FIRST)) == len(LONGEST_FILES_FIRST)
+    assert "--no-loadscope-reorder" in (ROOT / "pyproject.toml").read_text()
+
+
 @pytest.mark.skipif(__import__("platform").machine().lower() not in ("x86_64", "amd64"),
                     reason="oneDNN is turned on on x86 only")
 @pytest.mark.parametrize("setting, first, expected", [
