@@ -61,6 +61,15 @@ def exported(tmp_path_factory):
     return dict(model=model, base=base, version=version_path, paths=paths, expected=expected)
 
 
+def _stored_values(version_dir):
+    """How many numbers the SavedModel's variables hold."""
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(os.path.join(version_dir, "variables", "variables"))
+    return sum(int(np.prod(shape)) for key, shape in reader.get_variable_to_shape_map().items()
+               if key.endswith("VARIABLE_VALUE"))
+
+
 def test_layout_and_versions(exported, tmp_path):
     assert exported["version"] == str(exported["base"] / "1")
     assert sorted(os.listdir(exported["version"])) == ["assets", "assets.extra", "fingerprint.pb", "saved_model.pb",
@@ -73,6 +82,9 @@ def test_layout_and_versions(exported, tmp_path):
     with open(os.path.join(exported["version"], "saved_model.pb"), "rb") as f:
         assert b"_XlaMustCompile" not in f.read()
     model = exported["model"]
+    # Each weight stored once: Keras' ExportArchive with the model tracked
+    # stores it twice (keras-team/keras#23553).
+    assert _stored_values(exported["version"]) == model.count_params()
     base = tmp_path / "models" / "vit"
     # Also after the model's other inference graphs (predict above, and the
     # compiled direct call) were traced.
@@ -274,6 +286,7 @@ def test_int8_export_compiled_by_xla_on_request(tmp_path):
     for path, jit in ((plain, False), (compiled, True)):
         assert export.read_metadata(path)["jit_compile"] is jit
         assert export.read_metadata(path)["precision"] == "int8"
+        assert _stored_values(path) == model.count_params()  # each int8 kernel and scale once
         with open(os.path.join(path, "saved_model.pb"), "rb") as f:
             assert (b"_XlaMustCompile" in f.read()) is jit
         loaded = tf.saved_model.load(path)
