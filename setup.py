@@ -27,7 +27,7 @@ EXTRAS = {
     # 0.29.1 is the pair timm imports with.
     "test": [
         "pytest>=7",
-        "pytest-xdist>=3",
+        "pytest-xdist>=3.8",  # --no-loadscope-reorder (pyproject.toml)
         "aiohttp>=3.9",
         "hypothesis>=6",
         "torch==2.14.1",
