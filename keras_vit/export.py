@@ -306,15 +306,10 @@ class _Archive:
         self._names = list(signatures)
         for name, (function, spec) in signatures.items():
             setattr(self._root, name, tf.function(function, input_signature=[spec], autograph=False))
-        # The TensorFlow variables behind the Keras ones, each once: a function
-        # may only capture variables the saved object tracks.
-        variables = {}
-        for weight in weights:
-            value = getattr(weight, "value", weight)
-            if not isinstance(value, tf.Variable):
-                raise TypeError(f"cannot export {weight.path!r}: it is not a TensorFlow variable "
-                                f"(got {type(value).__name__}); export runs on Keras' TensorFlow backend.")
-            variables[id(value)] = value
+        # The TensorFlow variables behind the Keras ones (`.value` on Keras'
+        # TensorFlow backend, which `_check_model` requires), each once: a
+        # saved function may only capture variables the saved object tracks.
+        variables = {id(weight.value): weight.value for weight in weights}
         self._root.weights = list(variables.values())
 
     def write_out(self, path, verbose=False):

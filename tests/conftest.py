@@ -46,7 +46,7 @@ TINY_SHAPE = (16, 16, 3)
 # summed durations on the Zen 1 (DEVELOPERS.md), the rest after them in
 # name order. xdist's default order (most tests first) left a long file such
 # as test_examples to start last, one worker idle for its last minute or so:
-# this order took 45-60 s off the suite's wall time in a replay of three
+# this order took 45-60 s off the suite's wall time in a replay of four
 # measured runs.
 LONGEST_FILES_FIRST = (
     "test_examples", "test_runs", "test_distribute", "test_export", "test_faults", "test_serving",
