@@ -103,7 +103,7 @@ def _keras_vit(system, batch, variant):
         import tensorflow as tf
 
         directory = tempfile.mkdtemp(prefix="keras_vit_bench_")
-        atexit.register(shutil.rmtree, directory, ignore_errors=True)  # 660 MB of ViT-B/16
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)  # 348 MB of ViT-B/16
         path = keras_vit.export.export_saved_model(model, directory)
         predict = tf.saved_model.load(path).signatures["predict_images"]
         images = tf.constant((x + 1) * 127.5)
