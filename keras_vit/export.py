@@ -303,20 +303,19 @@ class _Archive:
 
     def __init__(self, signatures, weights):
         self._root = tf.Module()
-        self._names = list(signatures)
-        for name, (function, spec) in signatures.items():
-            setattr(self._root, name, tf.function(function, input_signature=[spec], autograph=False))
+        self._signatures = {name: tf.function(function, input_signature=[spec], autograph=False)
+                            for name, (function, spec) in signatures.items()}
+        for name, function in self._signatures.items():
+            setattr(self._root, name, function)  # callable after tf.saved_model.load too
         # The TensorFlow variables behind the Keras ones (`.value` on Keras'
         # TensorFlow backend, which `_check_model` requires), each once: a
         # saved function may only capture variables the saved object tracks.
         variables = {id(weight.value): weight.value for weight in weights}
         self._root.weights = list(variables.values())
 
-    def write_out(self, path, verbose=False):
-        """Writes the SavedModel to `path` (`verbose` is accepted for
-        `keras.export.ExportArchive`'s signature; nothing is printed)."""
-        tf.saved_model.save(self._root, str(path),
-                            signatures={name: getattr(self._root, name) for name in self._names})
+    def write_out(self, path):
+        """Writes the SavedModel to `path`."""
+        tf.saved_model.save(self._root, str(path), signatures=self._signatures)
 
 
 def export_saved_model(model, base_dir, class_names=None, version=None, overwrite=False,
@@ -381,7 +380,7 @@ def export_saved_model(model, base_dir, class_names=None, version=None, overwrit
         claim.unlink(missing_ok=True)
         raise
     try:
-        archive.write_out(str(temp / "model"), verbose=False)
+        archive.write_out(str(temp / "model"))
         (temp / "model" / METADATA).parent.mkdir()
         (temp / "model" / METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
         _fsync_tree(temp / "model")
