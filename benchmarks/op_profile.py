@@ -106,6 +106,7 @@ def main(argv=None):
     parser.add_argument("--precision", choices=("float32", "bfloat16", "int8"), default="float32",
                         help="infer: keras_vit.with_precision's precision")
     args = parser.parse_args(argv)
+    import _common
     import training
 
     if args.mode == "train" and args.case not in training.CASES:
@@ -113,8 +114,17 @@ def main(argv=None):
     if args.steps < 1:
         parser.error(f"--steps must be >= 1, received {args.steps}")
 
+    # As the benchmarks' keras_vit workers (and a user's `import keras_vit`)
+    # do before TensorFlow loads: oneDNN on where TensorFlow leaves it off.
+    # Importing TensorFlow first profiled the Zen CPUs without it (plain
+    # LayerNorm and GELU ops, Eigen matmuls).
+    _common.set_backend("keras_vit")
     import tensorflow as tf
 
+    import keras_vit
+
+    if not keras_vit.backend.onednn_enabled():
+        print("note: TensorFlow's oneDNN kernels are off in this process (TF_ENABLE_ONEDNN_OPTS=0?)")
     tf.config.threading.set_inter_op_parallelism_threads(1)
     if args.mode == "train":
         batch = args.batch or training.CASES[args.case]["batches"][0]
