@@ -92,10 +92,13 @@ def _vit_b16_rows():
 
 
 def worker(run_dirs):
+    # keras_vit first, as a user's program: it turns on TensorFlow's oneDNN
+    # kernels where TensorFlow would leave them off (which must happen before
+    # TensorFlow loads; `import keras` loads it).
+    import keras_vit
+
     import keras
     import tensorflow as tf
-
-    import keras_vit
 
     rows = [row for run in run_dirs for row in _run_rows(run)] + _vit_b16_rows()
     versions = {"keras_vit": keras_vit.__version__, "tensorflow": tf.__version__, "keras": keras.__version__}
