@@ -64,9 +64,9 @@ def main(argv=None):
     parser.add_argument("--top-k", type=int, default=3)
     args = parser.parse_args(argv)
 
-    import keras
+    import keras_vit  # before Keras: it turns on TensorFlow's oneDNN kernels (README, Speed)
 
-    import keras_vit
+    import keras
 
     keras.utils.set_random_seed(args.seed)
     model = keras_vit.ViTB16(weights=args.weights)

@@ -39,7 +39,8 @@ def select_backend():
     if importlib.util.find_spec(module) is None:
         raise ImportError(f"keras_vit on the {backend} backend needs {module}: {install}.")
     os.environ.setdefault("KERAS_BACKEND", backend)
-    enable_onednn()
+    if not enable_onednn() and backend == "tensorflow":
+        warn_if_onednn_left_off()
     if backend == "tensorflow":
         # Hides TensorFlow's cpu_feature_guard INFO lines (its oneDNN notice
         # is logged before the level is read); warnings and errors still print.
@@ -70,6 +71,37 @@ def enable_onednn():
             or platform.machine().lower() not in ("x86_64", "amd64")):
         return False
     os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1"
+    return True
+
+
+def warn_if_onednn_left_off():
+    """Warns (a `UserWarning`, at `import keras_vit`) when TensorFlow was
+    imported first and runs without its oneDNN kernels though the user did
+    not ask for that (`TF_ENABLE_ONEDNN_OPTS` unset, an x86 CPU): the
+    case `enable_onednn` comes too late for. Returns whether it warned."""
+    import platform
+
+    if ("tensorflow" not in sys.modules or "TF_ENABLE_ONEDNN_OPTS" in os.environ
+            or platform.machine().lower() not in ("x86_64", "amd64")):
+        return False
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+
+        if _pywrap_util_port.IsMklEnabled():
+            return False
+    except (ImportError, AttributeError):  # another build: nothing to say
+        return False
+    import warnings
+
+    warnings.warn(
+        "TensorFlow was imported before keras_vit and runs without its oneDNN kernels on this CPU "
+        "(TensorFlow turns them on by itself only with AVX512-VNNI, AVX512-BF16, AVX-VNNI or AMX), "
+        "where keras_vit trains and predicts 1.3-1.8x slower (README, 'Speed'). Import keras_vit "
+        "before keras and tensorflow, or set TF_ENABLE_ONEDNN_OPTS=1 before Python starts "
+        "(TF_ENABLE_ONEDNN_OPTS=0 keeps them off without this warning).",
+        UserWarning,
+        stacklevel=2,
+    )
     return True
 
 

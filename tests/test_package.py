@@ -105,6 +105,7 @@ def test_the_suite_order_names_real_test_files_once():
     (None, "keras_vit", True),  # keras_vit turns it on, whatever the CPU
     ("0", "keras_vit", False),  # the user's choice is kept
     (None, "tensorflow", None),  # too late: TensorFlow's own default for this CPU
+    ("0", "tensorflow", False),  # off as asked: no warning
 ])
 def test_importing_keras_vit_first_turns_on_tensorflows_onednn_kernels(setting, first, expected):
     import os
@@ -119,6 +120,10 @@ def test_importing_keras_vit_first_turns_on_tensorflows_onednn_kernels(setting, 
     assert out.returncode == 0, out.stderr[-2000:]
     enabled, variable = out.stdout.split()
     assert variable == (setting or ("1" if first == "keras_vit" else "None"))
+    warned = "TensorFlow was imported before keras_vit and runs without its oneDNN kernels" in out.stderr
+    # The warning: only when keras_vit came too late and the kernels are off
+    # though the user did not set the variable.
+    assert warned == (first == "tensorflow" and setting is None and enabled == "False"), out.stderr[-2000:]
     if expected is not None:
         assert enabled == str(expected)
     else:
