@@ -115,6 +115,9 @@ def _pretrain(images, labels, work):
     import keras_vit
     from keras_vit import data, training
 
+    import keras
+
+    keras.utils.set_random_seed(0)  # as `keras-vit train --seed 0` below
     upper = labels >= 3
     ds_train, ds_val, info = data.load((images[upper][..., None], labels[upper] - 3), batch_size=64)
     model = keras_vit.ViT(input_shape=(8, 8, 3), classes=7, include_preprocessing=True, patch_size=2,

