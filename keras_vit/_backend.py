@@ -39,9 +39,9 @@ def select_backend():
     if importlib.util.find_spec(module) is None:
         raise ImportError(f"keras_vit on the {backend} backend needs {module}: {install}.")
     os.environ.setdefault("KERAS_BACKEND", backend)
-    if not enable_onednn() and backend == "tensorflow":
-        warn_if_onednn_left_off()
+    enable_onednn()
     if backend == "tensorflow":
+        warn_if_onednn_left_off()
         # Hides TensorFlow's cpu_feature_guard INFO lines (its oneDNN notice
         # is logged before the level is read); warnings and errors still print.
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
@@ -65,13 +65,30 @@ def enable_onednn():
     it; otherwise set `TF_ENABLE_ONEDNN_OPTS=1` yourself. A value already
     set, `0` included, is kept.
     """
-    import platform
-
-    if ("tensorflow" in sys.modules or "TF_ENABLE_ONEDNN_OPTS" in os.environ
-            or platform.machine().lower() not in ("x86_64", "amd64")):
+    if "tensorflow" in sys.modules or not _onednn_left_to_default():
         return False
     os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1"
     return True
+
+
+def _onednn_left_to_default():
+    """Whether TensorFlow's oneDNN kernels are left to its per-CPU default:
+    an x86 CPU and `TF_ENABLE_ONEDNN_OPTS` unset (a user's value is kept)."""
+    import platform
+
+    return ("TF_ENABLE_ONEDNN_OPTS" not in os.environ
+            and platform.machine().lower() in ("x86_64", "amd64"))
+
+
+def tensorflow_onednn_enabled():
+    """Whether the loaded TensorFlow runs its oneDNN kernels (False for
+    builds without the query)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):  # pragma: no cover - other builds
+        return False
 
 
 def warn_if_onednn_left_off():
@@ -79,17 +96,8 @@ def warn_if_onednn_left_off():
     imported first and runs without its oneDNN kernels though the user did
     not ask for that (`TF_ENABLE_ONEDNN_OPTS` unset, an x86 CPU): the
     case `enable_onednn` comes too late for. Returns whether it warned."""
-    import platform
-
-    if ("tensorflow" not in sys.modules or "TF_ENABLE_ONEDNN_OPTS" in os.environ
-            or platform.machine().lower() not in ("x86_64", "amd64")):
-        return False
-    try:
-        from tensorflow.python.util import _pywrap_util_port
-
-        if _pywrap_util_port.IsMklEnabled():
-            return False
-    except (ImportError, AttributeError):  # another build: nothing to say
+    if ("tensorflow" not in sys.modules or not _onednn_left_to_default()
+            or tensorflow_onednn_enabled()):
         return False
     import warnings
 

@@ -24,6 +24,8 @@ import math
 
 import tensorflow as tf
 
+from keras_vit._backend import tensorflow_onednn_enabled
+
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 # Under these the whole step is compiled by XLA anyway.
@@ -119,12 +121,7 @@ def _layer_norm_arguments(layer):
 def onednn_enabled():
     """Whether this TensorFlow runs its oneDNN graph optimisations
     (`TF_ENABLE_ONEDNN_OPTS`, on by default in x86 Linux builds)."""
-    try:
-        from tensorflow.python.util import _pywrap_util_port
-
-        return bool(_pywrap_util_port.IsMklEnabled())
-    except (ImportError, AttributeError):  # pragma: no cover - other builds
-        return False
+    return tensorflow_onednn_enabled()
 
 
 def layer_norm_onednn(layer, x):
