@@ -21,7 +21,7 @@ download is needed: the example pre-trains a small ViT on the digits 3-9,
 writes it as a Google-format `.npz` checkpoint and starts from that. Either
 way it also trains the same model from random weights, for comparison
 (unless `--no-compare`). It prints:
-    pre-trained on digits 3-9: validation accuracy 0.9x, checkpoint WORK/pretrained.npz   (offline only)
+    pre-trained on digits 3-9: validation accuracy 0.9x, checkpoint WORK/pretrained.npz   (offline only; 126 images)
     wrote 537 images of 3 classes into WORK/photos
     fine-tuned (new head, 8 epochs): test accuracy 0.9x
     from random weights (8 epochs): test accuracy 0.8x

@@ -106,7 +106,12 @@ def test_export_and_serve_example(tmp_path, capsys):
 def test_fine_tune_example(tmp_path, capsys):
     results = _run_example("fine_tune", ["--work", str(tmp_path)])
     out = capsys.readouterr().out
-    assert re.search(r"pre-trained on digits 3-9: validation accuracy 0\.9\d, checkpoint .*pretrained\.npz", out)
+    pretrained = re.search(r"pre-trained on digits 3-9: validation accuracy (0\.\d\d), checkpoint .*pretrained\.npz",
+                           out)
+    # 126 validation images of 7 classes (chance 0.14); seeded runs give
+    # 0.91-0.95 alone, and 0.89 was seen inside the suite (a Zen 4, the
+    # other test worker busy): a bar of 0.9 is three images from failing.
+    assert pretrained and float(pretrained.group(1)) >= 0.85
     assert re.search(r"wrote 537 images of 3 classes into", out)
     assert f"fine-tuned (new head, 8 epochs): test accuracy {results['fine-tuned']:.2f}" in out
     # What was learned on 3-9 carries over: more than from random weights.
