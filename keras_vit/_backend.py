@@ -1,6 +1,7 @@
 """Chooses Keras' backend before Keras is imported, or fails in one line
 naming what to install."""
 
+import functools
 import importlib.util
 import os
 import sys
@@ -125,6 +126,24 @@ def _configured_backend():
     except (OSError, ValueError, AttributeError):
         return None
     return backend if isinstance(backend, str) else None
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_features():
+    """`(vendor, flags)` of this machine's CPU as `/proc/cpuinfo` lists them
+    (`vendor_id`, and the set of `flags` of the first CPU); `("", frozenset())`
+    where the file does not exist (macOS, Windows)."""
+    vendor = ""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as file:
+            for line in file:
+                if line.startswith("vendor_id"):
+                    vendor = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    return vendor, frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return vendor, frozenset()
 
 
 def tensorflow_installed():

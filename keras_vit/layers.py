@@ -181,6 +181,8 @@ class PatchEncoder(keras.layers.Layer):
         self.dropout_layer = keras.layers.Dropout(
             dropout_rate, dtype=self.dtype_policy, name="dropout"
         )
+        # The int8 projection's kernel (`keras_vit.backend.int8_dense`).
+        self.fast_kernels = backend.use_fast_kernels()
 
     def build(self, input_shape):
         if len(input_shape) != 3:
@@ -209,7 +211,7 @@ class PatchEncoder(keras.layers.Layer):
         self.built = True
 
     def call(self, patches, training=None):
-        tokens = self.projection(patches)
+        tokens = backend.dense(self.projection, patches, training) if self.fast_kernels else self.projection(patches)
         batch_size = ops.shape(tokens)[0]
         class_token = ops.broadcast_to(
             ops.cast(self.class_token, tokens.dtype),
@@ -503,11 +505,14 @@ class TransformerBlock(keras.layers.Layer):
         fast = backend.gelu(x, training) if self.fast_kernels else None
         return keras.activations.gelu(x, approximate=False) if fast is None else fast
 
+    def _dense(self, layer, x, training):
+        return backend.dense(layer, x, training) if self.fast_kernels else layer(x)
+
     def _mlp(self, y, training):
         shape = ops.shape(y)
-        y = self.mlp_fc1(ops.reshape(y, (-1, self.hidden_dim)))
+        y = self._dense(self.mlp_fc1, ops.reshape(y, (-1, self.hidden_dim)), training)
         y = self.mlp_dropout1(self._gelu(y, training), training=training)
-        y = self.mlp_dropout2(self.mlp_fc2(y), training=training)
+        y = self.mlp_dropout2(self._dense(self.mlp_fc2, y, training), training=training)
         return ops.reshape(y, shape)
 
     def call(self, inputs, training=None, return_attention_scores=False, class_token_only=False):

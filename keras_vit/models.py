@@ -10,6 +10,7 @@ import weakref
 import keras
 import numpy as np
 
+from keras_vit import backend
 from keras_vit import layers as vit_layers
 from keras_vit import variants
 from keras_vit._validation import check_choice, check_positive_int, check_rate
@@ -24,7 +25,18 @@ _INFERENCE_FUNCTIONS = weakref.WeakKeyDictionary()
 
 class _BuildsBeforeTracing:
     """Mixed into the keras_vit model classes (`VisionTransformer`,
-    `WrapperModel`) so that their steps are traced once."""
+    `WrapperModel`) so that their steps are traced once, and so that their
+    inference steps are known to stay in the process (int8 products may
+    then take oneDNN's kernel: `keras_vit.backend.in_process_inference`)."""
+
+    # (JAX's trainer passes the state first: any arguments pass through.)
+    def predict_step(self, *args, **kwargs):
+        with backend.in_process_inference():
+            return super().predict_step(*args, **kwargs)
+
+    def test_step(self, *args, **kwargs):
+        with backend.in_process_inference():
+            return super().test_step(*args, **kwargs)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         """Builds the optimizer's and the compiled metrics' variables before
@@ -308,7 +320,8 @@ def _inference_function(model):
     model_ref = weakref.ref(model)
 
     def call(inputs):
-        return keras.Model.__call__(model_ref(), inputs, training=False)
+        with backend.in_process_inference():
+            return keras.Model.__call__(model_ref(), inputs, training=False)
 
     return tf.function(call, reduce_retracing=True)
 

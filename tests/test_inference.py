@@ -113,7 +113,12 @@ def test_bfloat16_cpu_reads_cpu_flags(monkeypatch, tmp_path):
     }
     import builtins
 
+    from keras_vit import _backend
+
     real_open = builtins.open
+    # The flags are read once per process (cached): the cache is emptied for
+    # each fake CPU here and for the real one after the test.
+    monkeypatch.setattr(_backend, "cpu_features", _backend.cpu_features.__wrapped__)
     for name, (vendor, line, expected) in cpus.items():
         cpuinfo = tmp_path / name
         cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\nflags\t\t: {line}\n")
@@ -172,7 +177,7 @@ def test_with_precision_in_place_changes_the_model_itself(rng):
     assert inference.with_precision(model, "bfloat16", copy=False) is model
     # From bfloat16 to int8 in place: float32 first, as the copy would be.
     assert inference.with_precision(model, "int8", copy=False) is model
-    assert inference.precision_of(model) == "int8" and model.jit_compile is True
+    assert inference.precision_of(model) == "int8" and model.jit_compile is _XLA_FOR_INT8
     np.testing.assert_allclose(model.predict_on_batch(x), expected["int8"], atol=1e-6)
     with pytest.raises(ValueError, match="copy must be True or False, received 'no'"):
         inference.with_precision(model, "float32", copy="no")
@@ -271,6 +276,11 @@ def _matmuls(model, shape):
     return found
 
 
+# int8 models' steps are compiled by XLA, except where they run oneDNN's
+# int8 kernel, which XLA cannot compile.
+_XLA_FOR_INT8 = not keras_vit.backend.onednn_int8()
+
+
 def test_int8_runs_every_projection_and_mlp_product_in_int8_under_xla(rng):
     model = randomize(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5))
     depth = len(keras_vit.models.get_blocks(model))
@@ -282,11 +292,12 @@ def test_int8_runs_every_projection_and_mlp_product_in_int8_under_xla(rng):
     assert found.pop(("BatchMatMulV3", ("int8", "int8"))) == 1 + 6 * depth + 1, found
     assert sum(found.values()) == 2 * depth and all("int8" not in dtypes for _, dtypes in found), found
     assert not any("int8" in dtypes for _, dtypes in _matmuls(model, TINY_SHAPE))
-    # Keras compiles the int8 copy's steps (and its wrappers') with XLA;
-    # the float model keeps the default.
-    assert int8.jit_compile is True and model.jit_compile is False
-    assert inference.with_probabilities(int8).jit_compile is True
-    assert inference.with_flip_tta(int8).jit_compile is True
+    # Keras compiles the int8 copy's steps (and its wrappers') with XLA,
+    # unless they run oneDNN's int8 kernel (tests/test_tf_kernels.py); the
+    # float model keeps the default.
+    assert int8.jit_compile is _XLA_FOR_INT8 and model.jit_compile is False
+    assert inference.with_probabilities(int8).jit_compile is _XLA_FOR_INT8
+    assert inference.with_flip_tta(int8).jit_compile is _XLA_FOR_INT8
     assert inference.with_flip_tta(model).jit_compile is False
     x = rng.uniform(-1, 1, (4,) + TINY_SHAPE).astype("float32")
     np.testing.assert_allclose(int8.predict_on_batch(x), keras.ops.convert_to_numpy(int8(x)), atol=1e-5)
@@ -298,7 +309,7 @@ def test_int8_copy_saves_and_loads_value_for_value(rng, tmp_path):
     x = rng.uniform(-1, 1, (3,) + TINY_SHAPE).astype("float32")
     int8.save(tmp_path / "int8.keras")
     loaded = keras_vit.load_model(tmp_path / "int8.keras")
-    assert inference.precision_of(loaded) == "int8" and loaded.jit_compile is True
+    assert inference.precision_of(loaded) == "int8" and loaded.jit_compile is _XLA_FOR_INT8
     for saved, restored in zip(int8.weights, loaded.weights):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(saved), keras.ops.convert_to_numpy(restored))
     np.testing.assert_array_equal(loaded.predict_on_batch(x), int8.predict_on_batch(x))

@@ -7,6 +7,7 @@ variables: values and gradients against Keras' own ops, and where they are
 
 import math
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -339,3 +340,107 @@ def test_exported_layer_norm_pattern_runs_where_onednn_is_off(rng, tmp_path):
     subprocess.run([sys.executable, "-c", script, path, str(tmp_path / "images.npy"), str(tmp_path / "out.npy")],
                    check=True, env={**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0"}, capture_output=True)
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected.numpy(), rtol=1e-5, atol=1e-6)
+
+
+_ONEDNN_INT8 = pytest.mark.skipif(
+    not backend.onednn_int8(), reason="oneDNN's int8 kernel needs TensorFlow's oneDNN and a CPU with VNNI or AMX")
+
+
+def _int8_layers(rng):
+    """Keras int8 layers as keras_vit's models quantize them: a Dense (the
+    MLP's, the patch projection's) and MultiHeadAttention's projections."""
+    dense = keras.layers.Dense(24)
+    dense.build((None, 40))
+    attn = keras.layers.MultiHeadAttention(num_heads=4, key_dim=10)
+    attn.build((None, 7, 40), (None, 7, 40))
+    for layer in (dense, attn.query_dense, attn.key_dense, attn.value_dense, attn.output_dense):
+        for weight in layer.weights:
+            weight.assign(rng.normal(0, 0.3, weight.shape).astype("float32"))
+        layer.quantize("int8")
+    return dense, attn
+
+
+@_ONEDNN_INT8
+def test_int8_dense_computes_what_keras_int8_layers_compute(rng):
+    dense, attn = _int8_layers(rng)
+    tokens = rng.normal(0, 1, (3, 7, 40)).astype("float32")
+    # Rows at the extremes of int8: every product is 127 * +-127, the case
+    # where kernels without VNNI saturate their 16-bit partial sums.
+    tokens[0, :2] = np.where(rng.uniform(size=(2, 40)) < 0.5, -1.0, 1.0)
+    dense.kernel_scale.assign(np.ones(dense.kernel_scale.shape, "float32"))
+    dense._kernel.assign(np.where(rng.uniform(size=(40, 24)) < 0.5, -127, 127).astype("int8"))
+    heads = rng.normal(0, 1, (3, 7, 4, 10)).astype("float32")
+    cases = [
+        (dense, tokens, tokens.reshape(21, 40), (21, 24)),
+        (dense, tokens, tokens, (3, 7, 24)),
+        (attn.query_dense, tokens, tokens.reshape(21, 40), (21, 40)),
+        (attn.value_dense, tokens, tokens, (3, 7, 40)),
+        (attn.output_dense, heads, heads.reshape(21, 40), (21, 40)),
+    ]
+    for layer, keras_input, rows, shape in cases:
+        assert _tf_kernels.int8_dense_supports(layer), layer.name
+        expected = keras.ops.convert_to_numpy(layer(keras_input)).reshape(shape)
+        got = tf.function(lambda x, _layer=layer: _tf_kernels.int8_dense(_layer, x))(rows).numpy()
+        # The integer products are exact on both sides; the float steps
+        # after them are Keras' own, in its order.
+        np.testing.assert_array_equal(got, expected, err_msg=layer.name)
+    # Another equation, an activation: Keras' call.
+    other = keras.layers.EinsumDense("ab,bc->ac", output_shape=5)
+    other.build((None, 3))
+    other.quantize("int8")
+    relu = keras.layers.Dense(3, activation="relu")
+    relu.build((None, 3))
+    relu.quantize("int8")
+    assert not _tf_kernels.int8_dense_supports(other) and not _tf_kernels.int8_dense_supports(relu)
+    assert not _tf_kernels.int8_dense_supports(keras.layers.Dense(3))
+
+
+def _graph_op_types(function, *args):
+    """`{op type: count}` of `function`'s graph for `args`, nested functions included."""
+    import collections
+
+    graphs, found = [function.get_concrete_function(*args).graph], collections.Counter()
+    while graphs:
+        graph = graphs.pop()
+        graphs.extend(f.graph for f in graph._functions.values() if hasattr(f, "graph"))
+        found.update(op.type for op in graph.get_operations())
+    return found
+
+
+def test_int8_dense_only_in_the_models_own_inference_graphs(rng, tmp_path):
+    model = randomize(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5))
+    depth = len(model.blocks)
+    int8 = keras_vit.with_precision(model, "int8")
+    x = rng.uniform(-1, 1, (3,) + TINY_SHAPE).astype("float32")
+    spec = tf.TensorSpec((None,) + TINY_SHAPE, tf.float32)
+    # A graph of the model's call: Keras' int8 layers (it may be saved, or
+    # compiled by XLA).
+    call = tf.function(lambda images: int8(images, training=False))
+    assert "QuantizedMatMulWithBias" not in _graph_op_types(call, spec)
+    reference = call(x).numpy()
+    predicted = int8.predict_on_batch(x)
+    if not backend.onednn_int8():
+        assert int8.jit_compile is True
+        np.testing.assert_allclose(predicted, reference, atol=1e-5)
+        return
+    # Where oneDNN's int8 kernel applies, the model's predict and evaluate
+    # steps and its eager call run it for the patch projection and every
+    # block's six products (not under XLA, which cannot compile it); the
+    # head stays Keras'. The values are the same.
+    assert int8.jit_compile is False and model.jit_compile is False
+    ops = _graph_op_types(tf.function(int8.predict_step), spec)
+    assert ops["QuantizedMatMulWithBias"] == 1 + 6 * depth, ops
+    assert ops["BatchMatMulV3"] == 1, ops  # the head's int8 product, Keras'
+    np.testing.assert_allclose(predicted, reference, atol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(int8(x)), reference, atol=1e-5)
+    int8.compile(loss="sparse_categorical_crossentropy")
+    assert _graph_op_types(tf.function(int8.test_step), (spec, tf.TensorSpec((None,), tf.int32)))[
+        "QuantizedMatMulWithBias"] == 1 + 6 * depth
+    # A user's jit_compile=True: XLA compiles Keras' int8 path instead.
+    int8.jit_compile = True
+    int8.predict_function = None
+    np.testing.assert_allclose(int8.predict_on_batch(x), reference, atol=1e-5)
+    # An export holds Keras' int8 graph, which any TensorFlow build serves.
+    path = keras_vit.export.export_saved_model(int8, str(tmp_path))
+    saved = next(pathlib.Path(path).rglob("saved_model.pb")).read_bytes()
+    assert b"QuantizedMatMulWithBias" not in saved and b"BatchMatMulV3" in saved

@@ -18,10 +18,22 @@ TensorFlow (`keras_vit.backend.tensorflow`):
 | inference, float32, CPU with oneDNN | oneDNN-fused pattern | fused into its matmul by oneDNN | 2-D matmuls |
 | inference, otherwise | Keras | Keras | 2-D matmuls |
 
-Attention sublayers that are quantized or carry LoRA weights are always
-called as Keras layers, so `quantize` and LoRA apply.
+Attention sublayers that carry LoRA weights are always called as Keras
+layers, so LoRA applies; so are quantized ones, but for one case:
+
+| call | int8 `Dense` and attention projections (Keras' `quantize("int8")`) |
+|---|---|
+| the model's own inference graphs (`predict`, `evaluate`, the eager `model(x)` of keras_vit models), CPU with oneDNN and VNNI or AMX | oneDNN's int8 matrix product (`int8_dense`) |
+| any other graph (an exported SavedModel, your own `tf.function`), or another CPU | Keras (XLA-compiled where `with_precision` set `jit_compile`) |
+
+Both compute the same integer products exactly, so the values are the
+same; oneDNN's kernel is not in SavedModels because TensorFlow builds
+without oneDNN (and TF Serving's) lack it.
 """
 
+import contextlib
+import contextvars
+import functools
 import os
 
 import keras
@@ -128,12 +140,83 @@ def gelu(x, training):
 
 def self_attention(block, x, training, class_token_only):
     """`TransformerBlock` attention from its variables, or None where the
-    attention sublayer must be called as a Keras layer (quantized, LoRA)."""
-    for dense in (block.attn.query_dense, block.attn.key_dense, block.attn.value_dense,
-                  block.attn.output_dense):
-        if getattr(dense, "quantization_mode", None) or getattr(dense, "lora_enabled", False):
-            return None
-    return _tensorflow().self_attention(block, x, training, class_token_only)
+    attention sublayer must be called as a Keras layer (LoRA; quantized,
+    unless `int8_dense` applies to every projection)."""
+    projections = (block.attn.query_dense, block.attn.key_dense, block.attn.value_dense,
+                   block.attn.output_dense)
+    if any(getattr(layer, "lora_enabled", False) for layer in projections):
+        return None
+    modes = {getattr(layer, "quantization_mode", None) for layer in projections}
+    if modes == {None}:
+        return _tensorflow().self_attention(block, x, training, class_token_only)
+    if all(_int8_applies(layer, training) for layer in projections):
+        return _tensorflow().self_attention(block, x, training, class_token_only, int8=True)
+    return None
+
+
+# Set while a keras_vit model traces one of its own inference graphs (see
+# `in_process_inference`).
+_IN_PROCESS = contextvars.ContextVar("keras_vit_in_process_inference", default=False)
+
+# oneDNN computes u8 x s8 int8 products exactly only with VNNI (or AMX):
+# without it, its AVX2/AVX-512 kernels add pairs of products in saturating
+# 16-bit arithmetic (oneDNN's documentation, "Nuances of int8 computations").
+_INT8_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+@contextlib.contextmanager
+def in_process_inference():
+    """Marks the graph traced inside as one of the model's own inference
+    graphs (`predict`, `evaluate`, the eager call), which never leave the
+    process: there the int8 products may take oneDNN's int8 kernel
+    (`int8_dense`). keras_vit's models enter it in their `predict_step`,
+    `test_step` and eager inference function."""
+    token = _IN_PROCESS.set(True)
+    try:
+        yield
+    finally:
+        _IN_PROCESS.reset(token)
+
+
+@functools.lru_cache(maxsize=None)
+def onednn_int8():
+    """Whether int8 products can run on oneDNN's int8 kernel here: Keras on
+    TensorFlow with its oneDNN kernels on, no GPU, and a CPU with VNNI
+    (AVX512-VNNI, AVX-VNNI) or AMX-INT8.
+
+    Example:
+
+    >>> keras_vit.backend.onednn_int8() in (True, False)
+    True
+    """
+    from keras_vit._backend import cpu_features
+
+    if keras.backend.backend() != "tensorflow" or not onednn_enabled():
+        return False
+    flags = cpu_features()[1]
+    return any(flag in flags for flag in _INT8_CPU_FLAGS) and not _gpu_visible()
+
+
+def int8_dense(layer, x, training=None):
+    """`layer(x)` for an int8-quantized `Dense` (or a `MultiHeadAttention`
+    projection) through oneDNN's int8 kernel, with `x` of shape
+    `(rows, layer's input width)`; None where Keras' own call applies:
+    another layer or mode, training, LoRA, outside `in_process_inference`,
+    inside an XLA-compiled function, or where `onednn_int8()` is False."""
+    return _tensorflow().int8_dense(layer, x) if _int8_applies(layer, training) else None
+
+
+def _int8_applies(layer, training):
+    return (training is not True and getattr(layer, "quantization_mode", None) == "int8"
+            and not getattr(layer, "lora_enabled", False) and _IN_PROCESS.get() and onednn_int8()
+            and _tensorflow().int8_dense_supports(layer) and not _tensorflow().in_xla_context()
+            and not _tensorflow().on_tpu())
+
+
+def dense(layer, x, training=None):
+    """`layer(x)`, through `int8_dense` where it applies."""
+    fast = int8_dense(layer, x, training)
+    return layer(x) if fast is None else fast
 
 
 def _gpu_visible():
