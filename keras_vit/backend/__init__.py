@@ -200,7 +200,8 @@ def onednn_int8():
 def int8_dense(layer, x, training=None):
     """`layer(x)` for an int8-quantized `Dense` (or a `MultiHeadAttention`
     projection) through oneDNN's int8 kernel, with `x` of shape
-    `(rows, layer's input width)`; None where Keras' own call applies:
+    `(..., layer's input width)` (an attention projection's heads flattened
+    into the width); None where Keras' own call applies:
     another layer or mode, training, LoRA, outside `in_process_inference`,
     inside an XLA-compiled function, or where `onednn_int8()` is False."""
     return _tensorflow().int8_dense(layer, x) if _int8_applies(layer, training) else None

@@ -200,7 +200,6 @@ def int8_dense_supports(layer):
     or a `MultiHeadAttention` projection, quantized by Keras with its
     per-token input quantizer."""
     import keras
-
     from keras import quantizers
 
     if type(getattr(layer, "inputs_quantizer", None)) is not quantizers.AbsMaxQuantizer \
