@@ -157,6 +157,16 @@ def load_benchmark_script(name):
     return module
 
 
+def graph_operations(function, *args):
+    """Every operation of `function`'s graph for `args` (a `tf.function`),
+    the functions it calls included."""
+    graphs = [function.get_concrete_function(*args).graph]
+    while graphs:
+        graph = graphs.pop()
+        graphs.extend(f.graph for f in graph._functions.values() if hasattr(f, "graph"))
+        yield from graph.get_operations()
+
+
 def run_layer_test(layer_cls, init_kwargs, input_data, expected_output_shape, tmp_path):
     """The one test every layer goes through (after keras-hub's run_layer_test).
 

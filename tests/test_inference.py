@@ -6,7 +6,7 @@ import pytest
 
 import keras_vit
 from keras_vit import inference
-from tests.conftest import TINY_SHAPE, TINY_VARIANT, randomize
+from tests.conftest import TINY_SHAPE, TINY_VARIANT, graph_operations, randomize
 
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
@@ -265,14 +265,10 @@ def _matmuls(model, shape):
     import tensorflow as tf
 
     function = tf.function(lambda x: model(x, training=False))
-    graph = function.get_concrete_function(tf.TensorSpec((2,) + shape, tf.float32)).graph
-    found, graphs = collections.Counter(), [graph]
-    while graphs:
-        g = graphs.pop()
-        graphs.extend(f.graph for f in g._functions.values() if hasattr(f, "graph"))
-        for op in g.get_operations():
-            if op.type in ("MatMul", "BatchMatMulV2", "BatchMatMulV3", "Einsum", "_FusedMatMul"):
-                found[(op.type, tuple(t.dtype.name for t in op.inputs))] += 1
+    found = collections.Counter()
+    for op in graph_operations(function, tf.TensorSpec((2,) + shape, tf.float32)):
+        if op.type in ("MatMul", "BatchMatMulV2", "BatchMatMulV3", "Einsum", "_FusedMatMul"):
+            found[(op.type, tuple(t.dtype.name for t in op.inputs))] += 1
     return found
 
 

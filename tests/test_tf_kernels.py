@@ -19,7 +19,7 @@ import tensorflow as tf
 import keras_vit
 from keras_vit import backend, layers
 from keras_vit.backend import tensorflow as _tf_kernels
-from tests.conftest import TINY_SHAPE, TINY_VARIANT, randomize
+from tests.conftest import TINY_SHAPE, TINY_VARIANT, graph_operations, randomize
 
 
 def _value_and_gradients(function, inputs, weights):
@@ -399,12 +399,7 @@ def _graph_op_types(function, *args):
     """`{op type: count}` of `function`'s graph for `args`, nested functions included."""
     import collections
 
-    graphs, found = [function.get_concrete_function(*args).graph], collections.Counter()
-    while graphs:
-        graph = graphs.pop()
-        graphs.extend(f.graph for f in graph._functions.values() if hasattr(f, "graph"))
-        found.update(op.type for op in graph.get_operations())
-    return found
+    return collections.Counter(op.type for op in graph_operations(function, *args))
 
 
 def test_int8_dense_only_in_the_models_own_inference_graphs(rng, tmp_path):
