@@ -516,6 +516,9 @@ class TransformerBlock(keras.layers.Layer):
         return ops.reshape(y, shape)
 
     def call(self, inputs, training=None, return_attention_scores=False, class_token_only=False):
+        fused = backend.int8_block(self, inputs, training, class_token_only) if self.fast_kernels else None
+        if fused is not None:
+            return fused if return_attention_scores else fused[0]
         x, scores = self._attention(self.norm1(inputs, training=training), training, class_token_only)
         x = self.attn_dropout(x, training=training)
         if class_token_only:

@@ -5,6 +5,7 @@ pattern of float32 inference, and the attention from MultiHeadAttention's
 variables: values and gradients against Keras' own ops, and where they are
 (and are not) used."""
 
+import collections
 import math
 import os
 import pathlib
@@ -397,9 +398,33 @@ def test_int8_dense_computes_what_keras_int8_layers_compute(rng):
 
 def _graph_op_types(function, *args):
     """`{op type: count}` of `function`'s graph for `args`, nested functions included."""
-    import collections
-
     return collections.Counter(op.type for op in graph_operations(function, *args))
+
+
+@_ONEDNN_INT8
+def test_int8_block_fuses_what_lies_between_its_products(rng):
+    model = randomize(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5))
+    assert not _tf_kernels.int8_block_supports(model.blocks[0])
+    block = keras_vit.with_precision(model, "int8").blocks[0]
+    assert _tf_kernels.int8_block_supports(block)
+    tokens = rng.normal(0, 1, (3,) + tuple(model.blocks[0].input.shape[1:])).astype("float32")
+    spec = tf.TensorSpec((None,) + tokens.shape[1:], tf.float32)
+    for class_token_only in (False, True):
+        # Outside the model's inference graphs: Keras' int8 layers, one by one.
+        expected, expected_weights = block(tokens, return_attention_scores=True, class_token_only=class_token_only)
+        fused = tf.function(lambda t, _c=class_token_only: block(t, return_attention_scores=True,
+                                                                 class_token_only=_c))
+        with backend.in_process_inference():
+            outputs, weights = fused(tokens)
+            graph = fused.get_concrete_function(spec).graph
+        # Six oneDNN products and six XLA calls between them; the LayerNorms,
+        # GELU and head transposes are inside those.
+        top = collections.Counter(op.type for op in graph.get_operations())
+        assert top["QuantizedMatMulWithBias"] == 6 and top["BatchMatMulV2"] == 2, top
+        assert sum(top[t] for t in ("PartitionedCall", "StatefulPartitionedCall")) == 6, top
+        assert not {"Transpose", "Erf", "Erfc", "FusedBatchNormV3", "Mean"} & set(top), top
+        np.testing.assert_allclose(outputs.numpy(), keras.ops.convert_to_numpy(expected), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(weights.numpy(), keras.ops.convert_to_numpy(expected_weights), atol=1e-6)
 
 
 def test_int8_dense_only_in_the_models_own_inference_graphs(rng, tmp_path):

@@ -23,12 +23,13 @@ layers, so LoRA applies; so are quantized ones, but for one case:
 
 | call | int8 `Dense` and attention projections (Keras' `quantize("int8")`) |
 |---|---|
-| the model's own inference graphs (`predict`, `evaluate`, the eager `model(x)` of keras_vit models), CPU with oneDNN and VNNI or AMX | oneDNN's int8 matrix product (`int8_dense`) |
+| the model's own inference graphs (`predict`, `evaluate`, the eager `model(x)` of keras_vit models), CPU with oneDNN and VNNI or AMX | oneDNN's int8 matrix product (`int8_dense`); a block whose six projections are all int8 runs as one unit (`int8_block`): the products on oneDNN, what lies between two of them as one XLA kernel |
 | any other graph (an exported SavedModel, your own `tf.function`), or another CPU | Keras (XLA-compiled where `with_precision` set `jit_compile`) |
 
-Both compute the same integer products exactly, so the values are the
-same; oneDNN's kernel is not in SavedModels because TensorFlow builds
-without oneDNN (and TF Serving's) lack it.
+Both compute the same integer products, so each layer's values are the
+same (the fused block's LayerNorm and GELU are the training kernels',
+within float32 rounding of Keras'); oneDNN's kernel is not in SavedModels
+because TensorFlow builds without oneDNN (and TF Serving's) lack it.
 """
 
 import contextlib
@@ -212,6 +213,21 @@ def _int8_applies(layer, training):
             and not getattr(layer, "lora_enabled", False) and _IN_PROCESS.get() and onednn_int8()
             and _tensorflow().int8_dense_supports(layer) and not _tensorflow().in_xla_context()
             and not _tensorflow().on_tpu())
+
+
+def int8_block(block, x, training, class_token_only):
+    """`block(x)` of a `TransformerBlock` as `(outputs, attention weights)`
+    with its int8 products on oneDNN's kernel and what lies between them
+    fused (`keras_vit.backend.tensorflow.int8_block`), or None where the
+    block is called layer by layer: not every projection int8 as
+    `int8_dense` applies to it, another compute dtype than float32, or
+    tokens of unknown number."""
+    projections = (block.attn.query_dense, block.attn.key_dense, block.attn.value_dense,
+                   block.attn.output_dense, block.mlp_fc1, block.mlp_fc2)
+    if (None in tuple(x.shape[1:]) or not all(_int8_applies(layer, training) for layer in projections)
+            or not _tensorflow().int8_block_supports(block)):
+        return None
+    return _tensorflow().int8_block(block, x, class_token_only)
 
 
 def dense(layer, x, training=None):

@@ -21,6 +21,10 @@ against Keras' own ops); BENCHMARKS.md has what each one gains.
   Keras computes it, with the integer product on oneDNN's int8 kernel
   (VNNI, AMX) instead of TensorFlow's generic one; Keras and TensorFlow
   offer no other route to it.
+- `int8_block`: a whole int8 `TransformerBlock` for inference: its six
+  products as `int8_dense`'s, and what lies between two products (LayerNorm,
+  quantization, de-scaling, head split and merge, GELU, residual sums) as
+  one XLA kernel each, where a layer-by-layer call runs some 60 ops.
 """
 
 import functools
@@ -212,12 +216,10 @@ def int8_dense_supports(layer):
     return False
 
 
-@tf.function(jit_compile=True, reduce_retracing=True)
-def _int8_rows(rows, low, high, epsilon):
+def _quantize(rows, low, high, epsilon):
     """Keras' `abs_max_quantize(rows, axis=-1)` (one scale per row) as
     unsigned bytes `q + 128` (one XOR of the sign bit), with one more row of
-    128s: `(bytes, scales)`. One XLA kernel instead of a dozen TensorFlow
-    ops per layer."""
+    128s: `(bytes, scales)`."""
     from keras import quantizers
 
     quantized, scale = quantizers.abs_max_quantize(rows, axis=-1, value_range=(low, high), epsilon=epsilon)
@@ -225,12 +227,45 @@ def _int8_rows(rows, low, high, epsilon):
     return tf.concat([unsigned, tf.fill(tf.stack([1, tf.shape(rows)[1]]), tf.constant(128, tf.uint8))], 0), scale
 
 
-@tf.function(jit_compile=True, reduce_retracing=True)
-def _int8_outputs(product, kernel_scale, rows_scale, bias, dtype):
+def _descale(product, kernel_scale, rows_scale, bias, dtype):
     """Keras' de-scaling of an int8 product, whose last row is the offset to
-    take out, plus the bias; one XLA kernel."""
+    take out, plus the bias."""
     outputs = tf.cast(product[:-1] - product[-1:], dtype) / (kernel_scale * rows_scale)
     return outputs if bias is None else outputs + tf.cast(bias, dtype)
+
+
+# Each one XLA kernel instead of a dozen TensorFlow ops per layer.
+_int8_rows = tf.function(_quantize, jit_compile=True, reduce_retracing=True)
+_int8_outputs = tf.function(_descale, jit_compile=True, reduce_retracing=True)
+
+
+def _int8_operands(layer):
+    """What `int8_dense` needs of `layer`: `(kernel, kernel_scale, bias,
+    quantizer)`: the int8 kernel as a `(depth, width)` qint8 matrix, its
+    scale and the bias (or None) as `(width,)` vectors, and the input
+    quantizer's `(low, high, epsilon)`."""
+    kernel = tf.convert_to_tensor(layer._kernel)
+    reduced = _PROJECTION_EQUATIONS.get(getattr(layer, "equation", None), 1)
+    depth = math.prod(kernel.shape[:reduced])
+    free = tuple(kernel.shape[reduced:])
+    width = math.prod(free)
+    scale = tf.convert_to_tensor(layer.kernel_scale)
+    dims = list(scale.shape)
+    while len(dims) > len(free) and dims[0] == 1:
+        dims.pop(0)
+    scale = tf.reshape(tf.broadcast_to(tf.reshape(scale, dims), free), (width,))
+    bias = None if layer.bias is None else tf.reshape(layer.bias, (width,))
+    quantizer = layer.inputs_quantizer
+    return (tf.bitcast(tf.reshape(kernel, (depth, width)), tf.qint8), scale, bias,
+            (float(quantizer.value_range[0]), float(quantizer.value_range[1]), float(quantizer.epsilon)))
+
+
+def _int8_product(unsigned, kernel):
+    """oneDNN's u8 x s8 product of `_quantize`'s bytes and a qint8 kernel, as int32."""
+    product, _, _ = tf.raw_ops.QuantizedMatMulWithBias(
+        a=tf.bitcast(unsigned, tf.quint8), b=kernel, bias=tf.zeros(kernel.shape[1:], tf.qint32),
+        min_a=0.0, max_a=255.0, min_b=-127.0, max_b=127.0, Toutput=tf.qint32, input_quant_mode="MIN_FIRST")
+    return tf.bitcast(product, tf.int32)
 
 
 def int8_dense(layer, x):
@@ -241,37 +276,26 @@ def int8_dense(layer, x):
 
     What Keras computes (`Dense._int8_call`, `EinsumDense._int8_call`): the
     rows quantized to int8 by the layer's abs-max quantizer (one scale per
-    row), their exact int32 product with the int8 kernel, cast to the
-    compute dtype, divided by the product of the two scales, plus the bias.
-    Only the product's kernel differs: oneDNN's u8 x s8 int8 product
+    row), their int32 product with the int8 kernel, cast to the compute
+    dtype, divided by the product of the two scales, plus the bias. Only
+    the product's kernel differs: oneDNN's u8 x s8 int8 product
     (`QuantizedMatMulWithBias`, VNNI or AMX; a (1576, 768) x (768, 3072)
     product 12 ms against XLA's int8 26, bfloat16's 25 and float32's 37 on
     an AMD EPYC Zen 4, 2 cores). It takes unsigned activations: the rows
     become `q + 128`, and a last row of 128s gives `128 * (column sums of
-    the kernel)` to subtract, so the int32 result is `q @ kernel` exactly
-    (summing the kernel apart would read it again, as int32, each call).
+    the kernel)` to subtract (summing the kernel apart would read it again,
+    as int32, each call). oneDNN sums in int32 and then, for its scales,
+    converts through float32, as Keras' cast does: the outputs are Keras'
+    value for value while the sums stay under 2**24 in magnitude (a sum of
+    768 or 3072 int8 products gets there only if nearly all are large and
+    of one sign); past that, both round to float32, at different points.
     """
-    kernel = tf.convert_to_tensor(layer._kernel)
-    reduced = _PROJECTION_EQUATIONS.get(getattr(layer, "equation", None), 1)
-    depth = math.prod(kernel.shape[:reduced])
-    free = tuple(kernel.shape[reduced:])
-    width = math.prod(free)
+    kernel, scale, bias, quantizer = _int8_operands(layer)
+    depth, width = kernel.shape
     shape = tf.shape(x)
     rows = x if x.shape.rank == 2 else tf.reshape(x, (-1, depth))
-    quantizer = layer.inputs_quantizer
-    unsigned, rows_scale = _int8_rows(rows, float(quantizer.value_range[0]), float(quantizer.value_range[1]),
-                                      float(quantizer.epsilon))
-    product, _, _ = tf.raw_ops.QuantizedMatMulWithBias(
-        a=tf.bitcast(unsigned, tf.quint8), b=tf.bitcast(tf.reshape(kernel, (depth, width)), tf.qint8),
-        bias=tf.zeros((width,), tf.qint32), min_a=0.0, max_a=255.0, min_b=-127.0, max_b=127.0,
-        Toutput=tf.qint32, input_quant_mode="MIN_FIRST")
-    scale = tf.convert_to_tensor(layer.kernel_scale)
-    dims = list(scale.shape)
-    while len(dims) > len(free) and dims[0] == 1:
-        dims.pop(0)
-    scale = tf.reshape(tf.broadcast_to(tf.reshape(scale, dims), free), (width,))
-    bias = None if layer.bias is None else tf.reshape(layer.bias, (width,))
-    outputs = _int8_outputs(tf.bitcast(product, tf.int32), scale, rows_scale, bias, layer.compute_dtype)
+    unsigned, rows_scale = _int8_rows(rows, *quantizer)
+    outputs = _int8_outputs(_int8_product(unsigned, kernel), scale, rows_scale, bias, layer.compute_dtype)
     return outputs if x.shape.rank == 2 else tf.reshape(outputs, tf.concat([shape[:-1], [width]], 0))
 
 
@@ -312,3 +336,125 @@ def self_attention(block, x, training, class_token_only=False, int8=False):
     outputs = ops.reshape(ops.transpose(outputs, (0, 2, 1, 3)), (-1, width))
     outputs = dense(outputs, attn.output_dense)
     return ops.reshape(outputs, (batch, -1, width)), weights
+
+
+def int8_block_supports(block):
+    """Whether `int8_block` computes `block`: every projection int8 as
+    `int8_dense` computes it, float32 compute throughout, LayerNorms over
+    the last axis with scale and centre, and one quantizer for q, k and v."""
+    attn = block.attn
+    layers = (attn.query_dense, attn.key_dense, attn.value_dense, attn.output_dense, block.mlp_fc1, block.mlp_fc2)
+    if not all(int8_dense_supports(layer) for layer in layers):
+        return False
+    dtypes = {layer.compute_dtype for layer in (block, attn, block.norm1, block.norm2) + layers}
+    quantizers = {_int8_operands(layer)[3] for layer in layers[:3]}
+    return (dtypes == {"float32"} and len(quantizers) == 1
+            and all(getattr(norm, "fast_kernels", False) for norm in (block.norm1, block.norm2)))
+
+
+def _normalise(x, gamma, beta, epsilon):
+    """LayerNorm over the last axis in float32, as `_layer_norm_forward`."""
+    mean = _mean_over_last_axis(x)
+    centred = x - mean
+    return centred * tf.math.rsqrt(_mean_over_last_axis(centred * centred) + epsilon) * gamma + beta
+
+
+# The XLA kernels between the products of `int8_block`, in its order.
+@tf.function(jit_compile=True, reduce_retracing=True)
+def _int8_norm_rows(x, gamma, beta, norm_epsilon, quantizer, class_token_only):
+    """norm1 of `(batch, tokens, width)`, then its rows quantized for k and
+    v, and for q (the class tokens alone with `class_token_only`)."""
+    normed = _normalise(x, gamma, beta, norm_epsilon)
+    rows = _quantize(tf.reshape(normed, (-1, x.shape[-1])), *quantizer)
+    return rows + (_quantize(normed[:, 0], *quantizer) if class_token_only else rows)
+
+
+@tf.function(jit_compile=True, reduce_retracing=True)
+def _int8_heads(products, scales, biases, rows_scales, sizes, heads):
+    """The q, k and v products de-scaled and split into heads: q `(batch,
+    heads, queries, head_dim)` times `1 / sqrt(head_dim)`, k transposed to
+    `(batch, heads, head_dim, tokens)`, v `(batch, heads, tokens, head_dim)`;
+    `sizes` is `(queries, tokens, tokens)`."""
+    split = []
+    for product, scale, bias, rows_scale, size in zip(products, scales, biases, rows_scales, sizes):
+        outputs = _descale(product, scale, rows_scale, bias, tf.float32)
+        split.append(tf.reshape(outputs, (-1, size, heads, outputs.shape[-1] // heads)))
+    query, key, value = split
+    query = tf.transpose(query, (0, 2, 1, 3)) * (1.0 / math.sqrt(query.shape[-1]))
+    return query, tf.transpose(key, (0, 2, 3, 1)), tf.transpose(value, (0, 2, 1, 3))
+
+
+@tf.function(jit_compile=True, reduce_retracing=True)
+def _int8_merge_rows(attended, quantizer):
+    """The heads `(batch, heads, queries, head_dim)` merged into rows
+    `(batch * queries, width)` and quantized for the output projection."""
+    rows = tf.transpose(attended, (0, 2, 1, 3))
+    return _quantize(tf.reshape(rows, (-1, rows.shape[2] * rows.shape[3])), *quantizer)
+
+
+@tf.function(jit_compile=True, reduce_retracing=True)
+def _int8_residual_norm_rows(product, scale, rows_scale, bias, residual, gamma, beta, norm_epsilon, quantizer):
+    """The residual plus the de-scaled output projection, and its norm2
+    quantized for fc1: `(sum, bytes, scales)`."""
+    x = residual + _descale(product, scale, rows_scale, bias, tf.float32)
+    return (x,) + _quantize(_normalise(x, gamma, beta, norm_epsilon), *quantizer)
+
+
+@tf.function(jit_compile=True, reduce_retracing=True)
+def _int8_gelu_rows(product, scale, rows_scale, bias, quantizer):
+    """fc1 de-scaled, its exact GELU, quantized for fc2."""
+    y = _descale(product, scale, rows_scale, bias, tf.float32)
+    return _quantize(y * _normal_cdf(y), *quantizer)
+
+
+@tf.function(jit_compile=True, reduce_retracing=True)
+def _int8_residual(product, scale, rows_scale, bias, residual):
+    return residual + _descale(product, scale, rows_scale, bias, tf.float32)
+
+
+def int8_block(block, x, class_token_only=False):
+    """`block(x)` of a `TransformerBlock` whose six projections are int8
+    (Keras' `quantize("int8")`), for inference: `(outputs, attention
+    weights)`.
+
+    The six products are `int8_dense`'s (oneDNN's int8 kernel, Keras'
+    quantizers); everything between two of them is one XLA kernel:
+    norm1 and the quantization of its rows (once for q, k and v), the
+    de-scaling and head split of q, k and v, the merge of the heads and
+    their quantization, the residual sum with norm2 and its quantization,
+    fc1's de-scaling with the GELU and the quantization for fc2, fc2's
+    de-scaling with the residual sum. Called layer by layer, a block runs
+    about 60 TensorFlow ops (LayerNorm, GELU, transposes, ten XLA calls);
+    here 6 XLA calls and the attention's two batched matmuls and softmax.
+    The LayerNorms and GELU are computed as the fast training kernels
+    compute them (within float32 rounding of Keras'), the products and
+    scales as Keras' int8 layers.
+    """
+    attn = block.attn
+    query_layer, key_layer, value_layer = attn.query_dense, attn.key_dense, attn.value_dense
+    operands = [_int8_operands(layer) for layer in
+                (query_layer, key_layer, value_layer, attn.output_dense, block.mlp_fc1, block.mlp_fc2)]
+    kernels, scales, biases, quantizers = zip(*operands)
+    tokens, width = x.shape[1], x.shape[2]
+    norm1, norm2 = _layer_norm_arguments(block.norm1), _layer_norm_arguments(block.norm2)
+    rows, rows_scale, query_rows, query_scale = _int8_norm_rows(
+        x, *norm1, quantizers[0], bool(class_token_only))
+    products = [_int8_product(query_rows, kernels[0]), _int8_product(rows, kernels[1]),
+                _int8_product(rows, kernels[2])]
+    query, key, value = _int8_heads(products, scales[:3], biases[:3], (query_scale, rows_scale, rows_scale),
+                                    (1 if class_token_only else tokens, tokens, tokens), block.num_heads)
+    # Shapes for grappler, which cannot infer those of the calls' outputs
+    # (its cost model then logs a warning for the softmax at every trace).
+    queries, heads = 1 if class_token_only else tokens, block.num_heads
+    query = tf.ensure_shape(query, (None, heads, queries, width // heads))
+    key = tf.ensure_shape(key, (None, heads, width // heads, tokens))
+    value = tf.ensure_shape(value, (None, heads, tokens, width // heads))
+    weights = tf.nn.softmax(tf.matmul(query, key), axis=-1)
+    rows, rows_scale = _int8_merge_rows(tf.matmul(weights, value), quantizers[3])
+    residual = tf.reshape(x[:, :1] if class_token_only else x, (-1, width))
+    residual, rows, rows_scale = _int8_residual_norm_rows(
+        _int8_product(rows, kernels[3]), scales[3], rows_scale, biases[3], residual, *norm2, quantizers[4])
+    rows, rows_scale = _int8_gelu_rows(_int8_product(rows, kernels[4]), scales[4], rows_scale, biases[4],
+                                       quantizers[5])
+    outputs = _int8_residual(_int8_product(rows, kernels[5]), scales[5], rows_scale, biases[5], residual)
+    return tf.reshape(outputs, (-1, 1 if class_token_only else tokens, width)), weights
