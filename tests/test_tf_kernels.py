@@ -401,13 +401,22 @@ def _graph_op_types(function, *args):
     return collections.Counter(op.type for op in graph_operations(function, *args))
 
 
+def _int8_block(rng, **kwargs):
+    """A TransformerBlock with random weights, quantized by Keras."""
+    inputs = keras.Input((7, kwargs["hidden_dim"]))
+    model = randomize(keras.Model(inputs, layers.TransformerBlock(**kwargs)(inputs)))
+    assert not _tf_kernels.int8_block_supports(model.layers[-1])
+    model.quantize("int8")
+    return model.layers[-1], rng.normal(0, 1, (3, 7, kwargs["hidden_dim"])).astype("float32")
+
+
 @_ONEDNN_INT8
-def test_int8_block_fuses_what_lies_between_its_products(rng):
-    model = randomize(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5))
-    assert not _tf_kernels.int8_block_supports(model.blocks[0])
-    block = keras_vit.with_precision(model, "int8").blocks[0]
+@pytest.mark.parametrize("size", [dict(hidden_dim=24, num_heads=4, mlp_dim=40),
+                                  dict(hidden_dim=16, num_heads=2, mlp_dim=64)])
+def test_int8_block_fuses_what_lies_between_its_products(rng, size):
+    # Two sizes: the XLA kernels are shared by every block of the process.
+    block, tokens = _int8_block(rng, **size)
     assert _tf_kernels.int8_block_supports(block)
-    tokens = rng.normal(0, 1, (3,) + tuple(model.blocks[0].input.shape[1:])).astype("float32")
     spec = tf.TensorSpec((None,) + tokens.shape[1:], tf.float32)
     for class_token_only in (False, True):
         # Outside the model's inference graphs: Keras' int8 layers, one by one.
@@ -416,6 +425,8 @@ def test_int8_block_fuses_what_lies_between_its_products(rng):
                                                                  class_token_only=_c))
         with backend.in_process_inference():
             outputs, weights = fused(tokens)
+            # Another batch: the XLA kernels' signatures are then generalised.
+            fewer = fused(tokens[:2])[0]
             graph = fused.get_concrete_function(spec).graph
         # Six oneDNN products and six XLA calls between them; the LayerNorms,
         # GELU and head transposes are inside those.
@@ -425,6 +436,7 @@ def test_int8_block_fuses_what_lies_between_its_products(rng):
         assert not {"Transpose", "Erf", "Erfc", "FusedBatchNormV3", "Mean"} & set(top), top
         np.testing.assert_allclose(outputs.numpy(), keras.ops.convert_to_numpy(expected), rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(weights.numpy(), keras.ops.convert_to_numpy(expected_weights), atol=1e-6)
+        np.testing.assert_allclose(fewer.numpy(), outputs.numpy()[:2], rtol=1e-5, atol=1e-5)
 
 
 def test_int8_dense_only_in_the_models_own_inference_graphs(rng, tmp_path):

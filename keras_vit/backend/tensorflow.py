@@ -364,23 +364,25 @@ def _normalise(x, gamma, beta, epsilon):
 def _int8_norm_rows(x, gamma, beta, norm_epsilon, quantizer, class_token_only):
     """norm1 of `(batch, tokens, width)`, then its rows quantized for k and
     v, and for q (the class tokens alone with `class_token_only`)."""
+    # Shapes from tf.shape, which XLA knows when it compiles: the static
+    # shapes are None once reduce_retracing has generalised the signature.
     normed = _normalise(x, gamma, beta, norm_epsilon)
-    rows = _quantize(tf.reshape(normed, (-1, x.shape[-1])), *quantizer)
+    rows = _quantize(tf.reshape(normed, (-1, tf.shape(x)[-1])), *quantizer)
     return rows + (_quantize(normed[:, 0], *quantizer) if class_token_only else rows)
 
 
 @tf.function(jit_compile=True, reduce_retracing=True)
-def _int8_heads(products, scales, biases, rows_scales, sizes, heads):
+def _int8_heads(products, scales, biases, rows_scales, sizes, heads, head_dim):
     """The q, k and v products de-scaled and split into heads: q `(batch,
-    heads, queries, head_dim)` times `1 / sqrt(head_dim)`, k transposed to
-    `(batch, heads, head_dim, tokens)`, v `(batch, heads, tokens, head_dim)`;
-    `sizes` is `(queries, tokens, tokens)`."""
+    heads, queries, head_dim)` times `1 / sqrt(head_dim)` (Keras' factor),
+    k transposed to `(batch, heads, head_dim, tokens)`, v `(batch, heads,
+    tokens, head_dim)`; `sizes` is `(queries, tokens, tokens)`."""
     split = []
     for product, scale, bias, rows_scale, size in zip(products, scales, biases, rows_scales, sizes):
         outputs = _descale(product, scale, rows_scale, bias, tf.float32)
-        split.append(tf.reshape(outputs, (-1, size, heads, outputs.shape[-1] // heads)))
+        split.append(tf.reshape(outputs, (-1, size, heads, head_dim)))
     query, key, value = split
-    query = tf.transpose(query, (0, 2, 1, 3)) * (1.0 / math.sqrt(query.shape[-1]))
+    query = tf.transpose(query, (0, 2, 1, 3)) * (1.0 / math.sqrt(head_dim))
     return query, tf.transpose(key, (0, 2, 3, 1)), tf.transpose(value, (0, 2, 1, 3))
 
 
@@ -388,8 +390,9 @@ def _int8_heads(products, scales, biases, rows_scales, sizes, heads):
 def _int8_merge_rows(attended, quantizer):
     """The heads `(batch, heads, queries, head_dim)` merged into rows
     `(batch * queries, width)` and quantized for the output projection."""
-    rows = tf.transpose(attended, (0, 2, 1, 3))
-    return _quantize(tf.reshape(rows, (-1, rows.shape[2] * rows.shape[3])), *quantizer)
+    shape = tf.shape(attended)
+    rows = tf.reshape(tf.transpose(attended, (0, 2, 1, 3)), (-1, shape[1] * shape[3]))
+    return _quantize(rows, *quantizer)
 
 
 @tf.function(jit_compile=True, reduce_retracing=True)
@@ -442,7 +445,8 @@ def int8_block(block, x, class_token_only=False):
     products = [_int8_product(query_rows, kernels[0]), _int8_product(rows, kernels[1]),
                 _int8_product(rows, kernels[2])]
     query, key, value = _int8_heads(products, scales[:3], biases[:3], (query_scale, rows_scale, rows_scale),
-                                    (1 if class_token_only else tokens, tokens, tokens), block.num_heads)
+                                    (1 if class_token_only else tokens, tokens, tokens), block.num_heads,
+                                    block.head_dim)
     # Shapes for grappler, which cannot infer those of the calls' outputs
     # (its cost model then logs a warning for the softmax at every trace).
     queries, heads = 1 if class_token_only else tokens, block.num_heads
