@@ -18,7 +18,7 @@ from keras_vit._validation import check_choice, check_positive_int, check_rate
 _POOLINGS = ("token", "avg", None)
 
 # Each model's compiled inference call (see `VisionTransformer.__call__`),
-# kept outside the model: a `tf.function` attribute would be tracked by
+# `(jit_compile, function)`, kept outside the model: a `tf.function` attribute would be tracked by
 # TensorFlow and saved into every SavedModel of the model.
 _INFERENCE_FUNCTIONS = weakref.WeakKeyDictionary()
 
@@ -235,11 +235,11 @@ class VisionTransformer(_BuildsBeforeTracing, keras.Model):
 
     def __call__(self, *args, **kwargs):
         if self._compiled_call_applies(args, kwargs):
-            function = _INFERENCE_FUNCTIONS.get(self)
-            if function is None:
-                function = _inference_function(self)
-                _INFERENCE_FUNCTIONS[self] = function
-            return function(args[0])
+            jit_compile = self.jit_compile is True
+            cached = _INFERENCE_FUNCTIONS.get(self)
+            if cached is None or cached[0] != jit_compile:
+                cached = _INFERENCE_FUNCTIONS[self] = (jit_compile, _inference_function(self, jit_compile))
+            return cached[1](args[0])
         return super().__call__(*args, **kwargs)
 
     def _compiled_call_applies(self, args, kwargs):
@@ -313,7 +313,12 @@ def patch_grid(model):
     return height // patches.patch_size, width // patches.patch_size
 
 
-def _inference_function(model):
+def _inference_function(model, jit_compile):
+    """The model's eager inference call as a `tf.function`, compiled by XLA
+    where the model's `jit_compile` is True, as Keras compiles its predict
+    step (`with_xla_if_int8` sets it for int8 models where oneDNN's int8
+    kernel does not apply: TensorFlow's own int8 product is some 4x slower
+    than XLA's)."""
     import tensorflow as tf
 
     # A weak reference: the function must not keep the model alive.
@@ -323,7 +328,7 @@ def _inference_function(model):
         with backend.in_process_inference():
             return keras.Model.__call__(model_ref(), inputs, training=False)
 
-    return tf.function(call, reduce_retracing=True)
+    return tf.function(call, reduce_retracing=True, jit_compile=jit_compile)
 
 
 _BUILDER_DOC = """Instantiates the {title} Vision Transformer.

@@ -299,6 +299,26 @@ def test_int8_runs_every_projection_and_mlp_product_in_int8_under_xla(rng):
     np.testing.assert_allclose(int8.predict_on_batch(x), keras.ops.convert_to_numpy(int8(x)), atol=1e-5)
 
 
+def test_int8_direct_call_compiled_by_xla_where_predict_is(rng, monkeypatch):
+    # As on a CPU without VNNI: oneDNN's int8 kernel does not apply, the
+    # steps are XLA's, and so is the eager call (TensorFlow's own int8
+    # product is several times slower than XLA's).
+    monkeypatch.setattr(keras_vit.backend, "onednn_int8", lambda: False)
+    model = randomize(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5))
+    int8 = inference.with_precision(model, "int8")
+    assert int8.jit_compile is True
+    x = rng.uniform(-1, 1, (4,) + TINY_SHAPE).astype("float32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(int8(x)), int8.predict_on_batch(x), atol=1e-5)
+    jit_compile, function = keras_vit.models._INFERENCE_FUNCTIONS[int8]
+    assert jit_compile is True and "HloModule" in function.experimental_get_compiler_ir(x)(stage="hlo")
+    # The model's jit_compile decides, as for predict.
+    int8.jit_compile = False
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(int8(x)), int8.predict_on_batch(x), atol=1e-5)
+    assert keras_vit.models._INFERENCE_FUNCTIONS[int8][0] is False
+    model(x)
+    assert keras_vit.models._INFERENCE_FUNCTIONS[model][0] is False
+
+
 def test_int8_copy_saves_and_loads_value_for_value(rng, tmp_path):
     model = randomize(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5))
     int8 = inference.with_precision(model, "int8")
