@@ -17,9 +17,10 @@ from keras_vit._validation import check_choice, check_positive_int, check_rate
 
 _POOLINGS = ("token", "avg", None)
 
-# Each model's compiled inference call (see `VisionTransformer.__call__`),
-# `(jit_compile, function)`, kept outside the model: a `tf.function` attribute would be tracked by
-# TensorFlow and saved into every SavedModel of the model.
+# Each model's compiled inference call (see `VisionTransformer.__call__`)
+# as `(jit_compile, function)`, kept outside the model: a `tf.function`
+# attribute would be tracked by TensorFlow and saved into every SavedModel
+# of the model.
 _INFERENCE_FUNCTIONS = weakref.WeakKeyDictionary()
 
 

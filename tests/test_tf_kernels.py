@@ -233,7 +233,7 @@ def test_inference_graphs_use_fast_layer_norms_with_same_values(fast_kernels_swi
         m(x)
         return [_graph_text(tf.function(m.predict_step), spec),
                 _graph_text(tf.function(m.test_step), (spec, tf.TensorSpec((None, 5), tf.float32))),
-                _graph_text(models._INFERENCE_FUNCTIONS[m], spec),
+                _graph_text(models._INFERENCE_FUNCTIONS[m][1], spec),
                 _graph_text(tf.function(lambda v: m(v, training=False)), spec),
                 _graph_text(tf.function(lambda v: m(v)), spec)]
 

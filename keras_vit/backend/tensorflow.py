@@ -434,31 +434,29 @@ def int8_block(block, x, class_token_only=False):
     scales as Keras' int8 layers.
     """
     attn = block.attn
-    query_layer, key_layer, value_layer = attn.query_dense, attn.key_dense, attn.value_dense
-    operands = [_int8_operands(layer) for layer in
-                (query_layer, key_layer, value_layer, attn.output_dense, block.mlp_fc1, block.mlp_fc2)]
-    kernels, scales, biases, quantizers = zip(*operands)
+    kernels, scales, biases, quantizers = zip(*(
+        _int8_operands(layer) for layer in
+        (attn.query_dense, attn.key_dense, attn.value_dense, attn.output_dense, block.mlp_fc1, block.mlp_fc2)))
     tokens, width = x.shape[1], x.shape[2]
-    norm1, norm2 = _layer_norm_arguments(block.norm1), _layer_norm_arguments(block.norm2)
+    queries, heads, head_dim = 1 if class_token_only else tokens, block.num_heads, block.head_dim
     rows, rows_scale, query_rows, query_scale = _int8_norm_rows(
-        x, *norm1, quantizers[0], bool(class_token_only))
+        x, *_layer_norm_arguments(block.norm1), quantizers[0], bool(class_token_only))
     products = [_int8_product(query_rows, kernels[0]), _int8_product(rows, kernels[1]),
                 _int8_product(rows, kernels[2])]
     query, key, value = _int8_heads(products, scales[:3], biases[:3], (query_scale, rows_scale, rows_scale),
-                                    (1 if class_token_only else tokens, tokens, tokens), block.num_heads,
-                                    block.head_dim)
+                                    (queries, tokens, tokens), heads, head_dim)
     # Shapes for grappler, which cannot infer those of the calls' outputs
     # (its cost model then logs a warning for the softmax at every trace).
-    queries, heads = 1 if class_token_only else tokens, block.num_heads
-    query = tf.ensure_shape(query, (None, heads, queries, width // heads))
-    key = tf.ensure_shape(key, (None, heads, width // heads, tokens))
-    value = tf.ensure_shape(value, (None, heads, tokens, width // heads))
+    query = tf.ensure_shape(query, (None, heads, queries, head_dim))
+    key = tf.ensure_shape(key, (None, heads, head_dim, tokens))
+    value = tf.ensure_shape(value, (None, heads, tokens, head_dim))
     weights = tf.nn.softmax(tf.matmul(query, key), axis=-1)
     rows, rows_scale = _int8_merge_rows(tf.matmul(weights, value), quantizers[3])
     residual = tf.reshape(x[:, :1] if class_token_only else x, (-1, width))
     residual, rows, rows_scale = _int8_residual_norm_rows(
-        _int8_product(rows, kernels[3]), scales[3], rows_scale, biases[3], residual, *norm2, quantizers[4])
+        _int8_product(rows, kernels[3]), scales[3], rows_scale, biases[3], residual,
+        *_layer_norm_arguments(block.norm2), quantizers[4])
     rows, rows_scale = _int8_gelu_rows(_int8_product(rows, kernels[4]), scales[4], rows_scale, biases[4],
                                        quantizers[5])
     outputs = _int8_residual(_int8_product(rows, kernels[5]), scales[5], rows_scale, biases[5], residual)
-    return tf.reshape(outputs, (-1, 1 if class_token_only else tokens, width)), weights
+    return tf.reshape(outputs, (-1, queries, width)), weights
