@@ -322,10 +322,10 @@ def with_xla_if_int8(model):
     float32 takes 42 ms (AMD EPYC, 2 cores); XLA's takes 28 ms. With XLA an
     int8 ViT-B/16 runs about 4x faster than without (BENCHMARKS.md); with
     oneDNN's int8 kernel (CPUs with VNNI or AMX, keras_vit's models)
-    1.5-1.7x faster again at batch 8 (AMD EPYC Zen 4). Keras compiles a model's predict, evaluate and train
-    steps with XLA when its `jit_compile` is True, and `with_precision`,
-    `keras_vit.load_model` and the wrappers of this module set it for int8
-    models.
+    1.5-1.7x faster again at batch 8 (AMD EPYC Zen 4). Keras compiles a
+    model's predict, evaluate and train steps with XLA when its
+    `jit_compile` is True, and `with_precision`, `keras_vit.load_model` and
+    the wrappers of this module set it for int8 models.
     """
     if keras.backend.backend() == "tensorflow" and precision_of(model) == "int8":
         model.jit_compile = not _onednn_int8_applies(model)

@@ -139,18 +139,24 @@ def gelu(x, training):
     return None
 
 
+def _projections(block):
+    """A `TransformerBlock`'s six projections: q, k, v and the attention
+    output (its `MultiHeadAttention`'s), then the MLP's fc1 and fc2."""
+    attn = block.attn
+    return attn.query_dense, attn.key_dense, attn.value_dense, attn.output_dense, block.mlp_fc1, block.mlp_fc2
+
+
 def self_attention(block, x, training, class_token_only):
     """`TransformerBlock` attention from its variables, or None where the
     attention sublayer must be called as a Keras layer (LoRA; quantized,
     unless `int8_dense` applies to every projection)."""
-    projections = (block.attn.query_dense, block.attn.key_dense, block.attn.value_dense,
-                   block.attn.output_dense)
-    if any(getattr(layer, "lora_enabled", False) for layer in projections):
+    attention = _projections(block)[:4]
+    if any(getattr(layer, "lora_enabled", False) for layer in attention):
         return None
-    modes = {getattr(layer, "quantization_mode", None) for layer in projections}
+    modes = {getattr(layer, "quantization_mode", None) for layer in attention}
     if modes == {None}:
         return _tensorflow().self_attention(block, x, training, class_token_only)
-    if all(_int8_applies(layer, training) for layer in projections):
+    if all(_int8_applies(layer, training) for layer in attention):
         return _tensorflow().self_attention(block, x, training, class_token_only, int8=True)
     return None
 
@@ -222,9 +228,7 @@ def int8_block(block, x, training, class_token_only):
     block is called layer by layer: not every projection int8 as
     `int8_dense` applies to it, another compute dtype than float32, or
     tokens of unknown number."""
-    projections = (block.attn.query_dense, block.attn.key_dense, block.attn.value_dense,
-                   block.attn.output_dense, block.mlp_fc1, block.mlp_fc2)
-    if (None in tuple(x.shape[1:]) or not all(_int8_applies(layer, training) for layer in projections)
+    if (None in tuple(x.shape[1:]) or not all(_int8_applies(layer, training) for layer in _projections(block))
             or not _tensorflow().int8_block_supports(block)):
         return None
     return _tensorflow().int8_block(block, x, class_token_only)

@@ -33,6 +33,7 @@ import math
 import tensorflow as tf
 
 from keras_vit._backend import tensorflow_onednn_enabled
+from keras_vit.backend import _projections
 
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -93,14 +94,18 @@ def _mean_over_last_axis(v):
     return tf.reshape(mean, tf.concat([shape[:-1], [1]], 0))
 
 
+def _normalise(x, gamma, beta, epsilon):
+    """LayerNorm of float32 `x` over the last axis: `(outputs, mean, 1/std)`."""
+    mean = _mean_over_last_axis(x)
+    centred = x - mean
+    inv_std = tf.math.rsqrt(_mean_over_last_axis(centred * centred) + epsilon)
+    return centred * inv_std * gamma + beta, mean, inv_std
+
+
 @tf.function(jit_compile=True, reduce_retracing=True)
 def _layer_norm_forward(x, gamma, beta, epsilon):
-    xf = tf.cast(x, tf.float32)
-    mean = _mean_over_last_axis(xf)
-    centred = xf - mean
-    variance = _mean_over_last_axis(centred * centred)
-    inv_std = tf.math.rsqrt(variance + epsilon)
-    return tf.cast(centred * inv_std * gamma + beta, x.dtype), mean, inv_std
+    outputs, mean, inv_std = _normalise(tf.cast(x, tf.float32), gamma, beta, epsilon)
+    return tf.cast(outputs, x.dtype), mean, inv_std
 
 
 @tf.function(jit_compile=True, reduce_retracing=True)
@@ -255,9 +260,13 @@ def _int8_operands(layer):
         dims.pop(0)
     scale = tf.reshape(tf.broadcast_to(tf.reshape(scale, dims), free), (width,))
     bias = None if layer.bias is None else tf.reshape(layer.bias, (width,))
+    return tf.bitcast(tf.reshape(kernel, (depth, width)), tf.qint8), scale, bias, _quantizer(layer)
+
+
+def _quantizer(layer):
+    """The layer's input quantizer as `_quantize`'s `(low, high, epsilon)`."""
     quantizer = layer.inputs_quantizer
-    return (tf.bitcast(tf.reshape(kernel, (depth, width)), tf.qint8), scale, bias,
-            (float(quantizer.value_range[0]), float(quantizer.value_range[1]), float(quantizer.epsilon)))
+    return float(quantizer.value_range[0]), float(quantizer.value_range[1]), float(quantizer.epsilon)
 
 
 def _int8_product(unsigned, kernel):
@@ -342,21 +351,13 @@ def int8_block_supports(block):
     """Whether `int8_block` computes `block`: every projection int8 as
     `int8_dense` computes it, float32 compute throughout, LayerNorms over
     the last axis with scale and centre, and one quantizer for q, k and v."""
-    attn = block.attn
-    layers = (attn.query_dense, attn.key_dense, attn.value_dense, attn.output_dense, block.mlp_fc1, block.mlp_fc2)
+    layers = _projections(block)
     if not all(int8_dense_supports(layer) for layer in layers):
         return False
-    dtypes = {layer.compute_dtype for layer in (block, attn, block.norm1, block.norm2) + layers}
-    quantizers = {_int8_operands(layer)[3] for layer in layers[:3]}
+    dtypes = {layer.compute_dtype for layer in (block, block.attn, block.norm1, block.norm2) + layers}
+    quantizers = {_quantizer(layer) for layer in layers[:3]}
     return (dtypes == {"float32"} and len(quantizers) == 1
             and all(getattr(norm, "fast_kernels", False) for norm in (block.norm1, block.norm2)))
-
-
-def _normalise(x, gamma, beta, epsilon):
-    """LayerNorm over the last axis in float32, as `_layer_norm_forward`."""
-    mean = _mean_over_last_axis(x)
-    centred = x - mean
-    return centred * tf.math.rsqrt(_mean_over_last_axis(centred * centred) + epsilon) * gamma + beta
 
 
 # The XLA kernels between the products of `int8_block`, in its order.
@@ -366,7 +367,7 @@ def _int8_norm_rows(x, gamma, beta, norm_epsilon, quantizer, class_token_only):
     v, and for q (the class tokens alone with `class_token_only`)."""
     # Shapes from tf.shape, which XLA knows when it compiles: the static
     # shapes are None once reduce_retracing has generalised the signature.
-    normed = _normalise(x, gamma, beta, norm_epsilon)
+    normed = _normalise(x, gamma, beta, norm_epsilon)[0]
     rows = _quantize(tf.reshape(normed, (-1, tf.shape(x)[-1])), *quantizer)
     return rows + (_quantize(normed[:, 0], *quantizer) if class_token_only else rows)
 
@@ -400,7 +401,7 @@ def _int8_residual_norm_rows(product, scale, rows_scale, bias, residual, gamma, 
     """The residual plus the de-scaled output projection, and its norm2
     quantized for fc1: `(sum, bytes, scales)`."""
     x = residual + _descale(product, scale, rows_scale, bias, tf.float32)
-    return (x,) + _quantize(_normalise(x, gamma, beta, norm_epsilon), *quantizer)
+    return (x,) + _quantize(_normalise(x, gamma, beta, norm_epsilon)[0], *quantizer)
 
 
 @tf.function(jit_compile=True, reduce_retracing=True)
@@ -433,10 +434,7 @@ def int8_block(block, x, class_token_only=False):
     compute them (within float32 rounding of Keras'), the products and
     scales as Keras' int8 layers.
     """
-    attn = block.attn
-    kernels, scales, biases, quantizers = zip(*(
-        _int8_operands(layer) for layer in
-        (attn.query_dense, attn.key_dense, attn.value_dense, attn.output_dense, block.mlp_fc1, block.mlp_fc2)))
+    kernels, scales, biases, quantizers = zip(*(_int8_operands(layer) for layer in _projections(block)))
     tokens, width = x.shape[1], x.shape[2]
     queries, heads, head_dim = 1 if class_token_only else tokens, block.num_heads, block.head_dim
     rows, rows_scale, query_rows, query_scale = _int8_norm_rows(
