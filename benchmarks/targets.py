@@ -12,11 +12,12 @@ numbers):
 It runs, in this order, each as documented in DEVELOPERS.md and each
 writing its own table (with `--write`):
     inference.py                       ViT-B/16 inference, batch 1 and 8, every system
-    inference.py --variant S/16        ViT-S/16 bfloat16 inference against timm's autocast (AMX only)
+    inference.py --variant S/16        ViT-S/16 bfloat16 inference against timm's autocast
     training.py --cases tiny           the 32x32 from-scratch case, float32 and bfloat16
     training.py --cases vit_s16        ViT-S/16, batch 16 and 32, 2-step repeats
-                                       (both: timm's autocast on AMX only; elsewhere it
-                                       runs at a twentieth of float32)
+                                       (timm's autocast, here and in the S/16 comparison, only
+                                       on CPUs with bfloat16 instructions, AVX512-BF16 or AMX;
+                                       without them it runs at a twentieth of float32)
     time_to_accuracy.py digits         the main job (and fashion_mnist with --fashion)
     bf16_agreement.py                  bfloat16 and int8 against float32 on the runs just trained
 and keeps their JSON results in `--results DIR` (default: a temporary
@@ -224,19 +225,21 @@ def run_all(results, fashion, write, rounds=3):
     extra = ["--write"] if write else []
     rounds = ["--rounds", str(rounds)]
     _run("inference.py", *rounds, "--json", str(results / "inference.json"), *extra)
-    amx = "amx_bf16" in _common.cpu_flags()
     # Targets 28.1 at ViT-S/16 and 28.5 (timm's autocast training) apply on
-    # AMX CPUs only; elsewhere timm's bfloat16 autocast runs at about 1/20
-    # of float32's speed and would take most of the run for "n/a" rows (over
-    # 30 minutes for ViT-S/16 training, about 25 for the tiny case's 28
-    # steps on AVX2 Zen 2 and Zen 1). The other systems are measured as on AMX.
+    # AMX CPUs only. Where the CPU has bfloat16 instructions without AMX
+    # (AVX512-BF16: AMD Zen 4, some Intel Xeons) they are measured all the
+    # same, as the nearest stand-in, and read "n/a: no AMX" with the ratio
+    # (Zen 4: about 3 minutes more). Without bfloat16 instructions timm's
+    # autocast runs at about 1/20 of float32's speed and would take most of
+    # the run for "n/a" rows (over 30 minutes for ViT-S/16 training, about
+    # 25 for the tiny case's 28 steps on AVX2 Zen 2 and Zen 1).
     systems = []
-    if amx:
+    if _common.cpu_flags() & {"amx_bf16", "avx512_bf16"}:
         _run("inference.py", "--variant", "S/16", "--systems", "keras_vit_bf16", "timm_bf16", *rounds,
              "--json", str(results / "inference-S16.json"), *extra)
     else:
-        print("\nNo AMX on this CPU: the ViT-S/16 bfloat16 comparison (target 28.1) and timm's autocast "
-              "training (target 28.5) are n/a, not run.", flush=True)
+        print("\nNo bfloat16 instructions on this CPU: the ViT-S/16 bfloat16 comparison (target 28.1) and "
+              "timm's autocast training (target 28.5) are n/a, not run.", flush=True)
         systems = ["--systems", *(s for s in training.SYSTEMS if s != "timm_bf16")]
     for case, steps in (("tiny", []), ("vit_s16", ["--steps", "2"])):
         _run("training.py", "--cases", case, *steps, *rounds, *systems,

@@ -155,7 +155,7 @@ def test_amx_targets_read_na_without_amx_and_count_with_it(targets):
         verdicts = _verdicts(rows)
         assert [verdicts[what] for what in na] == [verdict] * 4
         assert verdicts["ViT-S/16 bfloat16 inference batch 8 vs timm autocast"] == ("met" if amx else verdict)
-    # Without AMX run_all does not run the ViT-S/16 comparison: n/a, not missing.
+    # Without bfloat16 instructions run_all does not run the ViT-S/16 comparison: n/a, not missing.
     rows = _check(targets, _inference(amx=False, **slow), training=[dict(r, amx=False) for r in slow_training], s16=[])
     assert _verdicts(rows)["ViT-S/16 bfloat16 inference batch 1 vs timm autocast"] == "n/a: no AMX"
     # Nor timm's autocast training, in either case: n/a too.
@@ -225,3 +225,23 @@ def test_check_of_a_directory_without_results_is_an_error(targets, tmp_path, cap
         targets.main(["--check", str(tmp_path)])
     assert raised.value.code == 2
     assert f"--check {tmp_path}: no inference.json there" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, peers", [
+    ({"avx512f", "amx_bf16", "amx_tile"}, True),
+    ({"avx512f", "avx512_bf16"}, True),  # AMD Zen 4, Intel Xeons without AMX: measured, read n/a
+    ({"avx2", "fma"}, False),  # timm's autocast at a twentieth of float32: not run
+])
+def test_run_all_measures_timm_autocast_where_the_cpu_has_bfloat16_instructions(targets, tmp_path, monkeypatch,
+                                                                                 flags, peers):
+    commands = []
+    monkeypatch.setattr(targets._common, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(targets, "_run", lambda script, *args: commands.append((script,) + args) or 0)
+    targets.run_all(tmp_path, fashion=False, write=False, rounds=1)
+    scripts = [" ".join(command) for command in commands]
+    assert any("--variant S/16" in s and "timm_bf16" in s for s in scripts) is peers
+    training = [command for command in commands if command[0] == "training.py"]
+    assert [command[2] for command in training] == ["tiny", "vit_s16"]
+    for command in training:  # every system, or all but timm's autocast
+        assert ("--systems" not in command) is peers
+        assert ("timm_bf16" in command) is False and ("timm" in command) is not peers
