@@ -325,7 +325,9 @@ def with_xla_if_int8(model):
     1.5-1.7x faster again at batch 8 (AMD EPYC Zen 4). Keras compiles a
     model's predict, evaluate and train steps with XLA when its
     `jit_compile` is True, and `with_precision`, `keras_vit.load_model` and
-    the wrappers of this module set it for int8 models.
+    the wrappers of this module set it for int8 models. Where it stays
+    False, keras_vit's model classes still compile an int8 model's train
+    step with XLA (`VisionTransformer.make_train_function`).
     """
     if keras.backend.backend() == "tensorflow" and precision_of(model) == "int8":
         model.jit_compile = not _onednn_int8_applies(model)

@@ -319,6 +319,51 @@ def test_int8_direct_call_compiled_by_xla_where_predict_is(rng, monkeypatch):
     assert keras_vit.models._INFERENCE_FUNCTIONS[model][0] is False
 
 
+def test_int8_training_step_compiled_by_xla_where_jit_compile_is_false(rng, monkeypatch):
+    # Fine-tuning an int8 model with LoRA on Keras' quantized layers (Keras'
+    # own recipe for it). Keras' quantize leaves jit_compile at its CPU
+    # default, False, as with_precision does where oneDNN's int8 kernel
+    # serves predict: the train step is XLA's all the same, the test step
+    # follows jit_compile.
+    model = randomize(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5))
+    model.quantize("int8")
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if getattr(layer, "quantization_mode", None) == "int8":
+            layer.enable_lora(2)
+    compiled = {}
+
+    def spy(model):
+        make = model._make_function
+
+        def make_function(step):
+            compiled[step.__name__] = model.jit_compile
+            return make(step)
+
+        monkeypatch.setattr(model, "_make_function", make_function)
+
+    spy(model)
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+    assert model.jit_compile is False
+    x = rng.uniform(-1, 1, (8,) + TINY_SHAPE).astype("float32")
+    y = rng.integers(0, 5, 8)
+    lora = [w for w in model.trainable_weights if "lora_kernel" in w.path]
+    before = [keras.ops.convert_to_numpy(w) for w in lora]
+    model.fit(x, y, batch_size=4, epochs=2, validation_data=(x, y), verbose=0)
+    assert compiled == {"train_step": True, "test_step": False} and model.jit_compile is False
+    assert len(lora) == 2 * 6 * len(keras_vit.models.get_blocks(model)) + 2 * 2  # + patch projection and head
+    assert all(not np.array_equal(b, keras.ops.convert_to_numpy(w)) for b, w in zip(before, lora))
+    # A float model keeps Keras' choice; so does an int8 model run eagerly.
+    for quantize, run_eagerly in ((False, False), (True, True)):
+        other = keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5)
+        if quantize:
+            other.quantize("int8")
+        compiled.clear()
+        spy(other)
+        other.compile(optimizer="adam", loss="sparse_categorical_crossentropy", run_eagerly=run_eagerly)
+        other.fit(x, y, batch_size=4, epochs=1, verbose=0)
+        assert compiled == {"train_step": False}
+
+
 def test_int8_copy_saves_and_loads_value_for_value(rng, tmp_path):
     model = randomize(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5))
     int8 = inference.with_precision(model, "int8")
