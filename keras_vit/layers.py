@@ -348,7 +348,8 @@ class TransformerBlock(keras.layers.Layer):
     (`keras_vit.layers.LayerNorm`), `attn` (`keras.layers.MultiHeadAttention`,
     whose q/k/v kernels have the Flax layout `(hidden_dim, num_heads,
     head_dim)`; with fast kernels on TensorFlow its attention is computed
-    from its variables unless they are quantized or carry LoRA), `mlp_fc1`
+    from its projections' kernels, LoRA included, unless they are
+    quantized), `mlp_fc1`
     and `mlp_fc2` (`keras.layers.Dense`, applied to the tokens as one
     `(batch * tokens, hidden_dim)` matrix, which lets oneDNN fuse matmul,
     bias and GELU).

@@ -18,8 +18,10 @@ TensorFlow (`keras_vit.backend.tensorflow`):
 | inference, float32, CPU with oneDNN | oneDNN-fused pattern | fused into its matmul by oneDNN | 2-D matmuls |
 | inference, otherwise | Keras | Keras | 2-D matmuls |
 
-Attention sublayers that carry LoRA weights are always called as Keras
-layers, so LoRA applies; so are quantized ones, but for one case:
+The 2-D matmuls read each projection's `kernel`, which Keras merges with
+its LoRA factors where `enable_lora` was called, so LoRA applies there as
+in Keras' own layers. Quantized attention sublayers are called as Keras
+layers, but for one case (not with LoRA):
 
 | call | int8 `Dense` and attention projections (Keras' `quantize("int8")`) |
 |---|---|
@@ -147,15 +149,16 @@ def _projections(block):
 
 
 def self_attention(block, x, training, class_token_only):
-    """`TransformerBlock` attention from its variables, or None where the
-    attention sublayer must be called as a Keras layer (LoRA; quantized,
-    unless `int8_dense` applies to every projection)."""
+    """`TransformerBlock` attention from its projections' `kernel`s (with
+    their LoRA factors merged, as Keras' layers compute), or None where the
+    attention sublayer must be called as a Keras layer (quantized, unless
+    `int8_dense` applies to every projection and none carries LoRA)."""
     attention = _projections(block)[:4]
-    if any(getattr(layer, "lora_enabled", False) for layer in attention):
-        return None
     modes = {getattr(layer, "quantization_mode", None) for layer in attention}
     if modes == {None}:
         return _tensorflow().self_attention(block, x, training, class_token_only)
+    if any(getattr(layer, "lora_enabled", False) for layer in attention):
+        return None
     if all(_int8_applies(layer, training) for layer in attention):
         return _tensorflow().self_attention(block, x, training, class_token_only, int8=True)
     return None
