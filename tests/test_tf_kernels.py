@@ -299,9 +299,13 @@ def test_quantized_model_is_called_through_its_keras_sublayers(rng):
     np.testing.assert_allclose(got, expected, atol=0.05 * np.abs(expected).max())
 
 
-def test_fit_with_fused_kernels_matches_plain_ops_step_by_step(fast_kernels_switch, rng):
+@pytest.mark.parametrize("lora", [False, True])
+def test_fit_with_fused_kernels_matches_plain_ops_step_by_step(fast_kernels_switch, rng, lora):
     # Two identical models, one step of AdamW each, one with the fused
-    # kernels switched off: the updated weights agree.
+    # kernels switched off: the updated weights agree. With Keras' LoRA on
+    # the attention projections and MLP layers, the fused attention reads
+    # each projection's `kernel`, which Keras merges with its LoRA factors:
+    # the factors train, the frozen kernels stay as they were.
     x = rng.uniform(0, 255, (8,) + TINY_SHAPE).astype("float32")
     y = keras.utils.to_categorical(rng.integers(0, 5, 8), 5)
     results = []
@@ -310,44 +314,22 @@ def test_fit_with_fused_kernels_matches_plain_ops_step_by_step(fast_kernels_swit
         fast_kernels_switch(fused)
         model = randomize(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5,
                                         include_preprocessing=True))
-        keras_vit.training.compile(model, steps=10, learning_rate=1e-2, warmup_steps=0)
-        history = model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
-        results.append((history.history["loss"], [w.numpy() for w in model.weights]))
-    (fused_loss, fused_weights), (plain_loss, plain_weights) = results
-    np.testing.assert_allclose(fused_loss, plain_loss, rtol=1e-5)
-    for got, expected in zip(fused_weights, plain_weights):
-        np.testing.assert_allclose(got, expected, atol=1e-5)
-    assert fused_loss[1] < fused_loss[0]
-
-
-def test_lora_fit_takes_the_fused_attention_with_keras_lora_kernels(fast_kernels_switch, rng):
-    # Keras' LoRA on the attention projections and MLP layers: the fused
-    # attention reads each projection's `kernel`, which Keras merges with
-    # its LoRA factors, so fit takes it and matches Keras' own layers step
-    # by step, the LoRA factors trained and the frozen kernels unchanged.
-    x = rng.uniform(0, 255, (8,) + TINY_SHAPE).astype("float32")
-    y = keras.utils.to_categorical(rng.integers(0, 5, 8), 5)
-    results = []
-    for fused in (True, False):
-        keras.utils.set_random_seed(0)
-        fast_kernels_switch(fused)
-        model = randomize(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5,
-                                        include_preprocessing=True))
-        for block in keras_vit.models.get_blocks(model):
-            for layer in backend._projections(block):
+        blocks = keras_vit.models.get_blocks(model)
+        if lora:
+            for layer in (layer for block in blocks for layer in backend._projections(block)):
                 layer.enable_lora(2, b_initializer="random_normal")  # not zero: the factors count from step 1
-        block = keras_vit.models.get_blocks(model)[0]
-        taken = backend.self_attention(block, tf.zeros((1, 3, block.hidden_dim)), True, False) is not None
-        assert taken and block.fast_kernels is fused  # the block calls it only with fast kernels
+        # Blocks call the fused attention only with fast kernels on.
+        assert backend.self_attention(blocks[0], tf.zeros((1, 3, blocks[0].hidden_dim)), True, False) is not None
+        assert blocks[0].fast_kernels is fused
         frozen = [w.numpy() for w in model.non_trainable_weights]
         keras_vit.training.compile(model, steps=10, learning_rate=1e-2, warmup_steps=0)
         history = model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
         for before, after in zip(frozen, model.non_trainable_weights):
             np.testing.assert_array_equal(before, after.numpy())
-        results.append((history.history["loss"], [w.numpy() for w in model.weights],
-                        {w.path for w in model.trainable_weights}))
-    (fused_loss, fused_weights, trained), (plain_loss, plain_weights, _) = results
-    assert sum("lora_kernel" in path for path in trained) == 2 * 6 * len(keras_vit.models.get_blocks(model))
+        results.append((history.history["loss"], [w.numpy() for w in model.weights]))
+    trained = [w.path for w in model.trainable_weights if "lora_kernel" in w.path]
+    assert len(trained) == (2 * 6 * len(blocks) if lora else 0)
+    (fused_loss, fused_weights), (plain_loss, plain_weights) = results
     np.testing.assert_allclose(fused_loss, plain_loss, rtol=1e-5)
     for got, expected in zip(fused_weights, plain_weights):
         np.testing.assert_allclose(got, expected, atol=1e-5)
