@@ -54,7 +54,7 @@ class _BuildsBeforeTracing:
         with it on an AMD EPYC Zen 4. Not under a distribution strategy
         (Keras' `jit_compile` decides there) nor with `run_eagerly`.
         """
-        if (self.train_function is None or force) and _xla_for_int8_training(self):
+        if (getattr(self, "train_function", None) is None or force) and _xla_for_int8_training(self):
             self._jit_compile = True
             try:
                 return super().make_train_function(force)
@@ -154,8 +154,9 @@ def _xla_for_int8_training(model):
         return False
     if getattr(model, "_distribute_strategy", None) is not None:
         return False
-    if not any(getattr(layer, "quantization_mode", None) == "int8"
-               for layer in model._flatten_layers(include_self=False, recursive=True)):
+    from keras_vit.inference import precision_of  # (inference imports this module)
+
+    if precision_of(model) != "int8":
         return False
     try:  # Keras' own test for `jit_compile=True` (not public API)
         from keras.src.trainers.trainer import model_supports_jit
