@@ -309,7 +309,7 @@ def test_int8_direct_call_compiled_by_xla_where_predict_is(rng, monkeypatch):
     assert int8.jit_compile is True
     x = rng.uniform(-1, 1, (4,) + TINY_SHAPE).astype("float32")
     np.testing.assert_allclose(keras.ops.convert_to_numpy(int8(x)), int8.predict_on_batch(x), atol=1e-5)
-    jit_compile, function = keras_vit.models._INFERENCE_FUNCTIONS[int8]
+    jit_compile, function, _ = keras_vit.models._INFERENCE_FUNCTIONS[int8]
     assert jit_compile is True and "HloModule" in function.experimental_get_compiler_ir(x)(stage="hlo")
     # The model's jit_compile decides, as for predict.
     int8.jit_compile = False

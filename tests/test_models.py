@@ -269,7 +269,7 @@ def test_direct_call_runs_compiled_and_equals_predict(rng, tmp_path):
     expected = model.predict(images, verbose=0)
     np.testing.assert_allclose(model(images).numpy(), expected, atol=1e-6)
     np.testing.assert_allclose(model(tf.constant(images), training=False).numpy(), expected, atol=1e-6)
-    jit_compile, function = models._INFERENCE_FUNCTIONS[model]
+    jit_compile, function, _ = models._INFERENCE_FUNCTIONS[model]
     assert jit_compile is False
     # Other batch sizes share one generalised trace instead of one each.
     for batch in (1, 2, 4, 5, 7):
@@ -298,6 +298,33 @@ def test_direct_call_runs_compiled_and_equals_predict(rng, tmp_path):
     loaded = keras_vit.load_model(tmp_path / "model.keras")
     assert isinstance(loaded, models.VisionTransformer)
     np.testing.assert_allclose(loaded(images).numpy(), expected, atol=1e-6)
+
+
+def test_direct_call_follows_a_model_changed_in_place(rng):
+    # The compiled direct call traced before the change must not keep
+    # computing the model as it was (Keras resets its predict function on
+    # quantize; a layer's enable_lora and an in-place precision change add
+    # or replace variables too).
+    images = rng.uniform(-1, 1, (3,) + TINY_SHAPE).astype("float32")
+
+    def lora(model):
+        for layer in model._flatten_layers(include_self=False, recursive=True):
+            if isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense)) and layer is not model.head:
+                layer.enable_lora(2, b_initializer="random_normal")
+
+    changes = {"quantize": lambda m: m.quantize("int8"), "lora": lora,
+               "bfloat16": lambda m: keras_vit.with_precision(m, "bfloat16", copy=False)}
+    for name, change in changes.items():
+        model = randomize(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5,
+                                        classifier_activation=None))
+        before = model(images).numpy()
+        change(model)
+        after = model(images).numpy()
+        op_by_op = keras.ops.convert_to_numpy(keras.Model.__call__(model, images, training=False))
+        assert np.abs(op_by_op - before).max() > 1e-3, name
+        assert not np.array_equal(after, before), name  # what the graph before the change gives
+        # bfloat16: the compiled graph's kernels round otherwise than op by op.
+        np.testing.assert_allclose(after, op_by_op, atol=2e-2 if name == "bfloat16" else 1e-5, err_msg=name)
 
 
 def test_direct_call_in_training_mode_is_keras_path(rng):
