@@ -401,6 +401,17 @@ def test_int8_dense_computes_what_keras_int8_layers_compute(rng):
         # The integer products are exact on both sides; the float steps
         # after them are Keras' own, in its order.
         np.testing.assert_array_equal(got, expected, err_msg=layer.name)
+    # With Keras' LoRA on each layer (the factors not zero), its term is
+    # added as Keras adds it; only its two small float products may round
+    # otherwise than Keras' einsum.
+    without_lora = [keras.ops.convert_to_numpy(layer(keras_input)) for layer, keras_input, _, _ in cases]
+    for layer in {id(case[0]): case[0] for case in cases}.values():
+        layer.enable_lora(3, lora_alpha=6, b_initializer="random_normal")
+    for (layer, keras_input, rows, shape), before in zip(cases, without_lora):
+        expected = keras.ops.convert_to_numpy(layer(keras_input))
+        assert np.abs(expected - before).max() > 0.01, layer.name
+        got = tf.function(lambda x, _layer=layer: _tf_kernels.int8_dense(_layer, x))(rows).numpy()
+        np.testing.assert_allclose(got, expected.reshape(shape), rtol=1e-6, atol=1e-6, err_msg=layer.name)
     # Another equation, an activation: Keras' call.
     other = keras.layers.EinsumDense("ab,bc->ac", output_shape=5)
     other.build((None, 3))
@@ -453,6 +464,31 @@ def test_int8_block_fuses_what_lies_between_its_products(rng, size):
         np.testing.assert_allclose(outputs.numpy(), keras.ops.convert_to_numpy(expected), rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(weights.numpy(), keras.ops.convert_to_numpy(expected_weights), atol=1e-6)
         np.testing.assert_allclose(fewer.numpy(), outputs.numpy()[:2], rtol=1e-5, atol=1e-5)
+
+
+@_ONEDNN_INT8
+def test_int8_model_with_lora_predicts_on_onednn_int8_products(rng):
+    # Keras' LoRA on an int8 model's quantized layers (fine-tuning it):
+    # predict keeps oneDNN's int8 products, each with its LoRA term, block
+    # by block layer by layer (the fused int8 block has no LoRA term).
+    model = randomize(keras_vit.ViT(TINY_VARIANT, input_shape=TINY_SHAPE, classes=5))
+    depth = len(model.blocks)
+    int8 = keras_vit.with_precision(model, "int8")
+    x = rng.uniform(-1, 1, (3,) + TINY_SHAPE).astype("float32")
+    before = int8.predict_on_batch(x)
+    for layer in int8._flatten_layers(include_self=False, recursive=True):
+        if getattr(layer, "quantization_mode", None) == "int8" and layer is not int8.head:
+            layer.enable_lora(2, b_initializer="random_normal")
+    assert not any(_tf_kernels.int8_block_supports(block) for block in int8.blocks)
+    int8.predict_function = None
+    spec = tf.TensorSpec((None,) + TINY_SHAPE, tf.float32)
+    ops = _graph_op_types(tf.function(int8.predict_step), spec)
+    assert ops["QuantizedMatMulWithBias"] == 1 + 6 * depth, ops
+    reference = tf.function(lambda images: int8(images, training=False))(x).numpy()  # Keras' int8 layers
+    predicted = int8.predict_on_batch(x)
+    assert np.abs(predicted - before).max() > 1e-3
+    np.testing.assert_allclose(predicted, reference, atol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(int8(x)), reference, atol=1e-5)
 
 
 def test_int8_dense_only_in_the_models_own_inference_graphs(rng, tmp_path):

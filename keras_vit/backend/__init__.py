@@ -21,7 +21,7 @@ TensorFlow (`keras_vit.backend.tensorflow`):
 The 2-D matmuls read each projection's `kernel`, which Keras merges with
 its LoRA factors where `enable_lora` was called, so LoRA applies there as
 in Keras' own layers. Quantized attention sublayers are called as Keras
-layers, but for one case (not with LoRA):
+layers, but for one case:
 
 | call | int8 `Dense` and attention projections (Keras' `quantize("int8")`) |
 |---|---|
@@ -152,13 +152,11 @@ def self_attention(block, x, training, class_token_only):
     """`TransformerBlock` attention from its projections' `kernel`s (with
     their LoRA factors merged, as Keras' layers compute), or None where the
     attention sublayer must be called as a Keras layer (quantized, unless
-    `int8_dense` applies to every projection and none carries LoRA)."""
+    `int8_dense` applies to every projection)."""
     attention = _projections(block)[:4]
     modes = {getattr(layer, "quantization_mode", None) for layer in attention}
     if modes == {None}:
         return _tensorflow().self_attention(block, x, training, class_token_only)
-    if any(getattr(layer, "lora_enabled", False) for layer in attention):
-        return None
     if all(_int8_applies(layer, training) for layer in attention):
         return _tensorflow().self_attention(block, x, training, class_token_only, int8=True)
     return None
@@ -211,15 +209,15 @@ def int8_dense(layer, x, training=None):
     """`layer(x)` for an int8-quantized `Dense` (or a `MultiHeadAttention`
     projection) through oneDNN's int8 kernel, with `x` of shape
     `(..., layer's input width)` (an attention projection's heads flattened
-    into the width); None where Keras' own call applies:
-    another layer or mode, training, LoRA, outside `in_process_inference`,
+    into the width), Keras' LoRA term included; None where Keras' own call
+    applies: another layer or mode, training, outside `in_process_inference`,
     inside an XLA-compiled function, or where `onednn_int8()` is False."""
     return _tensorflow().int8_dense(layer, x) if _int8_applies(layer, training) else None
 
 
 def _int8_applies(layer, training):
     return (training is not True and getattr(layer, "quantization_mode", None) == "int8"
-            and not getattr(layer, "lora_enabled", False) and _IN_PROCESS.get() and onednn_int8()
+            and _IN_PROCESS.get() and onednn_int8()
             and _tensorflow().int8_dense_supports(layer) and not _tensorflow().in_xla_context()
             and not _tensorflow().on_tpu())
 

@@ -277,6 +277,19 @@ def _int8_product(unsigned, kernel):
     return tf.bitcast(product, tf.int32)
 
 
+def _lora(layer, rows):
+    """Keras' LoRA term of an int8 layer (`enable_lora`) for `rows` of
+    shape `(n, depth)`: `(alpha / rank) * einsum(rows, lora_kernel_a) @
+    lora_kernel_b` as `(n, width)`, the factors in the kernel's layout
+    (`(depth, rank)` for a `Dense`, `(depth, heads, rank)` for the q/k/v
+    projections, `(heads, head_dim, rank)` for the attention output)."""
+    a, b = tf.convert_to_tensor(layer.lora_kernel_a), tf.convert_to_tensor(layer.lora_kernel_b)
+    reduced = _PROJECTION_EQUATIONS.get(getattr(layer, "equation", None), 1)
+    low_rank = tf.matmul(tf.cast(rows, a.dtype), tf.reshape(a, (math.prod(a.shape[:reduced]), -1)))
+    lora = tf.matmul(tf.reshape(low_rank, (-1, a.shape[-1])), b)  # (n * heads, head_dim) or (n, width)
+    return (layer.lora_alpha / layer.lora_rank) * tf.reshape(lora, (tf.shape(rows)[0], -1))
+
+
 def int8_dense(layer, x):
     """`layer(x)` for an int8 `Dense` or attention projection of Keras'
     `quantize("int8")`, for `x` of shape `(..., input width)` (an attention
@@ -304,7 +317,14 @@ def int8_dense(layer, x):
     shape = tf.shape(x)
     rows = x if x.shape.rank == 2 else tf.reshape(x, (-1, depth))
     unsigned, rows_scale = _int8_rows(rows, *quantizer)
-    outputs = _int8_outputs(_int8_product(unsigned, kernel), scale, rows_scale, bias, layer.compute_dtype)
+    product = _int8_product(unsigned, kernel)
+    if getattr(layer, "lora_enabled", False):
+        # Keras' order: the de-scaled product, plus the LoRA term, then the bias.
+        outputs = _int8_outputs(product, scale, rows_scale, None, layer.compute_dtype)
+        outputs = outputs + tf.cast(_lora(layer, rows), layer.compute_dtype)
+        outputs = outputs if bias is None else outputs + tf.cast(bias, layer.compute_dtype)
+    else:
+        outputs = _int8_outputs(product, scale, rows_scale, bias, layer.compute_dtype)
     return outputs if x.shape.rank == 2 else tf.reshape(outputs, tf.concat([shape[:-1], [width]], 0))
 
 
@@ -349,10 +369,11 @@ def self_attention(block, x, training, class_token_only=False, int8=False):
 
 def int8_block_supports(block):
     """Whether `int8_block` computes `block`: every projection int8 as
-    `int8_dense` computes it, float32 compute throughout, LayerNorms over
-    the last axis with scale and centre, and one quantizer for q, k and v."""
+    `int8_dense` computes it, without LoRA (a block with LoRA goes layer by
+    layer), float32 compute throughout, LayerNorms over the last axis with
+    scale and centre, and one quantizer for q, k and v."""
     layers = _projections(block)
-    if not all(int8_dense_supports(layer) for layer in layers):
+    if not all(int8_dense_supports(layer) and not getattr(layer, "lora_enabled", False) for layer in layers):
         return False
     dtypes = {layer.compute_dtype for layer in (block, block.attn, block.norm1, block.norm2) + layers}
     quantizers = {_quantizer(layer) for layer in layers[:3]}
