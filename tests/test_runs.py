@@ -157,14 +157,24 @@ def test_export_at_int8_records_its_precision_and_serves_with_tensorflow_alone(t
     size = quantized.input_shape[1]
     images = np.random.default_rng(0).uniform(0, 255, (3, size, size, 3)).astype("float32")
     served = tf.saved_model.load(path).signatures["predict_images"](images=tf.constant(images))
-    np.testing.assert_allclose(served["probabilities"].numpy(), quantized.predict(images, verbose=0), atol=1e-5)
-    # The command line, compiled by XLA on request.
+    # The export holds Keras' int8 graph (oneDNN's int8 kernel is for the
+    # process only): the values of the model's Keras int8 layers.
+    keras_int8 = tf.function(lambda x: quantized(x, training=False))(tf.constant(images)).numpy()
+    np.testing.assert_allclose(served["probabilities"].numpy(), keras_int8, atol=1e-5)
+    # predict runs oneDNN's int8 products, with LayerNorm and GELU fused
+    # between them within float32 rounding of Keras' ops; a value that
+    # rounding moves across an int8 step moves the output a little (1.3e-3
+    # in one CI run): close, not equal.
+    predicted = quantized.predict(images, verbose=0)
+    np.testing.assert_allclose(served["probabilities"].numpy(), predicted, atol=0.01)
+    # The command line, compiled by XLA on request (XLA's fusions round
+    # otherwise too).
     assert cli.main(["export", str(trained_run), "--output", str(tmp_path / "cli"), "--precision", "int8",
                      "--jit-compile"]) == 0
     metadata = export.read_metadata(tmp_path / "cli" / "1")
     assert (metadata["precision"], metadata["jit_compile"]) == ("int8", True)
     served = tf.saved_model.load(str(tmp_path / "cli" / "1")).signatures["predict_images"](images=tf.constant(images))
-    np.testing.assert_allclose(served["probabilities"].numpy(), quantized.predict(images, verbose=0), atol=1e-5)
+    np.testing.assert_allclose(served["probabilities"].numpy(), keras_int8, atol=0.01)
 
 
 def test_cli_offers_exactly_the_librarys_precisions():
