@@ -29,9 +29,11 @@ _INFERENCE_FUNCTIONS = weakref.WeakKeyDictionary()
 
 class _BuildsBeforeTracing:
     """Mixed into the keras_vit model classes (`VisionTransformer`,
-    `WrapperModel`) so that their steps are traced once, and so that their
+    `WrapperModel`) so that their steps are traced once, so that their
     inference steps are known to stay in the process (int8 products may
-    then take oneDNN's kernel: `keras_vit.backend.in_process_inference`)."""
+    then take oneDNN's kernel: `keras_vit.backend.in_process_inference`),
+    and so that an int8 model's train step is compiled by XLA
+    (`make_train_function`)."""
 
     # (JAX's trainer passes the state first: any arguments pass through.)
     def predict_step(self, *args, **kwargs):
